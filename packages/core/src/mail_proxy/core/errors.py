@@ -1,0 +1,47 @@
+"""Errors that become clean JSON answers (``{"ok": false, "error", "code"}``) at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a stable snake_case ``code`` for clients."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def payload(self) -> dict[str, Any]:
+        return {"ok": False, "error": self.message, "code": self.code, **self.extra}
+
+
+def bad_request(message: str, code: str = "invalid_request", **extra: Any) -> ApiError:
+    return ApiError(400, code, message, **extra)
+
+
+def not_found(message: str, code: str = "not_found") -> ApiError:
+    return ApiError(404, code, message)
+
+
+def forbidden(message: str, code: str = "forbidden") -> ApiError:
+    return ApiError(403, code, message)
+
+
+def conflict(message: str, code: str = "conflict", **extra: Any) -> ApiError:
+    return ApiError(409, code, message, **extra)
+
+
+class ConfigError(Exception):
+    """Invalid configuration: raised at startup, names the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"configuration error: {key}: {message}")
+        self.key = key
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached right now (the API answers 503)."""

@@ -1,0 +1,246 @@
+"""The domain model shared by the engine, the storage backends and the plugins.
+
+Plain dataclasses: request validation lives in the API models (pydantic), these are what the
+rest of the code passes around once input has been accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_TENANT = "default"
+
+#: Message states stored in the database. ``scheduled`` is a pending message whose
+#: ``deferred_ts`` lies in the future; ``deferred`` waits for a retry or a rate-limit window.
+MessageStatus = Literal["pending", "scheduled", "deferred", "sending", "sent", "error"]
+ACTIVE_STATUSES: tuple[str, ...] = ("pending", "scheduled", "deferred", "sending")
+FINAL_STATUSES: tuple[str, ...] = ("sent", "error")
+
+#: Event types recorded in the outbox. ``queued`` is informational (never reported).
+REPORTED_EVENT_TYPES: tuple[str, ...] = ("sent", "error", "deferred", "bounce")
+
+PRIORITY_NAMES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the admin (all tenants) or one tenant."""
+
+    kind: Literal["admin", "tenant"]
+    tenant_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "admin"
+
+
+ADMIN = Principal("admin")
+
+
+@dataclass
+class Tenant:
+    id: str
+    name: str | None = None
+    active: bool = True
+    client_base_url: str | None = None
+    client_sync_path: str | None = None
+    client_attachment_path: str | None = None
+    #: Decrypted ``{"method": "none"|"bearer"|"basic", ...}``; never returned by the API.
+    client_auth: dict[str, Any] | None = None
+    rate_limits: dict[str, Any] | None = None
+    large_file_config: dict[str, Any] | None = None
+    api_key_hash: str | None = None
+    api_key_expires_at: float | None = None
+    #: Secret for signing delivery reports (decrypted); never returned except at creation.
+    sync_secret: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class Account:
+    """An SMTP (or other transport) account owned by one tenant."""
+
+    tenant_id: str
+    id: str
+    host: str = ""
+    port: int = 587
+    user: str | None = None
+    #: The password as stored: an encrypted token, decrypted only by the transport.
+    password_enc: str | None = None
+    use_tls: bool | None = None
+    starttls: bool | None = None
+    timeout: float = 30.0
+    batch_size: int | None = None
+    limit_per_minute: int | None = None
+    limit_per_hour: int | None = None
+    limit_per_day: int | None = None
+    limit_behavior: Literal["defer", "reject"] = "defer"
+    default: bool = False
+    #: Name of the transport plugin (``smtp``, ``file``, ...).
+    transport: str = "smtp"
+    #: Transport-specific settings (the ``file`` transport's ``directory``, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Plugin-owned extra settings (PEC's IMAP settings, ...), stored as JSON.
+    extra: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def has_rate_limit(self) -> bool:
+        return any((self.limit_per_minute, self.limit_per_hour, self.limit_per_day))
+
+
+@dataclass
+class NewMessage:
+    """A validated message ready to be inserted by ``Storage.enqueue``."""
+
+    tenant_id: str
+    id: str
+    account_id: str
+    priority: int
+    payload: dict[str, Any]
+    message_id: str
+    batch_code: str | None = None
+    deferred_ts: float | None = None
+
+
+@dataclass
+class MessageRecord:
+    """One row of the queue as the storage returns it."""
+
+    pk: int
+    tenant_id: str
+    id: str
+    account_id: str
+    priority: int
+    status: str
+    payload: dict[str, Any]
+    message_id: str
+    batch_code: str | None = None
+    attempts: int = 0
+    deferred_ts: float | None = None
+    sent_ts: float | None = None
+    error_ts: float | None = None
+    error: str | None = None
+    smtp_code: int | None = None
+    created_at: float = 0.0
+    #: Recipients already accepted by the server on an earlier attempt (never sent again).
+    delivered_rcpts: list[str] = field(default_factory=list)
+    #: Fencing token of the current claim: an outcome is applied only if it still matches.
+    claim_token: int | None = None
+    lease_until: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The list fields of ``GET /messages`` (API.md)."""
+        return {
+            "pk": self.pk,
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "account_id": self.account_id,
+            "priority": self.priority,
+            "batch_code": self.batch_code,
+            "status": self.status,
+            "attempts": self.attempts,
+            "deferred_ts": self.deferred_ts,
+            "sent_ts": self.sent_ts,
+            "error_ts": self.error_ts,
+            "error": self.error,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class Outcome:
+    """The result of one delivery attempt, applied by ``Storage.record_outcomes``.
+
+    ``kind`` is the new state: ``sent``, ``deferred`` (retry or rate limit at ``deferred_ts``),
+    ``error`` (final), or ``released`` (give the claim back untouched, e.g. on shutdown).
+    The state change and its event are written in one transaction, fenced by
+    ``claim_token`` so a stale instance cannot overwrite a newer attempt.
+    """
+
+    pk: int
+    claim_token: int
+    kind: Literal["sent", "deferred", "error", "released"]
+    ts: float
+    error: str | None = None
+    smtp_code: int | None = None
+    deferred_ts: float | None = None
+    deferred_reason: str | None = None
+    delivered_rcpts: list[str] | None = None
+    count_attempt: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EventRecord:
+    """One entry of the durable event outbox."""
+
+    pk: int
+    tenant_id: str
+    message_pk: int | None
+    message_id: str | None
+    event_type: str
+    event_ts: float
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reported_ts: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type,
+            "event_ts": self.event_ts,
+            "description": self.description,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class NewEvent:
+    """An event added by a plugin service (bounce, PEC) through ``Storage.add_events``."""
+
+    tenant_id: str
+    message_id: str
+    event_type: str
+    event_ts: float
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CommandLogEntry:
+    pk: int
+    ts: float
+    principal: str
+    tenant_id: str | None
+    method: str
+    path: str
+    status: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "pk": self.pk,
+            "ts": self.ts,
+            "principal": self.principal,
+            "tenant_id": self.tenant_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "summary": self.summary,
+        }
+
+
+@dataclass
+class SyncState:
+    """Per-tenant delivery-report sync bookkeeping."""
+
+    tenant_id: str
+    last_sync_ts: float | None = None
+    last_success_ts: float | None = None
+    next_due_ts: float | None = None
+    dnd_until: float | None = None
+    failures: int = 0
+    last_error: str | None = None

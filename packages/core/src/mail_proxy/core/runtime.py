@@ -1,0 +1,216 @@
+"""The runtime: one object holding what a running service is made of.
+
+Settings, the plugin manager, the registries plugins filled, the storage, the cipher for
+secrets, the metrics and the services. The web application keeps it under
+``app[RUNTIME]``; services and plugins receive it as an argument. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..encryption import Cipher, EncryptionError, load_key
+from .errors import ConfigError
+from .fetch import Fetcher
+from .model import Principal
+from .plugins import PluginManager
+from .registry import Registry
+from .reports import ReportSink
+from .transport import Transport, TransportFactory
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .config import Settings
+    from .metrics import Metrics
+    from .services import Service
+    from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+KEY_CHECK_SETTING = "encryption_key_check"
+KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
+
+
+class StorageFactory(Protocol):
+    def __call__(self, runtime: Runtime, url: str) -> Storage: ...
+
+
+ServiceFactory = Callable[["Runtime"], "Service | None"]
+
+
+class Runtime:
+    """Everything a running instance needs; built by :meth:`create`, then :meth:`start`."""
+
+    def __init__(self, settings: Settings, plugins: PluginManager) -> None:
+        from .metrics import Metrics
+
+        self.settings = settings
+        self.plugins = plugins
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.storage_backends: Registry[StorageFactory] = Registry("storage backend")
+        self.fetchers: Registry[Fetcher] = Registry("fetch mode")
+        self.transport_factories: Registry[TransportFactory] = Registry("transport")
+        self.report_sinks: Registry[ReportSink] = Registry("report sink")
+        self.service_factories: Registry[ServiceFactory] = Registry("service")
+        self.metrics: Metrics = Metrics()
+        self.cipher: Cipher | None = None
+        self.key_source: str | None = None
+        self.storage: Storage = None  # type: ignore[assignment]  # set by start()
+        self.services: list[Service] = []
+        self._transports: dict[str, Transport] = {}
+        #: Set to wake the dispatcher now (new messages, run-now).
+        self.dispatch_wakeup = asyncio.Event()
+        #: Set to wake the reporter now (new events, run-now).
+        self.report_wakeup = asyncio.Event()
+        #: Tenants whose do-not-disturb a tenant run-now cleared (read by the reporter).
+        self.report_priority_tenants: set[str] = set()
+        self.scheduler_active = settings.scheduler_active
+        self.started_at = time.time()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, settings: Settings, plugins: PluginManager) -> Runtime:
+        """Fill the registries from the plugins' ``register_*`` hooks."""
+        rt = cls(settings, plugins)
+        hook = plugins.hook
+        hook.register_storage_backends(registry=rt.storage_backends)
+        hook.register_fetchers(registry=rt.fetchers)
+        hook.register_transports(registry=rt.transport_factories)
+        hook.register_report_sinks(registry=rt.report_sinks)
+        hook.register_services(services=rt.service_factories)
+        return rt
+
+    def load_cipher(self) -> None:
+        """Load the encryption key (startup error if it is bad or unreadable)."""
+        try:
+            found = load_key(self.settings.encryption_key, self.settings.instance_dir)
+        except EncryptionError as exc:
+            raise ConfigError("MAIL_PROXY_ENCRYPTION_KEY", str(exc)) from None
+        if found is not None:
+            self.cipher = Cipher(found[0])
+            self.key_source = found[1]
+
+    async def start(self) -> None:
+        """Open storage (migrations included), verify the key, start the services."""
+        self.load_cipher()
+        url = self.settings.resolved_database_url()
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        if scheme == "postgres":
+            scheme = "postgresql"
+        try:
+            factory = self.storage_backends.get(scheme)
+        except Exception as exc:
+            raise ConfigError("GMP_DATABASE_URL", str(exc)) from None
+        self.storage = factory(self, url)
+        await self.storage.start()
+        await self._verify_key()
+        stored = await self.storage.get_settings()
+        if "scheduler_active" in stored:
+            self.scheduler_active = bool(stored["scheduler_active"])
+        for name in self.service_factories:
+            service = self.service_factories.get(name)(self)
+            if service is None:
+                continue
+            await service.start(self)
+            self.services.append(service)
+            log.debug("service %s started", name)
+
+    async def _verify_key(self) -> None:
+        stored = (await self.storage.get_settings()).get(KEY_CHECK_SETTING)
+        if stored and self.cipher is None:
+            raise ConfigError(
+                "MAIL_PROXY_ENCRYPTION_KEY",
+                "the database holds encrypted secrets but no encryption key is configured",
+            )
+        if stored and self.cipher is not None:
+            try:
+                ok = self.cipher.decrypt(stored) == KEY_CHECK_PLAINTEXT
+            except EncryptionError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    "MAIL_PROXY_ENCRYPTION_KEY",
+                    f"the key from {self.key_source} is not the key this database was "
+                    "encrypted with (see docs/security.md: key rotation)",
+                )
+        elif self.cipher is not None:
+            await self.storage.put_settings(
+                {KEY_CHECK_SETTING: self.cipher.encrypt(KEY_CHECK_PLAINTEXT)}
+            )
+
+    async def stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service %s failed to stop", service.name)
+        self.services.clear()
+        for transport in self._transports.values():
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("transport failed to close")
+        self._transports.clear()
+        for name in self.report_sinks:
+            await self.report_sinks.get(name).close()
+        if self.storage is not None:
+            await self.storage.close()
+
+    # -- helpers used by the engine and routes ---------------------------------------------
+    def transport(self, name: str) -> Transport:
+        """The (lazily built, shared) transport registered as ``name``."""
+        if name not in self._transports:
+            self._transports[name] = self.transport_factories.get(name)(self)
+        return self._transports[name]
+
+    def encrypt(self, secret: str) -> str:
+        if self.cipher is None:
+            from .errors import ApiError
+
+            raise ApiError(
+                400,
+                "encryption_key_missing",
+                "storing a secret needs an encryption key: set MAIL_PROXY_ENCRYPTION_KEY "
+                "(generate one with `mail-proxy keygen`) and restart",
+            )
+        return self.cipher.encrypt(secret)
+
+    def decrypt(self, token: str) -> str:
+        if self.cipher is None:
+            raise EncryptionError("no encryption key configured")
+        return self.cipher.decrypt(token)
+
+    def wake_dispatcher(self) -> None:
+        self.dispatch_wakeup.set()
+
+    def wake_reporter(self) -> None:
+        self.report_wakeup.set()
+
+    def emit(self, event_type: str, tenant_id: str, account_id: str | None) -> None:
+        """Tell plugins (metrics, audit) about a committed outcome."""
+        self.plugins.hook.on_event(
+            event_type=event_type, tenant_id=tenant_id, account_id=account_id, runtime=self
+        )
+
+    async def authenticate(self, request: web.Request, token: str) -> Principal | None:
+        """Ask the ``authenticate`` hook implementations in order; first non-None wins."""
+        results = self.plugins.hook.authenticate(request=request, token=token, runtime=self)
+        found: Principal | None = None
+        for result in results:
+            if inspect.isawaitable(result):
+                result = await result
+            if found is None and result is not None:
+                found = result
+        return found
+
+    def status_extra(self) -> dict[str, Any]:
+        return {}
