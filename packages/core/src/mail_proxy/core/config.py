@@ -108,49 +108,71 @@ class Settings:
     """All runtime settings. Build with :func:`load_settings`."""
 
     # -- identity and HTTP -----------------------------------------------------------
-    instance_name: str = setting("mail-proxy", "GMP_INSTANCE_NAME", "Instance name shown by /status.")
+    instance_name: str = setting(
+        "mail-proxy", "GMP_INSTANCE_NAME", "Instance name shown by /status."
+    )
     instance_dir: str | None = setting(
-        None, "GMP_INSTANCE_DIR",
+        None,
+        "GMP_INSTANCE_DIR",
         "Directory holding the instance's SQLite database, key and logs "
-        "(default: current directory for `serve`).", _opt_str,
+        "(default: current directory for `serve`).",
+        _opt_str,
     )
     host: str = setting("127.0.0.1", "GMP_HOST", "Address the HTTP server listens on.")
     port: int = setting(8000, "GMP_PORT", "HTTP port.", _positive(int))
     api_token: str | None = setting(
-        None, "GMP_API_TOKEN", "Admin token (X-API-Token). Required unless GMP_INSECURE=1.", _opt_str
+        None,
+        "GMP_API_TOKEN",
+        "Admin token (X-API-Token). Required unless GMP_INSECURE=1.",
+        _opt_str,
     )
     insecure: bool = setting(
-        False, "GMP_INSECURE", "Run without an admin token (prints a warning; never in production).",
+        False,
+        "GMP_INSECURE",
+        "Run without an admin token (prints a warning; never in production).",
         _bool,
     )
     log_level: str = setting("INFO", "GMP_LOG_LEVEL", "Logging level.", _log_level)
     max_request_bytes: int = setting(
-        10 * 1024 * 1024, "GMP_MAX_REQUEST_BYTES", "Largest accepted request body (413 beyond).",
+        10 * 1024 * 1024,
+        "GMP_MAX_REQUEST_BYTES",
+        "Largest accepted request body (413 beyond).",
         _positive(int),
     )
     max_batch_messages: int = setting(
-        1000, "GMP_MAX_BATCH_MESSAGES", "Most messages in one add-messages call (413 beyond).",
+        1000,
+        "GMP_MAX_BATCH_MESSAGES",
+        "Most messages in one add-messages call (413 beyond).",
         _positive(int),
     )
     disabled_plugins: list[str] = setting(
-        None, "GMP_DISABLED_PLUGINS", "Comma-separated plugin names not to load.", _str_list(","),
+        None,
+        "GMP_DISABLED_PLUGINS",
+        "Comma-separated plugin names not to load.",
+        _str_list(","),
         factory=list,
     )
 
     # -- database ----------------------------------------------------------------------
     database_url: str | None = setting(
-        None, "GMP_DATABASE_URL",
+        None,
+        "GMP_DATABASE_URL",
         "Database URL: sqlite:///path or postgresql://user@host/db. Overrides GMP_DB_PATH.",
         _opt_str,
     )
     db_path: str | None = setting(
-        None, "GMP_DB_PATH", "SQLite file (default: mail_proxy.db in the instance directory).",
+        None,
+        "GMP_DB_PATH",
+        "SQLite file (default: mail_proxy.db in the instance directory).",
         _opt_str,
     )
 
     # -- dispatch ----------------------------------------------------------------------
     scheduler_active: bool = setting(
-        True, "GMP_SCHEDULER_ACTIVE", "Start with the dispatcher running (false = suspended).", _bool
+        True,
+        "GMP_SCHEDULER_ACTIVE",
+        "Start with the dispatcher running (false = suspended).",
+        _bool,
     )
     test_mode: bool = setting(
         False, "GMP_TEST_MODE", "Loops wait for POST /commands/run-now instead of polling.", _bool
@@ -159,78 +181,106 @@ class Settings:
         0.5, "GMP_SEND_LOOP_INTERVAL", "Idle dispatcher poll interval (seconds).", _positive(float)
     )
     batch_size_per_account: int = setting(
-        50, "GMP_BATCH_SIZE_PER_ACCOUNT", "Most messages claimed per account in one round.",
+        50,
+        "GMP_BATCH_SIZE_PER_ACCOUNT",
+        "Most messages claimed per account in one round.",
         _positive(int),
     )
     claim_batch_size: int = setting(
-        500, "GMP_CLAIM_BATCH_SIZE", "Most messages claimed in one round (all accounts).",
+        500,
+        "GMP_CLAIM_BATCH_SIZE",
+        "Most messages claimed in one round (all accounts).",
         _positive(int),
     )
     max_concurrent_sends: int = setting(
         64, "GMP_MAX_CONCURRENT_SENDS", "Global bound on deliveries in flight.", _positive(int)
     )
     max_sends_per_account: int = setting(
-        8, "GMP_MAX_SENDS_PER_ACCOUNT",
-        "Bound on deliveries in flight per account (also its SMTP pool size).", _positive(int),
+        8,
+        "GMP_MAX_SENDS_PER_ACCOUNT",
+        "Bound on deliveries in flight per account (also its SMTP pool size).",
+        _positive(int),
     )
     claim_lease_seconds: float = setting(
-        300.0, "GMP_CLAIM_LEASE_SECONDS",
+        300.0,
+        "GMP_CLAIM_LEASE_SECONDS",
         "How long a claimed message belongs to an instance before others may retake it.",
         _positive(float),
     )
     max_retries: int = setting(
-        5, "GMP_MAX_RETRIES", "Retries of a temporary failure before the message fails.",
+        5,
+        "GMP_MAX_RETRIES",
+        "Retries of a temporary failure before the message fails.",
         _non_negative(int),
     )
     retry_delays: list[float] = setting(
-        None, "GMP_RETRY_DELAYS",
+        None,
+        "GMP_RETRY_DELAYS",
         "Comma-separated backoff delays in seconds for retry 1, 2, ... (last one repeats).",
-        _float_list, factory=lambda: [60.0, 300.0, 900.0, 3600.0, 7200.0],
+        _float_list,
+        factory=lambda: [60.0, 300.0, 900.0, 3600.0, 7200.0],
     )
     retry_jitter: float = setting(
-        0.1, "GMP_RETRY_JITTER", "Random spread added to each retry delay (fraction).",
+        0.1,
+        "GMP_RETRY_JITTER",
+        "Random spread added to each retry delay (fraction).",
         _non_negative(float),
     )
     smtp_idle_timeout: float = setting(
-        60.0, "GMP_SMTP_IDLE_TIMEOUT", "Pooled SMTP connections idle longer are closed.",
+        60.0,
+        "GMP_SMTP_IDLE_TIMEOUT",
+        "Pooled SMTP connections idle longer are closed.",
         _positive(float),
     )
     smtp_connect_timeout: float = setting(
-        15.0, "GMP_SMTP_CONNECT_TIMEOUT", "SMTP connect + greeting + TLS + AUTH timeout.",
+        15.0,
+        "GMP_SMTP_CONNECT_TIMEOUT",
+        "SMTP connect + greeting + TLS + AUTH timeout.",
         _positive(float),
     )
 
     # -- attachments -------------------------------------------------------------------
     attachment_timeout: float = setting(
-        30.0, "GMP_ATTACHMENT_TIMEOUT", "Timeout of one attachment fetch (seconds).",
+        30.0,
+        "GMP_ATTACHMENT_TIMEOUT",
+        "Timeout of one attachment fetch (seconds).",
         _positive(float),
     )
     attachment_max_mb: float = setting(
         25.0, "GMP_ATTACHMENT_MAX_MB", "Largest attachment accepted (MB).", _positive(float)
     )
     max_concurrent_attachments: int = setting(
-        8, "GMP_MAX_CONCURRENT_ATTACHMENTS", "Attachment fetches in flight (all messages).",
+        8,
+        "GMP_MAX_CONCURRENT_ATTACHMENTS",
+        "Attachment fetches in flight (all messages).",
         _positive(int),
     )
     attachment_base_url: str | None = setting(
-        None, "GMP_ATTACHMENT_BASE_URL", "Endpoint base URL when the tenant has none (trusted).",
+        None,
+        "GMP_ATTACHMENT_BASE_URL",
+        "Endpoint base URL when the tenant has none (trusted).",
         _opt_str,
     )
     attachment_base_dirs: list[str] = setting(
-        None, "GMP_ATTACHMENT_BASE_DIRS",
+        None,
+        "GMP_ATTACHMENT_BASE_DIRS",
         "':'-separated directories the filesystem fetch mode may read (empty = mode disabled).",
-        _str_list(":"), factory=list,
+        _str_list(":"),
+        factory=list,
     )
     fetch_allow_networks: list[str] = setting(
-        None, "GMP_FETCH_ALLOW_NETWORKS",
+        None,
+        "GMP_FETCH_ALLOW_NETWORKS",
         "Comma-separated CIDRs that message/tenant URLs may reach despite the address policy.",
-        _str_list(","), factory=list,
+        _str_list(","),
+        factory=list,
     )
     cache_memory_max_mb: float = setting(
         50.0, "GMP_CACHE_MEMORY_MAX_MB", "Memory attachment cache size (MB).", _non_negative(float)
     )
     cache_memory_item_max_kb: float = setting(
-        512.0, "GMP_CACHE_MEMORY_ITEM_MAX_KB",
+        512.0,
+        "GMP_CACHE_MEMORY_ITEM_MAX_KB",
         "Items up to this size go to the memory tier, larger ones to disk (KB).",
         _non_negative(float),
     )
@@ -238,7 +288,9 @@ class Settings:
         300.0, "GMP_CACHE_MEMORY_TTL", "Memory cache entry lifetime (seconds).", _positive(float)
     )
     cache_disk_dir: str | None = setting(
-        None, "GMP_CACHE_DISK_DIR", "Directory of the disk attachment cache (unset = no disk tier).",
+        None,
+        "GMP_CACHE_DISK_DIR",
+        "Directory of the disk attachment cache (unset = no disk tier).",
         _opt_str,
     )
     cache_disk_max_mb: float = setting(
@@ -250,7 +302,9 @@ class Settings:
 
     # -- delivery reports ----------------------------------------------------------------
     client_sync_url: str | None = setting(
-        None, "GMP_CLIENT_SYNC_URL", "Global delivery-report URL for tenants without their own.",
+        None,
+        "GMP_CLIENT_SYNC_URL",
+        "Global delivery-report URL for tenants without their own.",
         _opt_str,
     )
     client_sync_user: str | None = setting(
@@ -263,30 +317,40 @@ class Settings:
         None, "GMP_CLIENT_SYNC_TOKEN", "Bearer token for GMP_CLIENT_SYNC_URL.", _opt_str
     )
     client_sync_secret: str | None = setting(
-        None, "GMP_CLIENT_SYNC_SECRET", "Signing secret for reports sent to GMP_CLIENT_SYNC_URL.",
+        None,
+        "GMP_CLIENT_SYNC_SECRET",
+        "Signing secret for reports sent to GMP_CLIENT_SYNC_URL.",
         _opt_str,
     )
     sync_interval: float = setting(
-        300.0, "GMP_SYNC_INTERVAL", "Heartbeat interval of delivery-report sync (seconds).",
+        300.0,
+        "GMP_SYNC_INTERVAL",
+        "Heartbeat interval of delivery-report sync (seconds).",
         _positive(float),
     )
     sync_timeout: float = setting(
-        30.0, "GMP_SYNC_TIMEOUT", "Timeout of one delivery-report request (seconds).",
+        30.0,
+        "GMP_SYNC_TIMEOUT",
+        "Timeout of one delivery-report request (seconds).",
         _positive(float),
     )
     report_batch_size: int = setting(
         500, "GMP_REPORT_BATCH_SIZE", "Most events in one delivery-report request.", _positive(int)
     )
     report_retention_seconds: float = setting(
-        7 * 86400.0, "GMP_DELIVERY_REPORT_RETENTION_SECONDS",
-        "Finished, fully reported messages are purged after this long.", _positive(float),
+        7 * 86400.0,
+        "GMP_DELIVERY_REPORT_RETENTION_SECONDS",
+        "Finished, fully reported messages are purged after this long.",
+        _positive(float),
     )
 
     # -- secrets ---------------------------------------------------------------------------
     encryption_key: str | None = setting(
-        None, "MAIL_PROXY_ENCRYPTION_KEY",
+        None,
+        "MAIL_PROXY_ENCRYPTION_KEY",
         "Base64 of 32 bytes (AES-256-GCM) for stored secrets; else /run/secrets/encryption_key, "
-        "else the instance's encryption.key file.", _opt_str,
+        "else the instance's encryption.key file.",
+        _opt_str,
     )
 
     # ---------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ error naming the plugin (see ``create_plugin_manager``).
 
 from __future__ import annotations
 
-from email.message import EmailMessage
 from collections.abc import Awaitable
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 import pluggy

@@ -36,7 +36,9 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
         self.report_backlog = Gauge(
-            "gmp_report_backlog", "Delivery-report events not yet acknowledged.", ("tenant_id",),
+            "gmp_report_backlog",
+            "Delivery-report events not yet acknowledged.",
+            ("tenant_id",),
             registry=r,
         )
         self.report_failures = Counter(
@@ -44,7 +46,9 @@ class Metrics:
         )
         self.report_last_success_age = Gauge(
             "gmp_report_last_success_age_seconds",
-            "Seconds since the last successful delivery-report sync.", ("tenant_id",), registry=r,
+            "Seconds since the last successful delivery-report sync.",
+            ("tenant_id",),
+            registry=r,
         )
 
     def render(self) -> bytes:

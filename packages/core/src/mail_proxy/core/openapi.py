@@ -35,11 +35,14 @@ def document(routes: RouteTable) -> dict[str, Any]:
         if spec.query is not None:
             qschema = spec.query.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, prop in qschema.get("properties", {}).items():
-                params.append({
-                    "name": name, "in": "query",
-                    "required": name in qschema.get("required", []),
-                    "schema": _strip_title(prop),
-                })
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in qschema.get("required", []),
+                        "schema": _strip_title(prop),
+                    }
+                )
         if params:
             op["parameters"] = params
         if spec.body is not None:
@@ -48,7 +51,11 @@ def document(routes: RouteTable) -> dict[str, Any]:
             schemas[spec.body.__name__] = bschema
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}
+                    }
+                },
             }
         if spec.scope != "public":
             op["security"] = [{"apiToken": []}]
@@ -70,11 +77,15 @@ def document(routes: RouteTable) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"}},
+            "securitySchemes": {
+                "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"}
+            },
             "responses": {
                 "Error": {
                     "description": "failure",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
                 }
             },
         },
@@ -82,7 +93,11 @@ def document(routes: RouteTable) -> dict[str, Any]:
 
 
 def _path_params(path: str) -> list[str]:
-    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    return [
+        part[1:-1].split(":")[0]
+        for part in path.split("/")
+        if part.startswith("{") and part.endswith("}")
+    ]
 
 
 def _strip_title(schema: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +110,12 @@ def html(routes: RouteTable) -> str:
     rows = []
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            body = (
+                op.get("requestBody", {})
+                .get("content", {})
+                .get("application/json", {})
+                .get("schema")
+            )
             detail = ""
             if body:
                 name = body["$ref"].rsplit("/", 1)[-1]

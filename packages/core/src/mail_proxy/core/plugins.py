@@ -58,13 +58,17 @@ class PluginManager:
     def hook(self) -> Any:
         return self._pm.hook
 
-    def register(self, plugin: object, name: str, dist: tuple[str | None, str | None] = (None, None)) -> None:
+    def register(
+        self, plugin: object, name: str, dist: tuple[str | None, str | None] = (None, None)
+    ) -> None:
         if name in self.disabled:
             return
         try:
             self._pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {name!r} does not match the hook specifications: {exc}") from None
+            raise PluginError(
+                f"plugin {name!r} does not match the hook specifications: {exc}"
+            ) from None
         except ValueError as exc:
             raise PluginError(f"plugin {name!r}: {exc}") from None
         self._dists[name] = dist
@@ -111,13 +115,17 @@ def create_plugin_manager(
     manager = PluginManager(pm, set(disabled))
     manager.register(builtin, "core", ("genro-mail-proxy-core", _version("genro-mail-proxy-core")))
     if load_entry_points:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in sorted(
+            importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+        ):
             if ep.name in manager.disabled or pm.has_plugin(ep.name):
                 continue
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}") from exc
+                raise PluginError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {exc}"
+                ) from exc
             dist = ep.dist.name if ep.dist else None
             manager.register(plugin, ep.name, (dist, ep.dist.version if ep.dist else None))
     for name, plugin in extra_plugins:

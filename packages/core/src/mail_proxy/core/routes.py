@@ -69,7 +69,15 @@ class RouteTable:
                 f"(by {self._routes[key].plugin!r} and {plugin!r})"
             )
         self._routes[key] = RouteSpec(
-            method.upper(), path, handler, scope, summary, body, query, tenant_param, plugin,
+            method.upper(),
+            path,
+            handler,
+            scope,
+            summary,
+            body,
+            query,
+            tenant_param,
+            plugin,
             raw_body,
         )
 

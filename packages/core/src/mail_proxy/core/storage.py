@@ -234,8 +234,9 @@ class Storage(abc.ABC):
         """Reportable events of a tenant not yet acknowledged, in ``pk`` order."""
 
     @abc.abstractmethod
-    async def acknowledge_events(self, tenant_id: str, event_pks: Sequence[int], now: float) -> int:
-        ...
+    async def acknowledge_events(
+        self, tenant_id: str, event_pks: Sequence[int], now: float
+    ) -> int: ...
 
     @abc.abstractmethod
     async def report_backlog(self) -> dict[str, int]:

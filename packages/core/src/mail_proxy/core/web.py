@@ -131,7 +131,11 @@ async def _bind_tenant(request: web.Request, spec: RouteSpec, rt: Runtime) -> st
         named = request.query.get("tenant_id") or None
     body = request.get(BODY)
     if named is None and body is not None:
-        value = getattr(body, "tenant_id", None) if not isinstance(body, dict) else body.get("tenant_id")
+        value = (
+            getattr(body, "tenant_id", None)
+            if not isinstance(body, dict)
+            else body.get("tenant_id")
+        )
         named = value if isinstance(value, str) and value else None
     if not principal.is_admin:
         if named is not None and named != principal.tenant_id:
@@ -147,7 +151,9 @@ async def _read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json":
         raise ApiError(
-            415, "unsupported_media_type", f"send JSON with Content-Type: application/json (got {ctype or 'none'})"
+            415,
+            "unsupported_media_type",
+            f"send JSON with Content-Type: application/json (got {ctype or 'none'})",
         )
     raw = await request.read()  # bounded by client_max_size (413 beyond)
     if not raw.strip():
@@ -155,7 +161,11 @@ async def _read_json(request: web.Request) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        msg = "JSON nested too deeply" if isinstance(exc, RecursionError) else f"malformed JSON: {exc}"
+        msg = (
+            "JSON nested too deeply"
+            if isinstance(exc, RecursionError)
+            else f"malformed JSON: {exc}"
+        )
         raise ApiError(400, "malformed_json", msg) from None
 
 
@@ -169,7 +179,9 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
         ]
         first = details[0] if details else {"field": where, "message": "invalid"}
         raise ApiError(
-            400, "validation_error", f"invalid {where}: {first['field']}: {first['message']}",
+            400,
+            "validation_error",
+            f"invalid {where}: {first['field']}: {first['message']}",
             details=details,
         ) from None
 
@@ -251,12 +263,16 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(ApiError(exc.status, code, exc.reason))
     except StorageUnavailable as exc:
         log.warning("database unavailable: %s", exc)
-        return error_response(ApiError(503, "database_unavailable", "the database is unavailable, retry later"))
+        return error_response(
+            ApiError(503, "database_unavailable", "the database is unavailable, retry later")
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError(500, "internal_error", "internal error (see the server log)"))
+        return error_response(
+            ApiError(500, "internal_error", "internal error (see the server log)")
+        )
 
 
 # -- the application factory --------------------------------------------------------------------
@@ -276,7 +292,9 @@ def create_app(settings: Settings, plugins: PluginManager | None = None) -> web.
     _core_routes(routes)
     plugins.hook.register_routes(routes=routes)
 
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_request_bytes, middlewares=[error_middleware]
+    )
     app[RUNTIME] = rt
     app[ROUTES] = routes
     for spec in routes:
@@ -317,9 +335,25 @@ def _core_routes(routes: RouteTable) -> None:
     async def docs(request: web.Request) -> web.Response:
         return web.Response(text=openapi.html(request.app[ROUTES]), content_type="text/html")
 
-    routes.add("GET", "/health", health, scope="public", summary="Liveness (no database access)", plugin="core")
-    routes.add("GET", "/metrics", metrics, scope="public", summary="Prometheus metrics", plugin="core")
-    routes.add("GET", "/openapi.json", openapi_json, scope="public", summary="OpenAPI 3 document", plugin="core")
+    routes.add(
+        "GET",
+        "/health",
+        health,
+        scope="public",
+        summary="Liveness (no database access)",
+        plugin="core",
+    )
+    routes.add(
+        "GET", "/metrics", metrics, scope="public", summary="Prometheus metrics", plugin="core"
+    )
+    routes.add(
+        "GET",
+        "/openapi.json",
+        openapi_json,
+        scope="public",
+        summary="OpenAPI 3 document",
+        plugin="core",
+    )
     routes.add("GET", "/docs", docs, scope="public", summary="API reference page", plugin="core")
 
 
@@ -331,7 +365,12 @@ async def run_server(settings: Settings, *, ready_message: bool = True) -> None:
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
     if ready_message:
-        log.info("genro-mail-proxy %s listening on http://%s:%s", settings.instance_name, settings.host, settings.port)
+        log.info(
+            "genro-mail-proxy %s listening on http://%s:%s",
+            settings.instance_name,
+            settings.host,
+            settings.port,
+        )
     try:
         await asyncio.Event().wait()
     finally:

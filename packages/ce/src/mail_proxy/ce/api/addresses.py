@@ -1,0 +1,126 @@
+"""Strict parsing of RFC 5322 mailboxes for the message validator.
+
+``email.utils.getaddresses`` is lenient: ``"a@b.com <c@d.com>"`` becomes two addresses and
+``"x <a@b.com"`` is accepted. Here every mailbox must be exactly one of ``addr``, ``<addr>`` or
+``display name <addr>``; the addr-spec must be a plain ASCII ``local@domain`` (dot-atom local
+part, hostname labels); CR, LF, NUL and other control characters are refused anywhere (header
+injection). Comma-separated strings are split outside quoted display names first.
+
+The normalised form of a mailbox is ``addr`` or ``"Display Name" <addr>`` (quoted only when
+the name needs it), which the MIME builder (:mod:`mail_proxy.core.mime`) reads back with
+``getaddresses``.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDR_SPEC = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*$")
+#: CR, LF and NUL: the characters that split or truncate a header (injection).
+INJECTION = re.compile(r"[\r\n\x00]")
+#: Any control character (C0 or DEL): never valid inside an address or display name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NEEDS_QUOTES = re.compile(r'[()<>\[\]:;@\\,."]')
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+class AddressError(ValueError):
+    """A mailbox that is not acceptable. ``injection`` is True for CR/LF/NUL."""
+
+    def __init__(self, text: str, injection: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.injection = injection
+
+
+def is_addr_spec(addr: str) -> bool:
+    """True for a plain ``local@domain`` address within the RFC 5321 length limits."""
+    if len(addr) > 254 or not _ADDR_SPEC.match(addr):
+        return False
+    return len(addr.rpartition("@")[0]) <= 64
+
+
+def _quote_name(name: str) -> str:
+    if not _NEEDS_QUOTES.search(name):
+        return name
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def parse_mailbox(text: str) -> tuple[str, str]:
+    """``(display name, addr-spec)`` of one mailbox, or :class:`AddressError`."""
+    if INJECTION.search(text):
+        raise AddressError(text, injection=True)
+    piece = text.strip()
+    if not piece or _CONTROL.search(piece):
+        raise AddressError(text)
+    pairs = getaddresses([piece])
+    if len(pairs) != 1:
+        raise AddressError(text)
+    name, addr = pairs[0]
+    if not is_addr_spec(addr):
+        raise AddressError(text)
+    # The whole piece must be the address itself or end with "<addr>": refuses trailing
+    # junk and unterminated brackets that getaddresses silently repairs.
+    if piece not in (addr, f"<{addr}>"):
+        head, sep, tail = piece.rpartition("<")
+        bare_head = _QUOTED.sub("", head)
+        if not sep or tail.rstrip() != f"{addr}>" or "<" in bare_head or ">" in bare_head:
+            raise AddressError(text)
+    return name.strip(), addr
+
+
+def format_mailbox(name: str, addr: str) -> str:
+    """The normalised mailbox string."""
+    return f"{_quote_name(name)} <{addr}>" if name else addr
+
+
+def normalise_mailbox(text: str) -> str:
+    return format_mailbox(*parse_mailbox(text))
+
+
+def split_address_list(text: str) -> list[str]:
+    """Split a comma-separated address string outside quotes and angle brackets.
+
+    Empty pieces (``"a@x,, b@y,"``) are dropped.
+    """
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    depth = 0
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char == "<":
+            depth += 1
+        elif not quoted and char == ">":
+            depth = max(0, depth - 1)
+        elif char == "," and not quoted and depth == 0:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    pieces.append("".join(current))
+    return [piece for piece in pieces if piece.strip()]
+
+
+def normalise_address_list(value: str | list[str]) -> list[str]:
+    """A ``to``/``cc``/``bcc`` value (list or comma string) as normalised mailboxes.
+
+    Raises :class:`AddressError` naming the first bad entry. In a list every element must
+    be exactly one mailbox (an empty element is an error).
+    """
+    if isinstance(value, str):
+        if INJECTION.search(value):
+            raise AddressError(value, injection=True)
+        items = split_address_list(value)
+    else:
+        items = value
+    return [normalise_mailbox(item) for item in items]

@@ -1,0 +1,280 @@
+"""Build the MIME message and the SMTP envelope of a queued message.
+
+The dispatcher calls :func:`build_email` on every delivery attempt with the stored payload
+(the fields of API.md "Message") and the attachments its fetchers returned, then
+:func:`envelope` for the envelope sender and recipients. Both run on the hot path, so they do
+the minimum: one pass over the fields, no DNS lookups (:func:`new_message_id` does not call
+``getfqdn``), and the MIME type table is loaded once at import.
+
+Rules (see API.md):
+
+* ``Message-ID`` is the id the engine generated once at enqueue, so every retry of one message
+  carries the same id and a duplicate delivery can be recognised.
+* ``X-Genro-Mail-ID`` always carries the client's message id (bounce/PEC correlation).
+* ``Bcc`` never appears in the headers: bcc recipients exist only in the envelope.
+* ``Return-Path`` is the envelope sender, never a header (the receiving MTA writes it).
+* ``body`` + ``body_html`` → ``multipart/alternative``; attachments → ``multipart/mixed``.
+* Extra ``headers`` were validated at enqueue; CR, LF or NUL are refused again here. Extra
+  headers that would replace a structural header (``RESERVED_HEADERS``) are ignored: the
+  message fields win, so no ``headers`` entry can inject a ``Bcc`` or a second ``From``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email import policy as email_policy
+from email.headerregistry import BaseHeader, HeaderRegistry
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses
+from typing import Any
+
+
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The stdlib header factory, but building each header class once.
+
+    ``HeaderRegistry.__getitem__`` creates a new class with ``type()`` on every header it
+    makes; the classes are stateless, so one per header name is enough.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
+#: Policy of every built message: ``email.policy.SMTP`` (CRLF line ends, RFC-compliant
+#: folding, 8bit bodies when needed — the SMTP client re-encodes them for servers without
+#: 8BITMIME) with the caching header factory.
+POLICY = email_policy.SMTP.clone(header_factory=_CachedHeaderRegistry())
+
+#: Extra header names (lower case) the ``headers`` field may not set; see the module doc.
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "resent-bcc",
+        "subject",
+        "reply-to",
+        "return-path",
+        "message-id",
+        "x-genro-mail-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+    }
+)
+
+MAIL_ID_HEADER = "X-Genro-Mail-ID"
+DEFAULT_MIME_TYPE = "application/octet-stream"
+FALLBACK_DOMAIN = "genro-mail-proxy.invalid"
+
+_FORBIDDEN_CHARS = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+_MIME_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
+_DOMAIN_OK = re.compile(r"^[A-Za-z0-9.-]+$")
+
+if not mimetypes.inited:  # load the system table now, not inside the event loop later
+    mimetypes.init()
+
+
+class MimeError(ValueError):
+    """The payload cannot become a valid message; ``code`` is a stable snake_case reason.
+
+    A message that reaches this point passed enqueue validation, so this is a permanent
+    failure of the message (retrying cannot help).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Attachment:
+    """One fetched attachment: final file name, exact content, MIME type if the client gave it."""
+
+    filename: str
+    content: bytes
+    mime_type: str | None = None
+
+
+def _clean(value: Any, field: str) -> str:
+    """``value`` as a header-safe string; CR, LF and NUL are refused (header injection)."""
+    text = value if isinstance(value, str) else str(value)
+    if _FORBIDDEN_CHARS.search(text):
+        raise MimeError("invalid_header", f"{field}: CR, LF or NUL is not allowed")
+    return text
+
+
+def _address_list(value: Any) -> list[str]:
+    """The ``to``/``cc``/``bcc`` field as a list of address strings (list or comma string)."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(item) for item in value if item]
+
+
+def _joined(value: Any, field: str) -> str:
+    """An address field as one header value (``a@x, "B" <b@y>``)."""
+    return ", ".join(_clean(item, field) for item in _address_list(value))
+
+
+def addresses(value: Any) -> list[str]:
+    """The bare addresses (addr-spec) in an address field, in order, empties dropped."""
+    return [addr for _name, addr in getaddresses(_address_list(value)) if addr]
+
+
+def new_message_id(from_addr: str) -> str:
+    """A fresh ``<uuid@domain>`` Message-ID, the domain taken from the From address."""
+    found = addresses(from_addr)
+    domain = found[0].rpartition("@")[2].strip().lower() if found else ""
+    if domain and not _DOMAIN_OK.match(domain):
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            domain = ""
+    if not domain or "@" in domain or not _DOMAIN_OK.match(domain):
+        domain = FALLBACK_DOMAIN
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def _message_id_header(message_id: str) -> str:
+    text = _clean(message_id, "message_id").strip()
+    if not text:
+        raise MimeError("invalid_message_id", "message_id is empty")
+    if not text.startswith("<"):
+        text = f"<{text}>"
+    return text
+
+
+def _put(msg: EmailMessage, name: str, value: str) -> None:
+    """Add a header whose value was already checked for CR/LF/NUL.
+
+    A pure-ASCII value is stored as text, exactly the state a message parsed from bytes is
+    in: the generator writes it as is (refolding it only when too long) and reading it
+    parses it on demand. That skips the header parser on the hot path, where it costs more
+    than the rest of the build. Non-ASCII values go through the policy, which encodes them
+    (RFC 2047 words, IDNA-free addresses kept as given).
+    """
+    if value.isascii():
+        msg.set_raw(name, value)
+    else:
+        msg[name] = value
+
+
+def _split_mime_type(mime_type: str | None, filename: str) -> tuple[str, str]:
+    """``(maintype, subtype)`` from the given type, else guessed from the file name."""
+    chosen = (mime_type or "").split(";", 1)[0].strip().lower()
+    if not _MIME_TOKEN.match(chosen):
+        guessed, _encoding = mimetypes.guess_type(filename, strict=False)
+        chosen = guessed or DEFAULT_MIME_TYPE
+    maintype, _, subtype = chosen.partition("/")
+    # message/* and multipart/* parts may not be base64-encoded (RFC 2046): ship them opaque.
+    if maintype in ("message", "multipart"):
+        return "application", "octet-stream"
+    return maintype, subtype
+
+
+def _body_parts(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(plain, html)`` texts: ``body`` is plain unless ``content_type`` is html."""
+    body = payload.get("body")
+    html = payload.get("body_html")
+    if payload.get("content_type") == "html":
+        # body is HTML; an explicit body_html takes its place.
+        return None, html if html is not None else (body or "")
+    return body, html
+
+
+def build_email(
+    payload: dict[str, Any],
+    *,
+    message_id: str,
+    mail_id: str,
+    attachments: Iterable[Attachment] = (),
+) -> EmailMessage:
+    """Build the ``EmailMessage`` of one stored message (see the module doc for the rules).
+
+    Raises :class:`MimeError` for content that cannot be sent (CR/LF/NUL in a header or a
+    file name, an empty Message-ID).
+    """
+    msg = EmailMessage(policy=POLICY)
+    _put(msg, "From", _clean(payload.get("from") or "", "from"))
+    to = _joined(payload.get("to"), "to")
+    if to:
+        _put(msg, "To", to)
+    cc = _joined(payload.get("cc"), "cc")
+    if cc:
+        _put(msg, "Cc", cc)
+    reply_to = payload.get("reply_to")
+    if reply_to:
+        _put(msg, "Reply-To", _joined(reply_to, "reply_to"))
+    _put(msg, "Subject", _clean(payload.get("subject") or "", "subject"))
+
+    seen: set[str] = set()
+    extra = payload.get("headers") or {}
+    for name, value in extra.items():
+        name = _clean(name, "header name")
+        if not _HEADER_NAME.match(name):
+            raise MimeError("invalid_header", f"header name {name!r} is not valid")
+        lowered = name.lower()
+        if lowered in RESERVED_HEADERS or lowered in seen:
+            continue
+        seen.add(lowered)
+        _put(msg, name, _clean(value, f"header {name}"))
+    if "date" not in seen:
+        _put(msg, "Date", format_datetime(datetime.now(timezone.utc)))
+    _put(msg, "Message-ID", _message_id_header(message_id))
+    _put(msg, MAIL_ID_HEADER, _clean(mail_id, "mail_id"))
+
+    plain, html = _body_parts(payload)
+    if plain is not None:
+        msg.set_content(plain)
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+    elif html is not None:
+        msg.set_content(html, subtype="html")
+    else:
+        msg.set_content("")
+
+    for item in attachments:
+        filename = _clean(item.filename, "attachment filename")
+        maintype, subtype = _split_mime_type(item.mime_type, filename)
+        msg.add_attachment(
+            item.content, maintype=maintype, subtype=subtype, filename=filename or None
+        )
+    return msg
+
+
+def envelope(payload: dict[str, Any]) -> tuple[str, list[str]]:
+    """``(sender, recipients)`` of the SMTP envelope.
+
+    The sender is ``return_path`` if given, else the From address (addr-spec only). The
+    recipients are to + cc + bcc, deduplicated case-insensitively, first spelling and order
+    kept.
+    """
+    found = addresses(payload.get("return_path") or payload.get("from") or "")
+    sender = found[0] if found else ""
+    seen: set[str] = set()
+    recipients: list[str] = []
+    for field in ("to", "cc", "bcc"):
+        for addr in addresses(payload.get(field)):
+            key = addr.lower()
+            if key not in seen:
+                seen.add(key)
+                recipients.append(addr)
+    return sender, recipients
