@@ -50,6 +50,8 @@ def on_event(event_type: str, tenant_id: str, account_id: str | None, runtime: R
 def register_services(services: Registry[ServiceFactory]) -> None:
     from .dispatcher import Dispatcher
     from .housekeeping import Housekeeping
+    from .reporter import Reporter
 
     services.register("dispatcher", Dispatcher.create, plugin="core")
+    services.register("reporter", Reporter.create, plugin="core")
     services.register("housekeeping", Housekeeping.create, plugin="core")

@@ -190,7 +190,13 @@ class Runtime:
         return self.cipher.decrypt(token)
 
     def wake_dispatcher(self) -> None:
+        """``run-now``: wake the dispatcher (also in test mode)."""
         self.dispatch_wakeup.set()
+
+    def notify_enqueued(self) -> None:
+        """New messages were stored: deliver them now (test mode waits for run-now)."""
+        if not self.settings.test_mode:
+            self.dispatch_wakeup.set()
 
     def wake_reporter(self) -> None:
         self.report_wakeup.set()
