@@ -46,3 +46,7 @@ class Fetcher(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
         """Return the attachment bytes or raise :class:`FetchError`."""
+
+    async def close(self) -> None:
+        """Release what the fetcher holds (HTTP sessions); called by ``Runtime.stop``."""
+        return None

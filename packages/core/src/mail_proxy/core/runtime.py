@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 KEY_CHECK_SETTING = "encryption_key_check"
 KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
+#: Settings ``PUT /instance`` may change while running; stored values win over the config.
+LIVE_SETTINGS = ("instance_name", "send_loop_interval", "max_retries", "retry_delays",
+                 "sync_interval")
 
 
 class StorageFactory(Protocol):
@@ -116,6 +119,9 @@ class Runtime:
         stored = await self.storage.get_settings()
         if "scheduler_active" in stored:
             self.scheduler_active = bool(stored["scheduler_active"])
+        for key in LIVE_SETTINGS:  # changed with PUT /instance: they outlive a restart
+            if key in stored:
+                setattr(self.settings, key, stored[key])
         for name in self.service_factories:
             service = self.service_factories.get(name)(self)
             if service is None:
@@ -162,6 +168,11 @@ class Runtime:
         self._transports.clear()
         for name in self.report_sinks:
             await self.report_sinks.get(name).close()
+        for name in self.fetchers:  # fetchers may hold HTTP sessions
+            try:
+                await self.fetchers.get(name).close()
+            except Exception:
+                log.exception("fetch mode %s failed to close", name)
         if self.storage is not None:
             await self.storage.close()
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
-
 from mail_proxy.core.model import PRIORITY_NAMES
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 PriorityName = Literal["immediate", "high", "medium", "low"]
 #: 0 (immediate) .. 3 (low), or the name.
@@ -41,15 +40,17 @@ class _Strict(BaseModel):
 class Attachment(_Strict):
     """An attachment, fetched at send time by the fetcher named by ``fetch_mode``."""
 
-    filename: str = Field(min_length=1, max_length=255)
-    storage_path: str = Field(min_length=1)
+    filename: str = Field(description="may carry a {MD5:<hex>} cache marker")
+    storage_path: str
     fetch_mode: str | None = Field(
         None, description="base64, filesystem, endpoint, http_url or a plugin's mode; "
         "inferred from storage_path when omitted",
     )
     mime_type: str | None = None
     content_md5: str | None = None
-    auth: dict[str, Any] | None = Field(None, description="per-attachment auth for endpoint/http_url")
+    auth: dict[str, Any] | None = Field(
+        None, description="per-attachment auth for endpoint/http_url"
+    )
 
 
 class Message(_Strict):
@@ -134,7 +135,7 @@ class AccountBody(_Strict):
 class InstanceUpdate(_Strict):
     """The instance settings that may change while the service runs (others: restart)."""
 
-    name: str | None = Field(None, min_length=1, max_length=100)
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     send_loop_interval: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] | None = None
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
     retry_delays: (

@@ -1,0 +1,86 @@
+"""Command routes: run-now, suspend and activate (a tenant, a batch, or the scheduler)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from mail_proxy.core.web import body_of, ok, principal_of, runtime_of, tenant_of
+
+from .models import SuspendBody, TenantBody
+
+AUDIT = "gmp.audit"
+
+
+async def run_now(request: web.Request) -> web.Response:
+    """Wake dispatch and reporting. A tenant token also lifts its do-not-disturb window."""
+    rt = runtime_of(request)
+    principal = principal_of(request)
+    tenant_id = tenant_of(request)
+    if not principal.is_admin:
+        rt.report_priority_tenants.add(tenant_id)
+    rt.wake_dispatcher()
+    rt.wake_reporter()
+    narrowed = _named_tenant(request) is not None or not principal.is_admin
+    return ok({"tenant_id": tenant_id if narrowed else None})
+
+
+def _named_tenant(request: web.Request) -> str | None:
+    body: TenantBody | SuspendBody | None = body_of(request)
+    named = request.query.get("tenant_id") or (body.tenant_id if body is not None else None)
+    return named or None
+
+
+async def _set_scheduler(request: web.Request, active: bool) -> web.Response:
+    rt = runtime_of(request)
+    await rt.storage.put_settings({"scheduler_active": active})
+    rt.scheduler_active = active
+    if active:
+        rt.wake_dispatcher()
+    request[AUDIT] = {"scheduler_active": active}
+    return ok({"scheduler_active": active})
+
+
+def _whole_scheduler(request: web.Request) -> bool:
+    """The admin form: admin token, no tenant named and no batch_code."""
+    body: SuspendBody = body_of(request)
+    return (
+        principal_of(request).is_admin
+        and _named_tenant(request) is None
+        and body.batch_code is None
+    )
+
+
+async def suspend(request: web.Request) -> web.Response:
+    """Stop dispatching a tenant (or one of its batches); admin form: the whole scheduler."""
+    if _whole_scheduler(request):
+        return await _set_scheduler(request, False)
+    rt = runtime_of(request)
+    body: SuspendBody = body_of(request)
+    tenant_id = tenant_of(request)
+    batches = await rt.storage.suspend(tenant_id, body.batch_code)
+    request[AUDIT] = {"batch_code": body.batch_code or "*"}
+    return ok(
+        {
+            "tenant_id": tenant_id,
+            "suspended_batches": batches,
+            "pending_messages": await rt.storage.count_pending(tenant_id),
+        }
+    )
+
+
+async def activate(request: web.Request) -> web.Response:
+    """Lift a suspension (a batch, or everything of the tenant); admin form: the scheduler."""
+    if _whole_scheduler(request):
+        return await _set_scheduler(request, True)
+    rt = runtime_of(request)
+    body: SuspendBody = body_of(request)
+    tenant_id = tenant_of(request)
+    batches = await rt.storage.activate(tenant_id, body.batch_code)
+    rt.wake_dispatcher()
+    request[AUDIT] = {"batch_code": body.batch_code or "*"}
+    return ok(
+        {
+            "tenant_id": tenant_id,
+            "suspended_batches": batches,
+            "pending_messages": await rt.storage.count_pending(tenant_id),
+        }
+    )

@@ -1,0 +1,128 @@
+"""Admin routes: the instance's live settings and the command log (audit trail)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from mail_proxy.core import __version__
+from mail_proxy.core.errors import ApiError
+from mail_proxy.core.retry import RetryPolicy
+from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.web import AUDIT as AUDIT_WRITER
+from mail_proxy.core.web import body_of, ok, query_of, runtime_of
+
+from .models import CommandLogQuery, ExportQuery, InstanceUpdate
+from .pagination import decode_cursor, page
+
+AUDIT = "gmp.audit"
+EXPORT_PAGE = 500
+#: API field → Settings attribute, for the settings ``PUT /instance`` may change.
+_FIELDS = {
+    "name": "instance_name",
+    "send_loop_interval": "send_loop_interval",
+    "max_retries": "max_retries",
+    "retry_delays": "retry_delays",
+    "sync_interval": "sync_interval",
+}
+
+
+def instance_view(rt: Runtime) -> dict[str, Any]:
+    s = rt.settings
+    view: dict[str, Any] = {api: getattr(s, attr) for api, attr in _FIELDS.items()}
+    view["scheduler_active"] = rt.scheduler_active
+    view["version"] = __version__
+    view["instance_id"] = rt.instance_id
+    return view
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    return ok({"instance": instance_view(runtime_of(request))})
+
+
+async def put_instance(request: web.Request) -> web.Response:
+    """Change live settings: stored (they outlive a restart) and applied at once."""
+    rt = runtime_of(request)
+    body: InstanceUpdate = body_of(request)
+    nulls = sorted(k for k in body.model_fields_set if getattr(body, k) is None)
+    if nulls:
+        details = [{"field": k, "message": "may not be null"} for k in nulls]
+        raise ApiError(
+            400, "validation_error", f"invalid body: {nulls[0]}: may not be null", details=details
+        )
+    changes = body.model_dump(exclude_unset=True)
+    stored: dict[str, Any] = {_FIELDS[k]: v for k, v in changes.items() if k in _FIELDS}
+    if "scheduler_active" in changes:
+        stored["scheduler_active"] = changes["scheduler_active"]
+    if stored:
+        await rt.storage.put_settings(stored)
+    for key, value in stored.items():
+        if key == "scheduler_active":
+            rt.scheduler_active = value
+        else:
+            setattr(rt.settings, key, value)
+    if "max_retries" in stored or "retry_delays" in stored:
+        _refresh_retry_policy(rt)
+    if changes.get("scheduler_active") or "send_loop_interval" in stored:
+        rt.wake_dispatcher()
+    request[AUDIT] = {"changed": sorted(changes)}
+    return ok({"instance": instance_view(rt)})
+
+
+def _refresh_retry_policy(rt: Runtime) -> None:
+    """Give running services that hold a :class:`RetryPolicy` (the dispatcher) the new one."""
+    s = rt.settings
+    for service in rt.services:
+        if isinstance(getattr(service, "policy", None), RetryPolicy):
+            service.policy = RetryPolicy(  # type: ignore[attr-defined]
+                tuple(s.retry_delays), s.max_retries, s.retry_jitter
+            )
+
+
+async def _flush_audit(request: web.Request) -> None:
+    """Write buffered audit entries first, so the log includes the caller's last commands."""
+    writer = request.app.get(AUDIT_WRITER)
+    if writer is not None:
+        await writer.flush()
+
+
+async def command_log(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    q: CommandLogQuery = query_of(request)
+    await _flush_audit(request)
+    rows = await rt.storage.list_command_log(
+        limit=q.limit + 1, after_pk=decode_cursor(q.cursor), since_ts=q.since
+    )
+    rows, next_cursor = page(rows, q.limit)
+    return ok({"entries": [r.public() for r in rows], "next_cursor": next_cursor})
+
+
+async def export_command_log(request: web.Request) -> web.StreamResponse:
+    """The whole log (or since ``since``) as JSON lines, streamed page by page."""
+    rt = runtime_of(request)
+    q: ExportQuery = query_of(request)
+    await _flush_audit(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="command-log.ndjson"',
+        }
+    )
+    await response.prepare(request)
+    after: int | None = None
+    while True:
+        rows = await rt.storage.list_command_log(
+            limit=EXPORT_PAGE, after_pk=after, since_ts=q.since
+        )
+        if rows:
+            lines = "".join(
+                json.dumps(r.public(), ensure_ascii=False, separators=(",", ":")) + "\n"
+                for r in rows
+            )
+            await response.write(lines.encode())
+            after = rows[-1].pk
+        if len(rows) < EXPORT_PAGE:
+            break
+    await response.write_eof()
+    return response

@@ -1,0 +1,122 @@
+"""Message routes: enqueue, list, inspect, delete, clean up."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from mail_proxy.core.errors import ApiError
+from mail_proxy.core.model import MessageRecord
+from mail_proxy.core.storage import MessageFilter
+from mail_proxy.core.web import body_of, ok, principal_of, query_of, runtime_of, tenant_of
+
+from .models import (
+    AddMessagesBody,
+    CleanupBody,
+    DeleteMessagesBody,
+    MessagesQuery,
+    priority_value,
+)
+from .pagination import decode_cursor, page
+from .validation import enqueue_batch
+
+AUDIT = "gmp.audit"
+
+
+async def add_messages(request: web.Request) -> web.Response:
+    """Validate each entry, enqueue the valid ones in one transaction, report the others."""
+    rt = runtime_of(request)
+    body: AddMessagesBody = body_of(request)
+    named = request.query.get("tenant_id") or body.tenant_id
+    result = await enqueue_batch(
+        rt,
+        body.messages,
+        tenant_id=tenant_of(request),
+        entry_tenants=principal_of(request).is_admin and not named,
+        default_priority=(
+            priority_value(body.default_priority) if body.default_priority is not None else None
+        ),
+    )
+    request[AUDIT] = {"queued": result.queued, "rejected": len(result.rejected)}
+    return ok(result.public())
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    q: MessagesQuery = query_of(request)
+    rows = await rt.storage.list_messages(
+        MessageFilter(
+            tenant_id=tenant_of(request),
+            status=q.status,
+            batch_code=q.batch_code,
+            active_only=q.active_only,
+            limit=q.limit + 1,
+            after_pk=decode_cursor(q.cursor),
+        )
+    )
+    rows, next_cursor = page(rows, q.limit)
+    return ok({"messages": [r.public() for r in rows], "next_cursor": next_cursor})
+
+
+def message_detail(record: MessageRecord) -> dict[str, Any]:
+    """The list fields plus what a person looks for in one message (never the body)."""
+    payload = record.payload or {}
+    return {
+        **record.public(),
+        "message_id": record.message_id,
+        "subject": payload.get("subject"),
+        "from": payload.get("from"),
+        "to": payload.get("to") or [],
+        "cc": payload.get("cc") or [],
+        "attachments": [a.get("filename") for a in payload.get("attachments") or []],
+    }
+
+
+async def get_message(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    record = await rt.storage.get_message(tenant_of(request), request.match_info["id"])
+    if record is None:
+        raise ApiError(404, "message_not_found", "no message with this id for this tenant")
+    return ok({"message": message_detail(record)})
+
+
+async def message_events(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    events = await rt.storage.list_events(tenant_of(request), request.match_info["id"])
+    if events is None:
+        raise ApiError(404, "message_not_found", "no message with this id for this tenant")
+    return ok({"events": [e.public() for e in events]})
+
+
+async def delete_messages(request: web.Request) -> web.Response:
+    """Remove unsent messages; sent, failed or in-flight ones are listed as unauthorized."""
+    rt = runtime_of(request)
+    body: DeleteMessagesBody = body_of(request)
+    limit = rt.settings.max_batch_messages
+    if len(body.ids) > limit:
+        raise ApiError(
+            413, "batch_too_large", f"{len(body.ids)} ids in one request; the limit is {limit}",
+            limit=limit,
+        )
+    result = await rt.storage.delete_messages(tenant_of(request), body.ids)
+    request[AUDIT] = {"removed": result.removed}
+    return ok(
+        {
+            "removed": result.removed,
+            "not_found": result.not_found,
+            "unauthorized": result.unauthorized,
+        }
+    )
+
+
+async def cleanup_messages(request: web.Request) -> web.Response:
+    """Purge finished, fully reported messages older than ``older_than_seconds``."""
+    rt = runtime_of(request)
+    body: CleanupBody = body_of(request)
+    older = body.older_than_seconds
+    if older is None:
+        older = rt.settings.report_retention_seconds
+    removed = await rt.storage.cleanup_messages(tenant_of(request), time.time() - older)
+    request[AUDIT] = {"removed": removed, "older_than_seconds": older}
+    return ok({"removed": removed})

@@ -1,0 +1,332 @@
+"""Message validation and enqueue: the heart of ``POST /commands/add-messages``.
+
+Each entry is checked on its own: an invalid entry gets a stable, documented *reason* (see
+docs/api.md "Rejection reasons") and never blocks the valid ones. The accepted entries become
+:class:`~mail_proxy.core.model.NewMessage` objects inserted with one ``Storage.enqueue`` call
+(one durable transaction), after which the dispatcher is notified.
+
+Checks, in order: JSON shape (the :class:`~.models.Message` model), tenant, addresses
+(strict, see :mod:`.addresses`), CR/LF/NUL in every header-bound string, extra headers,
+message id, account, attachments (``mail_proxy.core.attachments.validate_attachments``) and
+finally the plugins' ``validate_message`` hook.
+
+:func:`enqueue_batch` is usable outside HTTP (the CLI ``send`` command).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mail_proxy.core.attachments import validate_attachments
+from mail_proxy.core.errors import ApiError
+from mail_proxy.core.mime import RESERVED_HEADERS, new_message_id
+from mail_proxy.core.model import DEFAULT_TENANT, NewMessage
+from mail_proxy.core.runtime import Runtime
+from pydantic import ValidationError
+
+from .addresses import (
+    INJECTION,
+    AddressError,
+    format_mailbox,
+    normalise_address_list,
+    parse_mailbox,
+)
+from .directory import TenantDirectory, TenantView, directory_of
+from .models import Message, priority_value
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,100}$")  # printable ASCII except ':' (RFC 5322)
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f\x41-\x7e]+@[\x21-\x3b\x3d\x3f\x41-\x7e]+>$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+DEFAULT_PRIORITY = 2
+_MAX_SHOWN = 100
+
+#: Reasons for a missing required field (pydantic ``missing``).
+_MISSING = {
+    "id": "missing id",
+    "from": "missing from address",
+    "to": "no recipients",
+    "subject": "missing subject",
+}
+#: Reasons for a field of the wrong type or out of range.
+_INVALID = {
+    "from": "invalid from address",
+    "reply_to": "invalid reply_to address",
+    "return_path": "invalid return_path address",
+}
+
+
+class Rejected(Exception):
+    """One entry refused with ``reason`` (internal control flow of the validator)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class BatchResult:
+    """What ``add-messages`` answers: ``ok``, ``queued``, ``rejected``."""
+
+    queued: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.queued == 0 and self.rejected)
+
+    def public(self) -> dict[str, Any]:
+        return {"ok": self.ok, "queued": self.queued, "rejected": self.rejected}
+
+
+def _shown(text: str) -> str:
+    """User text quoted in a reason: control characters escaped, length capped."""
+    text = text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def reason_from_error(exc: ValidationError) -> str:
+    """The stable reason of the first schema error of an entry."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = err["loc"]
+    name = str(loc[0]) if loc else "message"
+    kind = err["type"]
+    if name == "attachments" and len(loc) >= 2 and isinstance(loc[1], int):
+        number = loc[1] + 1
+        sub = str(loc[2]) if len(loc) >= 3 else ""
+        if not sub:
+            return f"attachment {number}: must be an object"
+        if kind == "missing":
+            return f"attachment {number}: missing {sub}"
+        if kind == "extra_forbidden":
+            return f"attachment {number}: unknown field {_shown(sub)}"
+        return f"attachment {number}: invalid {sub}"
+    if kind == "extra_forbidden":
+        return f"unknown field: {_shown(name)}"
+    if kind == "missing":
+        return _MISSING.get(name, f"missing {name}")
+    if name == "to" and kind in ("too_short", "string_too_short"):
+        return "no recipients"
+    return _INVALID.get(name, f"invalid {name}")
+
+
+def _no_injection(value: str, name: str) -> str:
+    if INJECTION.search(value):
+        raise Rejected(f"header injection in {name}")
+    return value
+
+
+def _recipients(value: str | list[str] | None, name: str) -> list[str]:
+    if value is None:
+        return []
+    try:
+        return normalise_address_list(value)
+    except AddressError as exc:
+        if exc.injection:
+            raise Rejected(f"header injection in {name}") from None
+        raise Rejected(f"invalid recipient address: {_shown(exc.text)}") from None
+
+
+def _mailbox(value: str, name: str) -> tuple[str, str]:
+    try:
+        return parse_mailbox(value)
+    except AddressError as exc:
+        if exc.injection:
+            raise Rejected(f"header injection in {name}") from None
+        raise Rejected(_INVALID.get(name, f"invalid {name} address")) from None
+
+
+def _headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise Rejected("invalid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise Rejected(f"reserved header: {name}")
+        if INJECTION.search(value):
+            raise Rejected(f"header injection in header: {name}")
+    return headers
+
+
+class MessageValidator:
+    """Validates entries for one batch; holds what every entry of the batch shares."""
+
+    def __init__(self, runtime: Runtime, default_priority: int = DEFAULT_PRIORITY) -> None:
+        self.runtime = runtime
+        self.default_priority = default_priority
+        hook = runtime.plugins.hook.validate_message
+        self.hook: Any = hook if hook.get_hookimpls() else None
+
+    def shape(self, raw: Any) -> Message:
+        """Check the JSON shape of one entry."""
+        if not isinstance(raw, dict):
+            raise Rejected("invalid message")
+        try:
+            msg = Message.model_validate(raw)
+        except ValidationError as exc:
+            raise Rejected(reason_from_error(exc)) from None
+        if _CONTROL.search(msg.id):  # it becomes the X-Genro-Mail-ID header
+            raise Rejected("invalid id")
+        return msg
+
+    async def build(
+        self, msg: Message, view: TenantView, directory: TenantDirectory
+    ) -> NewMessage:
+        """The :class:`NewMessage` of a shape-checked entry of ``view``'s tenant."""
+        from_name, from_addr = _mailbox(msg.from_, "from")
+        payload: dict[str, Any] = {"from": format_mailbox(from_name, from_addr)}
+        to = _recipients(msg.to, "to")
+        if not to:
+            raise Rejected("no recipients")
+        payload["to"] = to
+        for name in ("cc", "bcc"):
+            found = _recipients(getattr(msg, name), name)
+            if found:
+                payload[name] = found
+        if msg.reply_to is not None:
+            try:
+                payload["reply_to"] = ", ".join(normalise_address_list(msg.reply_to))
+            except AddressError as exc:
+                reason = "header injection in reply_to" if exc.injection else _INVALID["reply_to"]
+                raise Rejected(reason) from None
+            if not payload["reply_to"]:
+                raise Rejected(_INVALID["reply_to"])
+        if msg.return_path is not None:
+            payload["return_path"] = _mailbox(msg.return_path, "return_path")[1]
+        payload["subject"] = _no_injection(msg.subject, "subject")
+        payload["body"] = msg.body
+        payload["content_type"] = msg.content_type
+        if msg.body_html is not None:
+            payload["body_html"] = msg.body_html
+        if msg.headers:
+            payload["headers"] = _headers(msg.headers)
+
+        if msg.message_id is not None:
+            _no_injection(msg.message_id, "message_id")
+            if len(msg.message_id) > 998 or not _MESSAGE_ID.match(msg.message_id):
+                raise Rejected("invalid message_id")
+            message_id = msg.message_id
+        else:
+            message_id = new_message_id(from_addr)
+        if msg.batch_code is not None and _CONTROL.search(msg.batch_code):
+            raise Rejected("invalid batch_code")
+
+        account_id = msg.account_id
+        if account_id is None:
+            default = view.default_account
+            if default is None:
+                raise Rejected("unknown account")
+            account_id = default.id
+        elif await directory.account(view, account_id) is None:
+            raise Rejected("unknown account")
+
+        if msg.attachments:
+            attachments = [a.model_dump(exclude_none=True) for a in msg.attachments]
+            problem = validate_attachments(attachments, self.runtime)
+            if problem:
+                raise Rejected(problem)
+            payload["attachments"] = attachments
+
+        priority = (
+            priority_value(msg.priority) if msg.priority is not None else self.default_priority
+        )
+        new = NewMessage(
+            tenant_id=view.tenant.id,
+            id=msg.id,
+            account_id=account_id,
+            priority=priority,
+            payload=payload,
+            message_id=message_id,
+            batch_code=msg.batch_code,
+            deferred_ts=msg.deferred_ts,
+        )
+        if self.hook is not None:
+            self._ask_plugins(new, view)
+        return new
+
+    def _ask_plugins(self, new: NewMessage, view: TenantView) -> None:
+        message = {
+            "id": new.id,
+            "tenant_id": new.tenant_id,
+            "account_id": new.account_id,
+            "priority": new.priority,
+            "batch_code": new.batch_code,
+            "deferred_ts": new.deferred_ts,
+            "message_id": new.message_id,
+            **new.payload,
+        }
+        for reason in self.hook(message=message, tenant=view.tenant, runtime=self.runtime):
+            if reason:
+                raise Rejected(str(reason))
+
+
+async def enqueue_batch(
+    runtime: Runtime,
+    entries: Sequence[Any],
+    *,
+    tenant_id: str,
+    entry_tenants: bool = False,
+    default_priority: int | None = None,
+    now: float | None = None,
+) -> BatchResult:
+    """Validate ``entries`` and enqueue the accepted ones in one transaction.
+
+    ``tenant_id`` is the tenant the request is bound to; an entry naming another tenant is
+    rejected with ``tenant mismatch``. With ``entry_tenants`` (an admin request that named no
+    tenant) each entry's own ``tenant_id`` decides instead (``unknown tenant`` if it does not
+    exist). A batch larger than ``max_batch_messages`` is refused whole (413).
+    """
+    limit = runtime.settings.max_batch_messages
+    if len(entries) > limit:
+        raise ApiError(
+            413, "batch_too_large",
+            f"{len(entries)} messages in one request; the limit is {limit} "
+            "(GMP_MAX_BATCH_MESSAGES)",
+            limit=limit,
+        )
+    now = time.time() if now is None else now
+    validator = MessageValidator(
+        runtime, DEFAULT_PRIORITY if default_priority is None else default_priority
+    )
+    directory = directory_of(runtime)
+    views: dict[str, TenantView | None] = {}
+    result = BatchResult()
+    accepted: list[NewMessage] = []
+    index_of: dict[str, int] = {}
+    seen: set[tuple[str, str]] = set()
+
+    for index, raw in enumerate(entries):
+        client_id = raw.get("id") if isinstance(raw, dict) else None
+        shown_id = client_id if isinstance(client_id, str) else None
+        try:
+            msg = validator.shape(raw)
+            target = (msg.tenant_id or DEFAULT_TENANT) if entry_tenants else tenant_id
+            if not entry_tenants and msg.tenant_id is not None and msg.tenant_id != tenant_id:
+                raise Rejected("tenant mismatch")
+            if target not in views:
+                views[target] = await directory.get(target)
+            view = views[target]
+            if view is None:
+                raise Rejected("unknown tenant")
+            if (target, msg.id) in seen:
+                raise Rejected("duplicate id in batch")
+            seen.add((target, msg.id))
+            accepted.append(await validator.build(msg, view, directory))
+            index_of.setdefault(msg.id, index)
+        except Rejected as exc:
+            result.rejected.append({"id": shown_id, "reason": exc.reason, "index": index})
+
+    if accepted:
+        stored = await runtime.storage.enqueue(accepted, now)
+        result.queued = stored.queued
+        for client_id, reason in stored.rejected:
+            result.rejected.append(
+                {"id": client_id, "reason": reason, "index": index_of.get(client_id)}
+            )
+        if stored.rejected:
+            result.rejected.sort(key=lambda r: (r["index"] is None, r["index"] or 0))
+        if stored.queued:
+            runtime.notify_enqueued()
+    return result

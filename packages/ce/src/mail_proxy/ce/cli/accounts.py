@@ -1,0 +1,155 @@
+"""``mail-proxy NAME [TENANT] accounts list|add|delete`` over ``/accounts`` and ``/account``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from cyclopts import App, Parameter
+from mail_proxy.core.cli_support.errors import CliError
+from mail_proxy.core.cli_support.output import print_fields, print_json, print_table
+from mail_proxy.core.cli_support.prompt import confirm, interactive, optional, require
+from mail_proxy.core.cli_support.target import current
+
+app = App(name="accounts", help="SMTP accounts of a tenant.")
+
+COLUMNS = [("id", "ID"), ("host", "HOST"), ("port", "PORT"), ("user", "USER"),
+           ("default", "DEFAULT"), ("limits", "LIMITS m/h/d"), ("limit_behavior", "OVER LIMIT")]
+
+
+@app.command(name="list")
+def list_accounts(*, json: bool = False) -> int:
+    """List the tenant's accounts (passwords are never shown).
+
+    Parameters
+    ----------
+    json
+        Print the GET /accounts answer.
+    """
+    target = current()
+    answer = target.client().get("/accounts", target.tenant_query())
+    if json:
+        print_json(answer)
+        return 0
+    rows = [{**a, "limits": _limits(a)} for a in answer.get("accounts", [])]
+    print_table(rows, COLUMNS, empty="(no accounts: add one with accounts add)")
+    return 0
+
+
+@app.command
+def add(
+    account_id: str | None = None,
+    /,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    use_tls: Annotated[bool | None, Parameter(negative="--no-use-tls")] = None,
+    starttls: Annotated[bool | None, Parameter(negative="--no-starttls")] = None,
+    timeout: float | None = None,
+    batch_size: int | None = None,
+    limit_per_minute: int | None = None,
+    limit_per_hour: int | None = None,
+    limit_per_day: int | None = None,
+    limit_behavior: Literal["defer", "reject"] | None = None,
+    default: Annotated[bool | None, Parameter(negative="--no-default")] = None,
+    json: bool = False,
+) -> int:
+    """Add an SMTP account, or update the one with the same id.
+
+    Values not given are asked for on a terminal (the password without echo); without a
+    terminal, ACCOUNT_ID and --host are required and the rest is optional.
+
+    Parameters
+    ----------
+    account_id
+        Account id, unique in the tenant.
+    host
+        SMTP server host name.
+    port
+        SMTP port (465: implicit TLS; else STARTTLS when offered). Default 587.
+    user
+        SMTP user name.
+    password
+        SMTP password (stored encrypted). Prefer the prompt: options show in `ps`.
+    use_tls
+        Implicit TLS (default: only on port 465).
+    starttls
+        Require STARTTLS (no plaintext fallback).
+    timeout
+        SMTP timeout in seconds.
+    batch_size
+        Most messages sent per round for this account.
+    limit_per_minute
+        Sends per minute (0 = no limit).
+    limit_per_hour
+        Sends per hour (0 = no limit).
+    limit_per_day
+        Sends per day (0 = no limit).
+    limit_behavior
+        Over a limit: defer (wait) or reject (fail).
+    default
+        Use this account for messages that name none.
+    json
+        Print the POST /account answer.
+    """
+    target = current()
+    client = target.client()  # fail before prompting when the instance is down
+    account_id = require(account_id, "ACCOUNT_ID", "Account id")
+    host = require(host, "--host", "SMTP host")
+    if port is None and interactive():
+        port = require(None, "--port", "SMTP port", parse=int, default=587)
+    user = optional(user, "SMTP user")
+    if user and password is None:
+        password = optional(None, "SMTP password", secret=True)
+    body: dict[str, Any] = {"id": account_id, "host": host}
+    values = {
+        "port": port, "user": user, "password": password, "use_tls": use_tls,
+        "starttls": starttls, "timeout": timeout, "batch_size": batch_size,
+        "limit_per_minute": limit_per_minute, "limit_per_hour": limit_per_hour,
+        "limit_per_day": limit_per_day, "limit_behavior": limit_behavior, "default": default,
+    }
+    body.update({k: v for k, v in values.items() if v is not None})
+    if target.tenant:
+        body["tenant_id"] = target.tenant
+    answer = client.post("/account", body)
+    if json:
+        print_json(answer)
+        return 0
+    account = answer.get("account") or {}
+    print(f"account {account.get('id', account_id)!r} saved")
+    print_fields(account, [k for k in ("tenant_id", "host", "port", "user", "default")
+                           if k in account])
+    return 0
+
+
+@app.command
+def delete(account_id: str | None = None, /, *, yes: bool = False, json: bool = False) -> int:
+    """Delete an account.
+
+    Parameters
+    ----------
+    account_id
+        Account id.
+    yes
+        Do not ask for confirmation on a terminal.
+    json
+        Print the DELETE answer.
+    """
+    target = current()
+    client = target.client()
+    account_id = require(account_id, "ACCOUNT_ID", "Account id")
+    if not confirm(f"Delete account {account_id!r}?", yes):
+        raise CliError("not deleted")
+    answer = client.delete(f"/account/{quote(account_id, safe='')}", target.tenant_query())
+    if json:
+        print_json(answer)
+    else:
+        print(f"account {account_id!r} deleted")
+    return 0
+
+
+def _limits(account: dict[str, Any]) -> str:
+    values = [account.get(f"limit_per_{p}") for p in ("minute", "hour", "day")]
+    return "/".join(str(v) if v else "-" for v in values)

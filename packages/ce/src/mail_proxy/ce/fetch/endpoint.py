@@ -1,0 +1,80 @@
+"""``endpoint`` fetch mode: ask the client application for the file.
+
+``POST {client_base_url}{client_attachment_path}`` (default path ``/mail-proxy/attachments``)
+with ``{"storage_path": ...}`` and the tenant's ``client_auth``; the body of a 2xx answer is
+the file. The tenant's URL is the tenant's own input, so it goes through the address policy.
+A tenant without a URL uses the operator's ``GMP_ATTACHMENT_BASE_URL`` (same path rule),
+which is trusted: no address policy, only the scheme check.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mail_proxy.core.errors import ConfigError
+from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+
+from .httpclient import HttpFetchClient, auth_headers
+from .netpolicy import AddressPolicy
+
+if TYPE_CHECKING:
+    from mail_proxy.core.model import Tenant
+    from mail_proxy.core.runtime import Runtime
+
+DEFAULT_PATH = "/mail-proxy/attachments"
+MAX_STORAGE_PATH = 8192
+
+
+def endpoint_url(tenant: Tenant, base_url: str | None) -> tuple[str, bool]:
+    """``(url, trusted)`` for a tenant: its own URL (untrusted) or the operator's (trusted)."""
+    path = tenant.client_attachment_path or DEFAULT_PATH
+    if not path.startswith("/"):
+        path = "/" + path
+    if tenant.client_base_url:
+        return tenant.client_base_url.rstrip("/") + path, False
+    if base_url:
+        return base_url.rstrip("/") + path, True
+    raise FetchError(
+        f"endpoint fetch mode: tenant {tenant.id!r} has no client_base_url and "
+        "GMP_ATTACHMENT_BASE_URL is not set"
+    )
+
+
+class EndpointFetcher(Fetcher):
+    description = "POST to the client's attachment endpoint (tenant URL or GMP_ATTACHMENT_BASE_URL)"
+
+    def __init__(self) -> None:
+        self._checked: HttpFetchClient | None = None
+        self._trusted = HttpFetchClient(None)
+
+    def _client(self, runtime: Runtime, trusted: bool) -> HttpFetchClient:
+        if trusted:
+            return self._trusted
+        if self._checked is None:
+            try:
+                self._checked = HttpFetchClient(AddressPolicy.from_settings(runtime.settings))
+            except ConfigError as exc:
+                raise FetchError(str(exc)) from None
+        return self._checked
+
+    def validate(self, storage_path: str, runtime: Runtime) -> str | None:
+        if len(storage_path) > MAX_STORAGE_PATH:
+            return f"storage_path longer than {MAX_STORAGE_PATH} characters"
+        return None
+
+    async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
+        url, trusted = endpoint_url(request.tenant, runtime.settings.attachment_base_url)
+        headers = auth_headers(request.tenant.client_auth)
+        return await self._client(runtime, trusted).fetch(
+            "POST",
+            url,
+            json_body={"storage_path": request.storage_path},
+            headers=headers,
+            max_bytes=request.max_bytes,
+            timeout=request.timeout,
+        )
+
+    async def close(self) -> None:
+        await self._trusted.close()
+        if self._checked is not None:
+            await self._checked.close()

@@ -1,0 +1,189 @@
+"""The HTTP side of the ``endpoint`` and ``http_url`` fetch modes.
+
+One :class:`HttpFetchClient` owns one aiohttp session (created lazily inside the running loop,
+closed by :meth:`close`). With an :class:`AddressPolicy` every hop is checked (scheme, literal
+addresses) and host names are resolved through :class:`PolicyResolver`, so the socket goes to
+a vetted address; without one (operator-configured URLs) only the scheme is checked.
+
+Redirects are followed by hand (at most :data:`MAX_REDIRECTS`) so that each hop passes the
+policy again, and credentials are dropped when a redirect leaves the original origin. The
+body is read in chunks and reading stops as soon as it exceeds the size cap. No cookies are
+kept (the session is shared by all tenants) and no proxy is taken from the environment (a
+proxy would connect to addresses the policy never saw).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import aiohttp
+from mail_proxy.core.fetch import FetchError
+from yarl import URL
+
+from .netpolicy import AddressPolicy, AddressRefused, PolicyResolver, check_scheme, refusal_of
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK = 64 * 1024
+
+
+def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
+    """HTTP headers for a ``{"method": "none"|"bearer"|"basic", ...}`` auth dict.
+
+    The dict was validated at enqueue (message auth) or at tenant update (client_auth); an
+    unusable one still fails cleanly here instead of sending a broken header.
+    """
+    if not auth:
+        return {}
+    method = str(auth.get("method") or "none").lower()
+    if method == "none":
+        return {}
+    if method == "bearer":
+        token = auth.get("token")
+        if not isinstance(token, str) or not token or _has_ctl(token):
+            raise FetchError("bearer auth needs a token without control characters")
+        return {"Authorization": f"Bearer {token}"}
+    if method == "basic":
+        user, password = auth.get("user"), auth.get("password", "")
+        if not isinstance(user, str) or not isinstance(password, str) or ":" in user:
+            raise FetchError("basic auth needs a user (without ':') and a password")
+        if _has_ctl(user) or _has_ctl(password):
+            raise FetchError("basic auth credentials contain control characters")
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {raw}"}
+    raise FetchError(f"unknown auth method {method!r} (none, bearer or basic)")
+
+
+def _has_ctl(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def same_origin(a: URL, b: URL) -> bool:
+    return (a.scheme, a.raw_host, a.explicit_port or a.port) == (
+        b.scheme,
+        b.raw_host,
+        b.explicit_port or b.port,
+    )
+
+
+def shown(url: URL) -> str:
+    """A URL for error messages: no credentials, no query string (it may hold tokens)."""
+    return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+class HttpFetchClient:
+    """Fetches a URL into bytes under an optional address policy, a size cap and a timeout."""
+
+    def __init__(self, policy: AddressPolicy | None) -> None:
+        self.policy = policy
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            resolver = PolicyResolver(self.policy) if self.policy is not None else None
+            connector = aiohttp.TCPConnector(
+                resolver=resolver,
+                # With a policy every new connection resolves (and is vetted) again.
+                use_dns_cache=self.policy is None,
+                limit=100,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _check(self, url: URL | str) -> URL:
+        try:
+            if self.policy is not None:
+                return self.policy.check_url(url)
+            return check_scheme(url)
+        except AddressRefused as exc:
+            raise FetchError(str(exc)) from None
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        max_bytes: int,
+        timeout: float,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """Return the body of the final 2xx answer; raise :class:`FetchError` otherwise."""
+        current = self._check(url)
+        origin = current
+        send_headers = {"Accept-Encoding": "identity", **(headers or {})}
+        session = self._get_session()
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                async with session.request(
+                    method,
+                    current,
+                    json=json_body if method == "POST" else None,
+                    headers=send_headers,
+                    allow_redirects=False,
+                    timeout=client_timeout,
+                ) as resp:
+                    if resp.status in REDIRECT_STATUSES:
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise FetchError(
+                                f"HTTP {resp.status} redirect without Location from "
+                                f"{shown(current)}"
+                            )
+                        try:
+                            target = current.join(URL(location))
+                        except ValueError:
+                            raise FetchError("redirect to an invalid URL") from None
+                        current = self._check(target)
+                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                            method, json_body = "GET", None
+                        if not same_origin(origin, current):
+                            send_headers.pop("Authorization", None)
+                        continue
+                    if not 200 <= resp.status < 300:
+                        raise FetchError(f"HTTP {resp.status} from {shown(current)}")
+                    return await read_capped(resp, max_bytes)
+            except FetchError:
+                raise
+            except asyncio.TimeoutError:
+                raise FetchError(
+                    f"timed out after {timeout:g}s fetching {shown(current)}"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                refused = refusal_of(exc)
+                if refused is not None:
+                    raise FetchError(str(refused)) from None
+                reason = exc.os_error.strerror or type(exc.os_error).__name__
+                raise FetchError(f"cannot connect to {shown(current)}: {reason}") from None
+            except aiohttp.InvalidURL as exc:
+                raise FetchError(f"invalid URL: {exc}") from None
+            except aiohttp.ClientError as exc:
+                detail = str(exc) or type(exc).__name__
+                raise FetchError(f"HTTP request to {shown(current)} failed: {detail}") from None
+        raise FetchError(f"too many redirects (more than {MAX_REDIRECTS})")
+
+
+async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """Read the body, refusing (and stopping) as soon as it exceeds ``max_bytes``."""
+    declared = resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise FetchError(f"attachment too large: {declared} bytes (limit {max_bytes})")
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise FetchError(f"attachment too large: more than {max_bytes} bytes")
+    return bytes(buf)

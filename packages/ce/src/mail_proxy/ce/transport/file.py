@@ -1,0 +1,99 @@
+"""The ``file`` transport: write each message as an ``.eml`` file instead of sending it.
+
+For development, demos and archiving. The account's ``options["directory"]`` names the
+folder (created if missing). The file is ``<mail id>.eml`` (``<tenant>_<mail id>.eml`` outside
+the default tenant), the id reduced to safe characters; without a mail id the Message-ID is
+used. A retry of the same message overwrites its file, and the write goes through a temporary
+file and a rename, so a reader never sees half a message. Every recipient counts as accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import re
+import tempfile
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mail_proxy.core.model import DEFAULT_TENANT
+from mail_proxy.core.transport import SendResult, Transport, TransportError
+
+if TYPE_CHECKING:
+    from mail_proxy.core.model import Account
+    from mail_proxy.core.runtime import Runtime
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME = 180
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to a file name: safe characters only, no leading dots, bounded."""
+    name = _UNSAFE.sub("_", text.strip().strip("<>")).lstrip(".")[:MAX_NAME]
+    return name or uuid.uuid4().hex
+
+
+def _flatten(message: EmailMessage) -> bytes:
+    if "Bcc" in message or "Resent-Bcc" in message:
+        message = _without_bcc(message)
+    return message.as_bytes()
+
+
+def _without_bcc(message: EmailMessage) -> EmailMessage:
+    clone = copy.copy(message)
+    del clone["Bcc"]
+    del clone["Resent-Bcc"]
+    return clone
+
+
+def _write(directory: Path, name: str, message: EmailMessage) -> Path:
+    """Flatten and write atomically (runs in a worker thread)."""
+    data = _flatten(message)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+class FileTransport(Transport):
+    """Writes messages to ``options["directory"]`` (see the module doc)."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self._runtime = runtime
+
+    async def send(
+        self,
+        account: Account,
+        message: EmailMessage,
+        sender: str,
+        recipients: list[str],
+    ) -> SendResult:
+        directory = (account.options or {}).get("directory")
+        if not directory:
+            raise TransportError(
+                f"account {account.id}: the file transport needs options.directory "
+                "(the folder to write .eml files to)",
+                permanent=True,
+            )
+        ident = message.get("X-Genro-Mail-ID") or message.get("Message-ID") or ""
+        name = safe_name(str(ident))
+        if account.tenant_id != DEFAULT_TENANT:
+            name = f"{safe_name(account.tenant_id)}_{name}"
+        try:
+            path = await asyncio.to_thread(_write, Path(directory), f"{name}.eml", message)
+        except OSError as exc:
+            raise TransportError(
+                f"account {account.id}: cannot write to {directory}: {exc.strerror or exc}",
+                permanent=False,
+            ) from None
+        return SendResult(accepted=list(recipients), response=f"250 written {path.name}")

@@ -1,0 +1,67 @@
+"""Fixtures for the CE tests: a real SMTP server, a runtime with a key, SMTP transports.
+
+Everything started here is stopped at teardown, in reverse order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from support.smtp_server import SmtpTestServer
+
+from mail_proxy.core.plugins import create_plugin_manager
+from mail_proxy.core.runtime import Runtime
+
+
+@pytest.fixture
+def smtp_runtime(make_settings: Callable[..., Any]) -> Callable[..., Runtime]:
+    """``smtp_runtime(**settings)`` → a real Runtime with its encryption key loaded."""
+
+    def build(**overrides: Any) -> Runtime:
+        rt = Runtime(make_settings(**overrides), create_plugin_manager(load_entry_points=False))
+        rt.load_cipher()
+        return rt
+
+    return build
+
+
+@pytest.fixture
+async def smtp_server_factory() -> AsyncIterator[Callable[..., Any]]:
+    """``await smtp_server_factory(**kwargs)`` → a started :class:`SmtpTestServer`."""
+    servers: list[SmtpTestServer] = []
+
+    async def start(**kwargs: Any) -> SmtpTestServer:
+        server = SmtpTestServer(**kwargs)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def smtp_server(smtp_server_factory: Callable[..., Any]) -> SmtpTestServer:
+    """A plain SMTP server (no TLS, no AUTH) on 127.0.0.1."""
+    server: SmtpTestServer = await smtp_server_factory()
+    return server
+
+
+@pytest.fixture
+async def smtp_transport_factory() -> AsyncIterator[Callable[..., Any]]:
+    """``smtp_transport_factory(runtime, **kwargs)`` → an SmtpTransport closed at teardown."""
+    from mail_proxy.ce.transport.smtp import SmtpTransport
+
+    made: list[SmtpTransport] = []
+
+    def build(runtime: Runtime, **kwargs: Any) -> SmtpTransport:
+        transport = SmtpTransport(runtime, **kwargs)
+        made.append(transport)
+        return transport
+
+    yield build
+    for transport in reversed(made):
+        await transport.close()

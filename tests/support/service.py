@@ -1,0 +1,79 @@
+"""Run the real service (``mail-proxy serve``) in its own process for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BIN = Path(sys.executable).parent / "mail-proxy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    """One ``mail-proxy serve`` process configured through ``GMP_*`` variables."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "GMP_PORT": str(self.port), "GMP_HOST": "127.0.0.1"}
+        self.token = self.env["GMP_API_TOKEN"]
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Token": self.token}
+
+    async def start(self, timeout: float = 20.0) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([str(BIN), "serve"], env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"service exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    async with session.get(self.url + "/health") as resp:
+                        if resp.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"service did not answer /health: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with aiohttp.ClientSession() as session:
+            async with session.request(method, self.url + path, headers=self.headers, **kwargs) as resp:
+                data = await resp.json()
+                assert resp.status == 200, (resp.status, data)
+                return data
