@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from support.smtp_server import SmtpTestServer
-
 from mail_proxy.core.plugins import create_plugin_manager
 from mail_proxy.core.runtime import Runtime
+from support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture

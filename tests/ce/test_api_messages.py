@@ -10,7 +10,7 @@ from support.ce_api import Api, message, start_api
 
 
 @pytest.fixture
-async def api(aiohttp_client_factory: Any, make_settings: Any, db_url: str, tmp_path: Path) -> Api:
+async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
     api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
     await api.add_account("main")
     return api
@@ -269,7 +269,7 @@ async def test_delete_messages(api: Api) -> None:
 
 
 async def test_batch_too_large_queues_nothing(
-    aiohttp_client_factory: Any, make_settings: Any, db_url: str, tmp_path: Path
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     api = await start_api(
         aiohttp_client_factory, make_settings, db_url, tmp_path, max_batch_messages=3

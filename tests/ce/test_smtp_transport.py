@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 import trustme
-from support.smtp_server import SmtpTestServer
-
 from mail_proxy.ce.transport import register
 from mail_proxy.ce.transport.file import FileTransport
 from mail_proxy.ce.transport.smtp import RecipientsRefused, SmtpTransport
@@ -24,6 +22,7 @@ from mail_proxy.core.model import Account
 from mail_proxy.core.registry import Registry
 from mail_proxy.core.runtime import Runtime
 from mail_proxy.core.transport import TransportError
+from support.smtp_server import SmtpTestServer
 
 PASSWORD = "Sup3r-Secret-Pa55word"
 
@@ -345,6 +344,24 @@ async def test_all_recipients_refused(
     assert smtp_server.connection_count == 1
 
 
+async def test_non_ascii_recipient_uses_smtputf8(
+    smtp_server: SmtpTestServer, transport: SmtpTransport
+) -> None:
+    p = payload(to=["Zoë <zoë@example.com>"], subject="Caffè")
+    result = await send(transport, account_for(smtp_server), p)
+    assert result.accepted == ["zoë@example.com"]
+    [got] = smtp_server.messages
+    assert got.rcpt_tos == ["zoë@example.com"]
+    assert got.message["Subject"] == "Caffè"
+
+
+async def test_account_without_host_is_permanent(transport: SmtpTransport) -> None:
+    with pytest.raises(TransportError) as err:
+        await send(transport, Account(tenant_id="default", id="acc"))
+    assert err.value.permanent is True
+    assert "host" in str(err.value)
+
+
 # -- authentication and TLS ------------------------------------------------------------------------
 async def test_auth_over_starttls(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
@@ -441,6 +458,7 @@ async def test_starttls_untrusted_certificate_is_permanent_and_sends_no_auth(
     assert err.value.permanent is True
     assert "certificate" in str(err.value).lower()
     assert server.auth_attempts == []
+    await server.wait_until(lambda: bool(server.errors))  # the server saw the handshake fail
 
 
 async def test_tls_verification_can_be_disabled_explicitly(

@@ -9,13 +9,13 @@ from typing import Any
 _counter = iter(range(1, 10**9))
 
 
-def message(to: str = "rcpt@example.com", **fields: Any) -> dict[str, Any]:
+def message(to: str | list[str] = "rcpt@example.com", **fields: Any) -> dict[str, Any]:
     """A valid message entry for add-messages (unique id unless given)."""
     n = next(_counter)
     base: dict[str, Any] = {
         "id": f"msg-{n}",
         "from": "Sender <sender@example.com>",
-        "to": [to],
+        "to": to if isinstance(to, list) else [to],
         "subject": f"test {n}",
         "body": "hello " * 30,
     }

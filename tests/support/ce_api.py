@@ -3,6 +3,11 @@
 The app runs in test mode (the dispatcher waits for ``run-now``), so queued messages stay
 where the tests put them; accounts use the ``file`` transport, so nothing leaves the machine
 even when a test wakes the dispatcher.
+
+Fixtures that use :func:`start_api` must ask for ``db_url`` *before*
+``aiohttp_client_factory``: pytest tears fixtures down in reverse order, and the PostgreSQL
+schema must be dropped after the app closed its connections (dropping it first blocks on the
+app's locks while the app's event loop is not running).
 """
 
 from __future__ import annotations

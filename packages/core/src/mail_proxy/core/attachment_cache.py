@@ -163,6 +163,9 @@ class AttachmentCache:
         self._memory_bytes = 0
         #: disk file name → (content size, stored at, wall clock), in LRU order.
         self._disk: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        #: disk file name → tenant, for the entries this process stored or read
+        #: (file names are hashes: this is what lets :meth:`purge_tenant` find them).
+        self._disk_owner: dict[str, str] = {}
         self._disk_bytes = 0
         self._disk_ready = False
         self._disk_lock: asyncio.Lock | None = None
@@ -253,6 +256,7 @@ class AttachmentCache:
             return None
         if name in self._disk:
             self._disk.move_to_end(name)
+            self._disk_owner[name] = tenant_id
         return bytes(found)
 
     # -- stores -----------------------------------------------------------------------------
@@ -280,6 +284,7 @@ class AttachmentCache:
             return
         self._forget_disk(name)
         self._disk[name] = (size, mtime)
+        self._disk_owner[name] = tenant_id
         self._disk_bytes += size
         self.stats.stores += 1
         await self._enforce_disk_cap()
@@ -290,6 +295,7 @@ class AttachmentCache:
             self._memory_bytes -= len(item[0])
 
     def _forget_disk(self, name: str) -> None:
+        self._disk_owner.pop(name, None)
         entry = self._disk.pop(name, None)
         if entry is not None:
             self._disk_bytes -= entry[0]
@@ -326,6 +332,21 @@ class AttachmentCache:
         await self.expire()
 
     # -- housekeeping -----------------------------------------------------------------------
+    async def purge_tenant(self, tenant_id: str) -> int:
+        """Drop a tenant's entries (its deletion): every memory entry, and the disk entries
+        this process stored or read; others (written before a restart and not read since)
+        age out with ``disk_ttl``. Returns how many entries were dropped."""
+        slots = [s for s in self._memory if s[0] == tenant_id]
+        for slot in slots:
+            self._drop_memory(slot)
+        names = [n for n, owner in self._disk_owner.items() if owner == tenant_id]
+        for name in names:
+            self._forget_disk(name)
+        if names and self.disk_dir is not None:
+            directory = self.disk_dir
+            await asyncio.to_thread(_disk_unlink, [os.path.join(directory, n) for n in names])
+        return len(slots) + len(names)
+
     async def expire(self) -> None:
         """Drop expired entries of both tiers and bring the disk tier under its size cap."""
         now = self.clock()

@@ -116,6 +116,10 @@ def dispatch(argv: list[str], registry: CommandRegistry) -> int:
         return run(instance_app(registry, instance), argv)
     instance = check_name(first)
     rest = argv[1:]
+    if not rest and not Instance.named(instance).exists:
+        raise UsageError(
+            f"{instance!r} is neither a command nor an instance (see: mail-proxy --help)"
+        )
     if not rest or rest[0].startswith("-") or rest[0] in inst or rest[0] in ten:
         bind(Target(instance, None))
         return run(instance_app(registry, instance), rest)

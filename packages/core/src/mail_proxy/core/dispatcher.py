@@ -283,7 +283,7 @@ class Dispatcher(Service):
         self._finish(rec, outcome)
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
-        from .mime import build_email, envelope
+        from .mime import MimeError, build_email, envelope
 
         rt = self.rt
         payload = rec.payload
@@ -294,7 +294,7 @@ class Dispatcher(Service):
 
                 attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
             email = build_email(payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments)
-        except FetchError as exc:
+        except (FetchError, MimeError) as exc:
             return self._error(rec, str(exc))
         rt.plugins.hook.prepare_message(email=email, record=rec, account=account, runtime=rt)
         sender, recipients = envelope(payload)

@@ -142,7 +142,9 @@ def addresses(value: Any) -> list[str]:
 def new_message_id(from_addr: str) -> str:
     """A fresh ``<uuid@domain>`` Message-ID, the domain taken from the From address."""
     found = addresses(from_addr)
-    domain = found[0].rpartition("@")[2].strip().lower() if found else ""
+    domain = ""
+    if found and "@" in found[0]:
+        domain = found[0].rpartition("@")[2].strip().lower()
     if domain and not _DOMAIN_OK.match(domain):
         try:
             domain = domain.encode("idna").decode("ascii")
@@ -165,11 +167,11 @@ def _message_id_header(message_id: str) -> str:
 def _put(msg: EmailMessage, name: str, value: str) -> None:
     """Add a header whose value was already checked for CR/LF/NUL.
 
-    A pure-ASCII value is stored as text, exactly the state a message parsed from bytes is
-    in: the generator writes it as is (refolding it only when too long) and reading it
-    parses it on demand. That skips the header parser on the hot path, where it costs more
-    than the rest of the build. Non-ASCII values go through the policy, which encodes them
-    (RFC 2047 words, IDNA-free addresses kept as given).
+    A pure-ASCII value is stored as text with ``set_raw`` (the parser's own way in), which
+    is exactly the state of a message parsed from bytes: the generator writes it as is,
+    refolding it only when too long, and reading it parses it on demand. That skips the
+    header parser on the hot path, where it costs more than the rest of the build. Non-ASCII
+    values go through the policy, which encodes them (RFC 2047 encoded words).
     """
     if value.isascii():
         msg.set_raw(name, value)

@@ -55,10 +55,13 @@ def configure_logging(level: str, log_file: Path | None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # alembic lists its autogenerate plugins at INFO on every start: noise in a server log
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
 
 
 def run(settings: Settings) -> int:
-    """Run the HTTP server until SIGTERM/SIGINT; 0 on a clean stop, 1 on a failure."""
+    """Run the HTTP server until SIGTERM/SIGINT: 0 on a clean stop, 2 on a configuration
+    error, 1 on any other failure."""
     from aiohttp.web_runner import GracefulExit
 
     from .web import run_server
@@ -69,7 +72,7 @@ def run(settings: Settings) -> int:
         pass
     except ConfigError as exc:
         log.error("%s", exc)
-        return 1
+        return 2
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
@@ -90,7 +93,7 @@ def serve_instance(instance_dir: Path) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings.log_level, log_file)
     pid_file = instance_dir / "mail-proxy.pid"
     _write_pid(pid_file)
     try:
@@ -109,7 +112,7 @@ def serve_env() -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings.log_level, None)
     return run(settings)
 
 

@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 RUNTIME = web.AppKey("runtime", Runtime)
 ROUTES = web.AppKey("routes", RouteTable)
 
-PRINCIPAL = "gmp.principal"
-TENANT_ID = "gmp.tenant_id"
-BODY = "gmp.body"
-QUERY = "gmp.query"
+PRINCIPAL = web.RequestKey("principal", Principal)
+TENANT_ID = web.RequestKey("tenant_id", str)
+BODY = web.RequestKey("body", object)
+QUERY = web.RequestKey("query", object)
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -148,6 +148,8 @@ async def _bind_tenant(request: web.Request, spec: RouteSpec, rt: Runtime) -> st
 
 
 async def _read_json(request: web.Request) -> Any:
+    if not request.body_exists:  # no body at all (`curl -X POST` with no data): no fields
+        return {}
     ctype = request.content_type
     if ctype != "application/json":
         raise ApiError(

@@ -6,14 +6,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from cyclopts import App, Parameter
-from mail_proxy.core.cli_support.errors import CliError
+from mail_proxy.core.cli_support.errors import CliError, UsageError
 from mail_proxy.core.cli_support.output import print_fields, print_json, print_table
 from mail_proxy.core.cli_support.prompt import confirm, interactive, optional, require
 from mail_proxy.core.cli_support.target import current
 
 app = App(name="accounts", help="SMTP accounts of a tenant.")
 
-COLUMNS = [("id", "ID"), ("host", "HOST"), ("port", "PORT"), ("user", "USER"),
+COLUMNS = [("id", "ID"), ("transport", "TRANSPORT"), ("host", "HOST"), ("port", "PORT"),
+           ("user", "USER"),
            ("default", "DEFAULT"), ("limits", "LIMITS m/h/d"), ("limit_behavior", "OVER LIMIT")]
 
 
@@ -43,6 +44,8 @@ def add(
     *,
     host: str | None = None,
     port: int | None = None,
+    transport: str | None = None,
+    option: list[str] | None = None,
     user: str | None = None,
     password: str | None = None,
     use_tls: Annotated[bool | None, Parameter(negative="--no-use-tls")] = None,
@@ -59,7 +62,7 @@ def add(
     """Add an SMTP account, or update the one with the same id.
 
     Values not given are asked for on a terminal (the password without echo); without a
-    terminal, ACCOUNT_ID and --host are required and the rest is optional.
+    terminal, ACCOUNT_ID and --host (for smtp) are required and the rest is optional.
 
     Parameters
     ----------
@@ -69,6 +72,10 @@ def add(
         SMTP server host name.
     port
         SMTP port (465: implicit TLS; else STARTTLS when offered). Default 587.
+    transport
+        smtp (default), file (write .eml files: --option directory=PATH) or a plugin's.
+    option
+        Transport option KEY=VALUE (repeatable).
     user
         SMTP user name.
     password
@@ -97,18 +104,21 @@ def add(
     target = current()
     client = target.client()  # fail before prompting when the instance is down
     account_id = require(account_id, "ACCOUNT_ID", "Account id")
-    host = require(host, "--host", "SMTP host")
-    if port is None and interactive():
-        port = require(None, "--port", "SMTP port", parse=int, default=587)
-    user = optional(user, "SMTP user")
-    if user and password is None:
-        password = optional(None, "SMTP password", secret=True)
-    body: dict[str, Any] = {"id": account_id, "host": host}
+    options = _options(option or [])
+    if transport in (None, "smtp"):
+        host = require(host, "--host", "SMTP host")
+        if port is None and interactive():
+            port = require(None, "--port", "SMTP port", parse=int, default=587)
+        user = optional(user, "SMTP user")
+        if user and password is None:
+            password = optional(None, "SMTP password", secret=True)
+    body: dict[str, Any] = {"id": account_id}
     values = {
-        "port": port, "user": user, "password": password, "use_tls": use_tls,
-        "starttls": starttls, "timeout": timeout, "batch_size": batch_size,
-        "limit_per_minute": limit_per_minute, "limit_per_hour": limit_per_hour,
-        "limit_per_day": limit_per_day, "limit_behavior": limit_behavior, "default": default,
+        "host": host, "transport": transport, "options": options or None, "port": port,
+        "user": user, "password": password, "use_tls": use_tls, "starttls": starttls,
+        "timeout": timeout, "batch_size": batch_size, "limit_per_minute": limit_per_minute,
+        "limit_per_hour": limit_per_hour, "limit_per_day": limit_per_day,
+        "limit_behavior": limit_behavior, "default": default,
     }
     body.update({k: v for k, v in values.items() if v is not None})
     if target.tenant:
@@ -148,6 +158,16 @@ def delete(account_id: str | None = None, /, *, yes: bool = False, json: bool = 
     else:
         print(f"account {account_id!r} deleted")
     return 0
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid --option {pair!r}: use KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def _limits(account: dict[str, Any]) -> str:

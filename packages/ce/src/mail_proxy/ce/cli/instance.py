@@ -6,8 +6,9 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from cyclopts import Parameter
 from mail_proxy.core.cli_support.errors import CliError
 from mail_proxy.core.cli_support.home import Instance, check_name, read_context, write_context
 from mail_proxy.core.cli_support.output import print_fields, print_json
@@ -101,7 +102,11 @@ def token(*, regenerate: bool = False) -> int:
     return 0
 
 
-def logs(*, lines: int = 50, follow: bool = False) -> int:
+def logs(
+    *,
+    lines: Annotated[int, Parameter(name=["--lines", "-n"])] = 50,
+    follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
+) -> int:
     """Print the end of the server log (logs/mail-proxy.log).
 
     Parameters

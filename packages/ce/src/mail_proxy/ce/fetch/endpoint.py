@@ -1,10 +1,11 @@
 """``endpoint`` fetch mode: ask the client application for the file.
 
 ``POST {client_base_url}{client_attachment_path}`` (default path ``/mail-proxy/attachments``)
-with ``{"storage_path": ...}`` and the tenant's ``client_auth``; the body of a 2xx answer is
-the file. The tenant's URL is the tenant's own input, so it goes through the address policy.
-A tenant without a URL uses the operator's ``GMP_ATTACHMENT_BASE_URL`` (same path rule),
-which is trusted: no address policy, only the scheme check.
+with ``{"storage_path": ...}`` and the tenant's ``client_auth`` (or the attachment's own
+``auth`` when it has one); the body of a 2xx answer is the file. The tenant's URL is the
+tenant's own input, so it goes through the address policy. A tenant without a URL uses the
+operator's ``GMP_ATTACHMENT_BASE_URL`` (same path rule), which is trusted: no address policy,
+only the scheme check.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class EndpointFetcher(Fetcher):
 
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
         url, trusted = endpoint_url(request.tenant, runtime.settings.attachment_base_url)
-        headers = auth_headers(request.tenant.client_auth)
+        # The attachment's own auth when it has one, else the tenant's client_auth.
+        headers = auth_headers(request.auth or request.tenant.client_auth)
         return await self._client(runtime, trusted).fetch(
             "POST",
             url,

@@ -212,7 +212,10 @@ class SqlStorage(Storage):
             for table in (t.accounts, t.messages, t.events, t.suspensions, t.sync_state):
                 await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
             await conn.execute(
-                t.send_log.delete().where(t.send_log.c.bucket.like(f"%:{tenant_id}:%"))
+                # exact match: '_' in a tenant id is a LIKE wildcard (another tenant's buckets)
+                t.send_log.delete().where(
+                    t.send_log.c.bucket.contains(f":{tenant_id}:", autoescape=True)
+                )
             )
         return bool(gone)
 

@@ -64,6 +64,8 @@ NOOP_AFTER = 5.0
 #: Bound on the polite QUIT sent to connections the pool retires (seconds).
 QUIT_TIMEOUT = 2.0
 IMPLICIT_TLS_PORT = 465
+#: Per-command timeout of MAIL/RCPT/DATA when the account sets none (seconds).
+SEND_TIMEOUT = 60.0
 
 
 class RecipientsRefused(TransportError):
@@ -83,7 +85,7 @@ class _PoolKey:
     host: str
     port: int
     user: str | None
-    password_enc: str | None
+    password_enc: str | None = field(repr=False)
     implicit_tls: bool
     starttls_required: bool
     tls_ca_file: str | None
@@ -231,6 +233,8 @@ class SmtpTransport(Transport):
             raise TransportError("the SMTP transport is shut down", permanent=False)
         if not recipients:
             raise TransportError("no recipients to send to", permanent=True)
+        if not account.host:
+            raise TransportError(f"account {account.id}: no SMTP host configured", permanent=True)
         self._ensure_sweeper()
         key = _PoolKey.of(account)
         pool = self._pools.get(key)
@@ -274,12 +278,13 @@ class SmtpTransport(Transport):
         recipients: list[str],
     ) -> SendResult:
         where = f"{pool.key.where} (account {account.id})"
+        timeout = account.timeout if account.timeout and account.timeout > 0 else SEND_TIMEOUT
         conn = await self._checkout(pool, account)
         reusable = False
         try:
             try:
                 errors, response = await conn.smtp.send_message(
-                    message, sender=sender, recipients=recipients, timeout=account.timeout
+                    message, sender=sender, recipients=recipients, timeout=timeout
                 )
             except SMTPRecipientsRefused as exc:
                 reusable = True
@@ -340,9 +345,11 @@ class SmtpTransport(Transport):
             if idle_for > self._noop_after:
                 try:
                     await conn.smtp.noop(timeout=self._connect_timeout)
-                except Exception as exc:
-                    log.debug("%s: pooled connection failed NOOP (%s)", pool.key.where, exc)
+                except BaseException as exc:
                     conn.smtp.close()
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the connection is closed, not leaked
+                    log.debug("%s: pooled connection failed NOOP (%s)", pool.key.where, exc)
                     continue
             return conn
         return await self._connect(pool.key, account)

@@ -20,7 +20,7 @@ import secrets
 KEY_BYTES = 32
 KEY_LENGTH = 43  # len(secrets.token_urlsafe(32))
 SYNC_SECRET_PREFIX = "whsec_"
-_KEY_SHAPE = re.compile(r"^[A-Za-z0-9_-]{%d}$" % KEY_LENGTH)
+_KEY_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{KEY_LENGTH}}}")
 
 
 def new_api_key() -> str:
@@ -35,7 +35,7 @@ def hash_key(key: str) -> str:
 
 def looks_like_key(token: str) -> bool:
     """True when ``token`` has the shape of a tenant key (cheap check before any lookup)."""
-    return bool(_KEY_SHAPE.match(token))
+    return _KEY_SHAPE.fullmatch(token) is not None
 
 
 def same_hash(stored: str | None, computed: str) -> bool:

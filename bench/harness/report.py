@@ -1,0 +1,193 @@
+"""Results: the machine and revision of a run, the targets, JSON lines and a readable table."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .procs import BENCH_DIR, REPO
+
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bar from the issue "Benchmark suite and the performance bar"."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def check(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        value = lookup(metrics, self.metric)
+        if value is None:
+            return None
+        compare: Callable[[Any, Any], bool] = OPS[self.op]
+        return {
+            "target": f"{self.metric} {self.op} {self.bound:g}",
+            "value": value,
+            "ok": bool(compare(value, self.bound)),
+        }
+
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    ">": operator.gt,
+    "==": operator.eq,
+}
+_NO_LOSS = [Target("lost", "==", 0), Target("duplicated", "==", 0)]
+TARGETS: dict[str, list[Target]] = {
+    "enqueue": [Target("latency_ms.p99", "<=", 25), Target("requests_per_s", ">=", 2000)],
+    "batch": [Target("messages_per_s", ">=", 20000)],
+    "e2e": [
+        Target("delivered_per_s", ">=", 1000),
+        Target("fraction_of_ceiling", ">=", 0.70),
+        *_NO_LOSS,
+    ],
+    "e2e-pg": _NO_LOSS,
+    "e2e-pg-2": [Target("scaling_ratio", ">", 1), *_NO_LOSS],
+    "backlog": [Target("peak_rss_mb", "<=", 250), *_NO_LOSS],
+    "ceiling": [],
+    "attachments": _NO_LOSS,
+}
+
+#: The figures the table shows for each scenario (the JSON line has them all).
+HEADLINE: dict[str, list[str]] = {
+    "enqueue": [
+        "requests_per_s",
+        "latency_ms.p50",
+        "latency_ms.p90",
+        "latency_ms.p99",
+        "latency_ms.max",
+    ],
+    "batch": ["messages_per_s"],
+    "e2e": ["delivered_per_s", "fraction_of_ceiling", "lost", "duplicated"],
+    "e2e-pg": ["delivered_per_s", "fraction_of_ceiling", "lost", "duplicated"],
+    "e2e-pg-2": ["delivered_per_s", "scaling_ratio", "lost", "duplicated"],
+    "backlog": ["peak_rss_mb", "rss_at_10k_mb", "rss_at_full_mb", "drain_s", "drain_per_s", "lost"],
+    "ceiling": ["messages_per_s"],
+    "attachments": ["peak_rss_mb", "baseline_rss_mb", "delivered", "lost"],
+}
+
+
+def lookup(metrics: dict[str, Any], dotted: str) -> Any:
+    value: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def checks(scenario: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for t in TARGETS.get(scenario, []) if (c := t.check(metrics)) is not None]
+
+
+def git_revision() -> str:
+    """``git rev-parse --short HEAD``, plus ``-dirty`` when tracked or new files changed
+    (bench results excepted)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", ".", ":(exclude)bench/results"):
+        rev += "-dirty"
+    return rev
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu": cpu_model,
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+class Results:
+    """Appends one JSON line per scenario run to ``bench/results/<date>-<rev>.jsonl``."""
+
+    def __init__(self, revision: str, directory: Path = RESULTS_DIR) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.revision = revision
+        self.path = directory / f"{time.strftime('%Y-%m-%d', time.gmtime())}-{revision}.jsonl"
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        line = json.dumps(record, sort_keys=False)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+        print(line, flush=True)
+
+    def medians(self, scenario: str, metric: str) -> float | None:
+        """The median of a metric over this run's successful records of a scenario."""
+        values = [
+            lookup(r["metrics"], metric)
+            for r in self.records
+            if r["scenario"] == scenario and r.get("error") is None
+        ]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        return statistics.median(numbers) if numbers else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table: one row per scenario run, its headline figures and targets."""
+    rows = [("scenario", "figures", "targets")]
+    for r in records:
+        if r.get("error"):
+            rows.append((r["scenario"], f"ERROR: {r['error'][:70]}", ""))
+            continue
+        figures = ", ".join(
+            f"{name.replace('latency_ms.', '')}={_fmt(lookup(r['metrics'], name))}"
+            for name in HEADLINE.get(r["scenario"], [])
+            if lookup(r["metrics"], name) is not None
+        )
+        verdicts = " ".join(
+            f"{'ok' if c['ok'] else 'MISS'}({c['target']})" for c in r.get("checks", [])
+        )
+        rows.append((r["scenario"], figures, verdicts))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{a:<{width[0]}}  {b:<{width[1]}}  {c}".rstrip() for a, b, c in rows]
+    lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
+    return "\n".join(lines)
+
+
+def eprint(*args: Any) -> None:
+    """Progress messages go to stderr; stdout carries the JSON lines."""
+    print(*args, file=sys.stderr, flush=True)

@@ -1,0 +1,181 @@
+"""The service under test, started as a user would: ``.venv/bin/mail-proxy serve`` + GMP_* env.
+
+Also the memory sampler (peak RSS by psutil, in a thread so it keeps its pace whatever the
+orchestrator's event loop does) and the few admin calls the scenarios need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from .procs import REPO, ProcessFailed, free_port, stop
+
+ENTRY_POINT = REPO / ".venv" / "bin" / "mail-proxy"
+TOKEN = "bench-admin-token"
+#: Test-suite plugins installed in a developer's venv; a user's install has none of them.
+TEST_PLUGINS = "gmp_test,vault"
+MB = 1024 * 1024
+
+
+def setting_env(key: str) -> str:
+    """``max_concurrent_sends`` → ``GMP_MAX_CONCURRENT_SENDS`` (names already GMP_* pass)."""
+    from mail_proxy.core.config import setting_fields
+
+    if key.upper().startswith("GMP_") or key.upper().startswith("MAIL_PROXY_"):
+        return key.upper()
+    for f in setting_fields():
+        if f.name == key:
+            return str(f.metadata["env"])
+    raise SystemExit(f"bench: unknown setting {key!r} in --set (see core/config.py)")
+
+
+class Service:
+    """One ``mail-proxy serve`` process in its own work directory."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        encryption_key: str,
+        settings: dict[str, str] | None = None,
+        name: str = "service",
+    ) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GMP_")}
+        self.env.update(
+            {
+                "GMP_API_TOKEN": TOKEN,
+                "GMP_HOST": "127.0.0.1",
+                "GMP_PORT": str(self.port),
+                "GMP_DATABASE_URL": database_url,
+                "GMP_INSTANCE_DIR": str(workdir),
+                "GMP_INSTANCE_NAME": f"bench-{name}",
+                "GMP_LOG_LEVEL": "WARNING",
+                "GMP_DISABLED_PLUGINS": TEST_PLUGINS,
+                "MAIL_PROXY_ENCRYPTION_KEY": encryption_key,
+            }
+        )
+        self.env.update(settings or {})
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start the process and wait until ``GET /health`` answers."""
+        with self.log_path.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(ENTRY_POINT),
+                "serve",
+                env=self.env,
+                cwd=str(self.workdir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise ProcessFailed(f"{self.name} exited at start:\n{self.log_tail()}")
+                try:
+                    async with session.get(f"{self.url}/health") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise ProcessFailed(f"{self.name} did not answer /health in {timeout:.0f} s")
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await stop(self.proc)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.pid).memory_info().rss / MB
+
+
+class Api:
+    """The admin calls the scenarios make (account, status, activate)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self.headers = {"X-API-Token": TOKEN}
+
+    async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        async with self.session.request(
+            method, self.url + path, json=body, headers=self.headers
+        ) as resp:
+            data: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status != 200 or not data.get("ok"):
+                raise ProcessFailed(f"{method} {path} → {resp.status} {data}")
+            return data
+
+    async def add_account(self, smtp_port: int) -> None:
+        body = {"id": "bench", "host": "127.0.0.1", "port": smtp_port, "default": True}
+        await self.call("POST", "/account", body)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.call("GET", "/status")
+
+    async def activate(self) -> None:
+        async with self.session.post(self.url + "/commands/activate", headers=self.headers) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status != 200 or not data.get("scheduler_active"):
+                raise ProcessFailed(f"activate → {resp.status} {data}")
+
+
+class RssSampler:
+    """Samples the RSS of some processes every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            self._stop.wait(self.interval)
+
+    def current_mb(self) -> float:
+        """The largest RSS among the sampled processes (MB)."""
+        values = [0.0]
+        for proc in self.procs:
+            try:
+                values.append(proc.memory_info().rss / MB)
+            except psutil.Error:
+                pass
+        return max(values)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())

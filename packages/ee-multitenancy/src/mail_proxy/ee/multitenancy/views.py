@@ -1,0 +1,70 @@
+"""How a tenant is shown by the API: configuration yes, secrets never.
+
+``client_auth`` comes back as its method, the basic-auth user and whether a secret is stored
+(``{"method": "bearer", "has_secret": true}``); the API key and the report-signing secret as
+``has_api_key`` / ``api_key_expires_at`` and ``has_sync_secret``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .models import DEFAULT_SYNC_PATH
+
+if TYPE_CHECKING:
+    from mail_proxy.core.model import SyncState, Tenant
+
+
+def public_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not auth:
+        return None
+    method = auth.get("method", "none")
+    view: dict[str, Any] = {"method": method}
+    if method == "basic":
+        view["user"] = auth.get("user")
+    view["has_secret"] = bool(auth.get("token") or auth.get("password"))
+    return view
+
+
+def public_tenant(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "active": tenant.active,
+        "client_base_url": tenant.client_base_url,
+        "client_sync_path": tenant.client_sync_path,
+        "client_attachment_path": tenant.client_attachment_path,
+        "client_auth": public_auth(tenant.client_auth),
+        "rate_limits": tenant.rate_limits,
+        "large_file_config": tenant.large_file_config,
+        "has_api_key": tenant.api_key_hash is not None,
+        "api_key_expires_at": tenant.api_key_expires_at,
+        "has_sync_secret": bool(tenant.sync_secret),
+        "created_at": tenant.created_at,
+        "updated_at": tenant.updated_at,
+    }
+
+
+def sync_url(tenant: Tenant) -> str | None:
+    """Where this tenant's reports go when it has its own endpoint (else the global URL)."""
+    if not tenant.client_base_url:
+        return None
+    return tenant.client_base_url.rstrip("/") + (tenant.client_sync_path or DEFAULT_SYNC_PATH)
+
+
+def sync_status(tenant: Tenant, state: SyncState, backlog: int) -> dict[str, Any]:
+    """One entry of ``GET /tenants/sync-status``."""
+    own = sync_url(tenant)
+    return {
+        "tenant_id": tenant.id,
+        "active": tenant.active,
+        "endpoint": "tenant" if own else "global",
+        "sync_url": own,
+        "pending_reports": backlog,
+        "last_sync_ts": state.last_sync_ts,
+        "last_success_ts": state.last_success_ts,
+        "next_due_ts": state.next_due_ts,
+        "dnd_until": state.dnd_until,
+        "failures": state.failures,
+        "last_error": state.last_error,
+    }

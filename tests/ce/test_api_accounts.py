@@ -1,0 +1,133 @@
+"""POST /account, GET /accounts, DELETE /account/{id}: validation, secrets, delete policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.ce_api import Api, message, start_api
+
+SENTINEL = "s3ntinel-Passw0rd-never-shown"
+
+
+@pytest.fixture
+async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
+    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+
+
+SMTP = {"id": "smtp1", "host": "smtp.example.com", "port": 465, "user": "me",
+        "password": SENTINEL, "limit_per_minute": 10, "limit_behavior": "reject"}
+
+
+async def test_add_list_update_without_secrets(api: Api) -> None:
+    answer = await api.post("/account", SMTP)
+    account = answer["account"]
+    assert account["id"] == "smtp1" and account["tenant_id"] == "default"
+    assert account["has_password"] is True and account["transport"] == "smtp"
+    assert account["port"] == 465 and account["limit_per_minute"] == 10
+    assert account["limit_behavior"] == "reject" and account["default"] is False
+    assert "password" not in account and "password_enc" not in account
+
+    listed = await api.get("/accounts")
+    assert [a["id"] for a in listed["accounts"]] == ["smtp1"]
+    assert SENTINEL not in json.dumps(listed) and SENTINEL not in json.dumps(answer)
+
+    # stored encrypted, never in clear
+    stored = await api.runtime.storage.get_account("default", "smtp1")
+    assert stored.password_enc and SENTINEL not in stored.password_enc
+    assert api.runtime.decrypt(stored.password_enc) == SENTINEL
+
+    # an update without "password" keeps it; null removes it
+    update = {k: v for k, v in SMTP.items() if k != "password"} | {"port": 587}
+    answer = await api.post("/account", update)
+    assert answer["account"]["has_password"] is True and answer["account"]["port"] == 587
+    answer = await api.post("/account", update | {"password": None})
+    assert answer["account"]["has_password"] is False
+
+    # the command log records the call but not the secret
+    log = await api.get("/command-log")
+    assert any(e["path"] == "/account" for e in log["entries"])
+    assert SENTINEL not in json.dumps(log)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"port": 0}, "validation_error"),
+        ({"port": 70000}, "validation_error"),
+        ({"limit_per_hour": -1}, "validation_error"),
+        ({"limit_behavior": "drop"}, "validation_error"),
+        ({"host": "bad host!"}, "invalid_host"),
+        ({"host": ""}, "invalid_host"),
+        ({"transport": "pigeon"}, "unknown_transport"),
+        ({"id": "a/b"}, "validation_error"),
+        ({"id": None}, "validation_error"),
+        ({"secret_sauce": 1}, "validation_error"),
+        ({"port": "587"}, "validation_error"),
+        ({"user": "me\r\nX: y"}, "invalid_user"),
+    ],
+)
+async def test_invalid_accounts(api: Api, fields: dict[str, Any], code: str) -> None:
+    body = {k: v for k, v in (SMTP | fields).items() if v is not None}
+    answer = await api.post("/account", body, expect=400)
+    assert answer["ok"] is False and answer["code"] == code
+    assert (await api.get("/accounts"))["accounts"] == []
+
+
+async def test_password_needs_an_encryption_key(
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    key_dir = tmp_path / "nokey"
+    key_dir.mkdir()
+    api = await start_api(
+        aiohttp_client_factory, make_settings, db_url, tmp_path,
+        encryption_key=None, instance_dir=str(key_dir),
+    )
+    if api.runtime.cipher is not None:  # a key from /run/secrets on this machine
+        pytest.skip("an encryption key is configured outside the test")
+    answer = await api.post("/account", SMTP, expect=400)
+    assert answer["code"] == "encryption_key_missing"
+    assert (await api.get("/accounts"))["accounts"] == []
+    # without a password it works
+    await api.post("/account", {k: v for k, v in SMTP.items() if k != "password"})
+
+
+async def test_one_default_account(api: Api) -> None:
+    await api.add_account("a", default=True)
+    await api.add_account("b", default=True)
+    accounts = {a["id"]: a["default"] for a in (await api.get("/accounts"))["accounts"]}
+    assert accounts == {"a": False, "b": True}
+    await api.send(message("m1"))
+    assert (await api.get("/messages/m1"))["message"]["account_id"] == "b"
+
+
+async def test_delete_refused_while_messages_are_queued(api: Api) -> None:
+    await api.add_account("main")
+    await api.send(message("m1"))
+    answer = await api.call("DELETE", "/account/main", expect=409)
+    assert answer["code"] == "account_has_messages" and answer["active_messages"] == 1
+    assert [a["id"] for a in (await api.get("/accounts"))["accounts"]] == ["main"]
+
+    await api.post("/commands/delete-messages", {"ids": ["m1"]})
+    answer = await api.call("DELETE", "/account/main")
+    assert answer["ok"] is True
+    assert (await api.get("/accounts"))["accounts"] == []
+    # the cache of the enqueue path forgets it at once
+    rejected = await api.send(message("m2", account_id="main"))
+    assert rejected["rejected"][0]["reason"] == "unknown account"
+
+
+async def test_delete_unknown_account_is_404(api: Api) -> None:
+    answer = await api.call("DELETE", "/account/ghost", expect=404)
+    assert answer["code"] == "account_not_found"
+
+
+async def test_new_account_usable_at_once(api: Api) -> None:
+    """The enqueue path caches accounts; a just-added account must still be found."""
+    await api.add_account("first")
+    await api.send(message("m1"))  # fills the cache
+    await api.add_account("second", default=False)
+    answer = await api.send(message("m2", account_id="second"))
+    assert answer["queued"] == 1

@@ -1,0 +1,255 @@
+"""build_email / envelope / new_message_id: what ends up in the bytes, parsed back."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from typing import Any, cast
+
+import pytest
+from mail_proxy.core.mime import (
+    Attachment,
+    MimeError,
+    build_email,
+    envelope,
+    new_message_id,
+)
+
+
+def payload(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "from": "Sender <sender@example.com>",
+        "to": ["a@example.com"],
+        "subject": "Hello",
+        "body": "Hello world",
+    }
+    base.update(kw)
+    return base
+
+
+def roundtrip(p: dict[str, Any], attachments: list[Attachment] | None = None,
+              message_id: str = "<fixed@example.com>", mail_id: str = "m1",
+              ) -> tuple[bytes, EmailMessage]:
+    raw = build_email(p, message_id=message_id, mail_id=mail_id,
+                      attachments=attachments or []).as_bytes()
+    parsed = cast(EmailMessage, message_from_bytes(raw, policy=email_policy.default))
+    return raw, parsed
+
+
+def headers_of(raw: bytes) -> bytes:
+    return raw.split(b"\r\n\r\n", 1)[0]
+
+
+# -- headers -----------------------------------------------------------------------------------
+def test_standard_headers() -> None:
+    raw, msg = roundtrip(payload(cc="c@example.com", reply_to="Replies <r@example.com>"),
+                         mail_id="client-7")
+    assert msg["From"] == "Sender <sender@example.com>"
+    assert msg["To"] == "a@example.com"
+    assert msg["Cc"] == "c@example.com"
+    assert msg["Reply-To"] == "Replies <r@example.com>"
+    assert msg["Subject"] == "Hello"
+    assert msg["Message-ID"] == "<fixed@example.com>"
+    assert msg["X-Genro-Mail-ID"] == "client-7"
+    assert msg["MIME-Version"] == "1.0"
+    assert msg["Date"].datetime.tzinfo is not None
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_message_id_gets_angle_brackets_and_is_kept_verbatim() -> None:
+    _, msg = roundtrip(payload(), message_id="abc@example.com")
+    assert msg["Message-ID"] == "<abc@example.com>"
+
+
+def test_date_from_headers_is_kept_and_not_duplicated() -> None:
+    date = "Tue, 01 Jan 2030 10:00:00 +0000"
+    raw, msg = roundtrip(payload(headers={"Date": date}))
+    assert msg.get_all("Date") == [date]
+    assert headers_of(raw).count(b"Date:") == 1
+
+
+def test_bcc_and_return_path_never_in_headers() -> None:
+    raw, msg = roundtrip(payload(bcc=["hidden@example.com"], return_path="b@example.com"))
+    assert b"hidden@example.com" not in raw
+    assert "Bcc" not in msg
+    assert "Return-Path" not in msg
+
+
+def test_extra_headers_cannot_replace_structural_ones() -> None:
+    raw, msg = roundtrip(payload(headers={
+        "X-Campaign": "spring",
+        "In-Reply-To": "<parent@example.com>",
+        "Bcc": "injected@example.com",
+        "From": "evil@example.com",
+        "message-id": "<other@example.com>",
+        "X-Genro-Mail-ID": "spoof",
+        "Content-Type": "text/html",
+    }))
+    assert msg["X-Campaign"] == "spring"
+    assert msg["In-Reply-To"] == "<parent@example.com>"
+    assert b"injected@example.com" not in raw
+    assert b"evil@example.com" not in raw
+    assert msg.get_all("Message-ID") == ["<fixed@example.com>"]
+    assert msg.get_all("X-Genro-Mail-ID") == ["m1"]
+    assert msg.get_content_type() == "text/plain"
+
+
+@pytest.mark.parametrize("bad", ["a\r\nBcc: x@example.com", "a\nb", "a\rb", "a\x00b"])
+@pytest.mark.parametrize("where", ["subject", "header_value", "header_name", "from",
+                                   "to", "filename", "mail_id"])
+def test_cr_lf_nul_refused_everywhere(bad: str, where: str) -> None:
+    p = payload()
+    attachments: list[Attachment] = []
+    mail_id = "m1"
+    if where == "subject":
+        p["subject"] = bad
+    elif where == "header_value":
+        p["headers"] = {"X-Test": bad}
+    elif where == "header_name":
+        p["headers"] = {bad: "v"}
+    elif where == "from":
+        p["from"] = f"{bad} <a@example.com>"
+    elif where == "to":
+        p["to"] = [f"x@example.com{bad}"]
+    elif where == "filename":
+        attachments = [Attachment(f"file{bad}.txt", b"x")]
+    else:
+        mail_id = bad
+    with pytest.raises(MimeError) as err:
+        build_email(p, message_id="<x@example.com>", mail_id=mail_id, attachments=attachments)
+    assert err.value.code == "invalid_header"
+
+
+def test_invalid_header_name_refused() -> None:
+    with pytest.raises(MimeError):
+        build_email(payload(headers={"Bad Name": "v"}), message_id="<x@y>", mail_id="m",
+                    attachments=[])
+
+
+def test_non_ascii_subject_and_display_names_roundtrip() -> None:
+    p = payload(**{"from": "José Müller <jose@example.com>", "subject": "Caffè ☕ pronto",
+                   "to": ["Zoë <zoe@example.com>", "b@example.com"]})
+    raw, msg = roundtrip(p)
+    assert headers_of(raw).isascii()
+    assert msg["Subject"] == "Caffè ☕ pronto"
+    assert msg["From"].addresses[0].display_name == "José Müller"
+    assert [a.addr_spec for a in msg["To"].addresses] == ["zoe@example.com", "b@example.com"]
+
+
+def test_long_headers_are_folded() -> None:
+    subject = "word " * 60
+    to = [f"person{i}@example.com" for i in range(20)]
+    raw, msg = roundtrip(payload(subject=subject.strip(), to=to))
+    assert all(len(line) <= 78 for line in headers_of(raw).split(b"\r\n"))
+    assert msg["Subject"] == subject.strip()
+    assert [a.addr_spec for a in msg["To"].addresses] == to
+
+
+def test_to_as_comma_string() -> None:
+    _, msg = roundtrip(payload(to="a@example.com, B <b@example.com>"))
+    assert [a.addr_spec for a in msg["To"].addresses] == ["a@example.com", "b@example.com"]
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+def test_plain_body() -> None:
+    _, msg = roundtrip(payload(body="riga uno\nàèì"))
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().replace("\r\n", "\n") == "riga uno\nàèì\n"
+
+
+def test_html_body() -> None:
+    _, msg = roundtrip(payload(body="<p>ciao</p>", content_type="html"))
+    assert msg.get_content_type() == "text/html"
+    assert "<p>ciao</p>" in msg.get_content()
+
+
+def test_body_and_body_html_make_an_alternative() -> None:
+    _, msg = roundtrip(payload(body="plain", body_html="<b>rich</b>"))
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert cast(EmailMessage, parts[0]).get_content().strip() == "plain"
+    assert cast(EmailMessage, parts[1]).get_content().strip() == "<b>rich</b>"
+
+
+def test_no_body_is_an_empty_text_part() -> None:
+    p = payload()
+    del p["body"]
+    _, msg = roundtrip(p)
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().strip() == ""
+
+
+# -- attachments -----------------------------------------------------------------------------------
+def test_attachments_make_a_mixed_message_with_exact_bytes() -> None:
+    binary = bytes(range(256)) * 50
+    text = "id;nome\n1;Zoë\r\n".encode()
+    _, msg = roundtrip(payload(body="b", body_html="<i>h</i>"), attachments=[
+        Attachment("image.png", binary, "image/png"),
+        Attachment("data.csv", text, "text/csv; charset=utf-8"),
+    ])
+    assert msg.get_content_type() == "multipart/mixed"
+    first = next(msg.iter_parts())
+    assert first.get_content_type() == "multipart/alternative"
+    atts = list(msg.iter_attachments())
+    assert [a.get_content_type() for a in atts] == ["image/png", "text/csv"]
+    digests = [hashlib.sha256(cast(bytes, a.get_payload(decode=True))).digest() for a in atts]
+    assert digests == [hashlib.sha256(binary).digest(), hashlib.sha256(text).digest()]
+
+
+def test_non_ascii_filename_uses_rfc2231_and_roundtrips() -> None:
+    name = "fattura n°12 — été.pdf"
+    raw, msg = roundtrip(payload(), attachments=[Attachment(name, b"%PDF-1.4", None)])
+    assert b"filename*=utf-8''" in raw
+    assert headers_of(raw).isascii()
+    [att] = list(msg.iter_attachments())
+    assert att.get_filename() == name
+    assert att.get_content_type() == "application/pdf"
+
+
+@pytest.mark.parametrize(("filename", "mime_type", "expected"), [
+    ("report.pdf", None, "application/pdf"),
+    ("photo.JPG", None, "image/jpeg"),
+    ("notes.unknownext", None, "application/octet-stream"),
+    ("noextension", None, "application/octet-stream"),
+    ("report.pdf", "not a type", "application/pdf"),
+    ("x.bin", "Application/X-Custom", "application/x-custom"),
+    ("mail.eml", None, "application/octet-stream"),
+    ("mail.eml", "message/rfc822", "application/octet-stream"),
+])
+def test_attachment_mime_types(filename: str, mime_type: str | None, expected: str) -> None:
+    _, msg = roundtrip(payload(), attachments=[Attachment(filename, b"data", mime_type)])
+    [att] = list(msg.iter_attachments())
+    assert att.get_content_type() == expected
+    assert att.get_payload(decode=True) == b"data"
+
+
+# -- envelope and ids ----------------------------------------------------------------------
+def test_envelope_sender_is_return_path_else_from_address() -> None:
+    assert envelope(payload())[0] == "sender@example.com"
+    assert envelope(payload(return_path="Bounces <b@bounce.example>"))[0] == "b@bounce.example"
+
+
+def test_envelope_recipients_deduplicated_in_order() -> None:
+    p = payload(
+        to="A <a@example.com>, b@example.com",
+        cc=["B@Example.com", "c@example.com"],
+        bcc=["hidden@example.com", "A@EXAMPLE.COM"],
+    )
+    assert envelope(p)[1] == ["a@example.com", "b@example.com", "c@example.com",
+                              "hidden@example.com"]
+
+
+def test_envelope_without_cc_or_bcc() -> None:
+    assert envelope(payload(to=["x@example.com"]))[1] == ["x@example.com"]
+
+
+def test_new_message_id() -> None:
+    first = new_message_id("Someone <someone@Mail.Example.COM>")
+    assert re.fullmatch(r"<[0-9a-f]{32}@mail\.example\.com>", first)
+    assert new_message_id("someone@mail.example.com") != first
+    assert new_message_id("a@bücher.example").endswith("@xn--bcher-kva.example>")
+    assert new_message_id("no address").endswith("@genro-mail-proxy.invalid>")
