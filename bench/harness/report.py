@@ -77,7 +77,14 @@ HEADLINE: dict[str, list[str]] = {
     "e2e": ["delivered_per_s", "fraction_of_ceiling", "lost", "duplicated"],
     "e2e-pg": ["delivered_per_s", "fraction_of_ceiling", "lost", "duplicated"],
     "e2e-pg-2": ["delivered_per_s", "scaling_ratio", "lost", "duplicated"],
-    "backlog": ["peak_rss_mb", "rss_at_10k_mb", "rss_at_full_mb", "drain_s", "drain_per_s", "lost"],
+    "backlog": [
+        "peak_rss_mb",
+        "rss_at_tenth_mb",
+        "rss_at_full_mb",
+        "drain_s",
+        "drain_per_s",
+        "lost",
+    ],
     "ceiling": ["messages_per_s"],
     "attachments": ["peak_rss_mb", "baseline_rss_mb", "delivered", "lost"],
 }

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli_runner import HEAVY_MODULES, Cli, clean_env
-
 from mail_proxy.core.plugins import PluginError, create_plugin_manager, hookimpl
+from support.cli_runner import HEAVY_MODULES, Cli, clean_env
 
 
 @pytest.fixture
