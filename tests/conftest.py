@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mail_proxy.core.config import Settings, load_settings
 from mail_proxy.encryption import generate_key
 
@@ -27,6 +26,7 @@ _pg_state: dict[str, Any] = {}
 
 def _pg_available() -> bool:
     if "ok" not in _pg_state:
+
         async def probe() -> bool:
             import asyncpg
 
@@ -118,7 +118,6 @@ async def aiohttp_client_factory() -> AsyncIterator[Callable[..., Any]]:
     ``client.admin_headers``.
     """
     from aiohttp.test_utils import TestClient, TestServer
-
     from mail_proxy.core.web import create_app
 
     clients: list[TestClient[Any, Any]] = []

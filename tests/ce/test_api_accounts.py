@@ -17,8 +17,15 @@ async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_
     return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
 
 
-SMTP = {"id": "smtp1", "host": "smtp.example.com", "port": 465, "user": "me",
-        "password": SENTINEL, "limit_per_minute": 10, "limit_behavior": "reject"}
+SMTP = {
+    "id": "smtp1",
+    "host": "smtp.example.com",
+    "port": 465,
+    "user": "me",
+    "password": SENTINEL,
+    "limit_per_minute": 10,
+    "limit_behavior": "reject",
+}
 
 
 async def test_add_list_update_without_secrets(api: Api) -> None:
@@ -82,8 +89,12 @@ async def test_password_needs_an_encryption_key(
     key_dir = tmp_path / "nokey"
     key_dir.mkdir()
     api = await start_api(
-        aiohttp_client_factory, make_settings, db_url, tmp_path,
-        encryption_key=None, instance_dir=str(key_dir),
+        aiohttp_client_factory,
+        make_settings,
+        db_url,
+        tmp_path,
+        encryption_key=None,
+        instance_dir=str(key_dir),
     )
     if api.runtime.cipher is not None:  # a key from /run/secrets on this machine
         pytest.skip("an encryption key is configured outside the test")

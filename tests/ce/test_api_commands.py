@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ce_api import Api, message, start_api
-
 from mail_proxy.core.model import Outcome
+from support.ce_api import Api, message, start_api
 
 
 @pytest.fixture
@@ -47,10 +46,10 @@ async def test_tenant_and_batch_suspension(api: Api) -> None:
     answer = await api.post("/commands/suspend", {"tenant_id": "default"})
     assert answer["suspended_batches"] == ["*", "spring"]
 
+    # activating wakes the dispatcher, which now delivers the batch that was held back
     answer = await api.post("/commands/activate", {"tenant_id": "default"})
     assert answer["suspended_batches"] == []
-    claimed = await rt.storage.claim_messages(rt.instance_id, 4e9, 10, 60, 10)
-    assert [r.id for r in claimed] == ["a"]
+    assert await api.wait_status("a", "sent") == "sent"
 
 
 async def test_batch_code_without_tenant_is_the_default_tenant(api: Api) -> None:
@@ -68,11 +67,7 @@ async def test_run_now_delivers_in_test_mode(api: Api) -> None:
     assert (await api.get("/messages/m1"))["message"]["status"] == "pending"
     answer = await api.post("/commands/run-now")
     assert answer["ok"] is True
-    for _ in range(100):
-        if (await api.get("/messages/m1"))["message"]["status"] == "sent":
-            break
-        await asyncio.sleep(0.05)
-    assert (await api.get("/messages/m1"))["message"]["status"] == "sent"
+    assert await api.wait_status("m1", "sent") == "sent"
     files = list((api.tmp_path / "out").glob("*.eml"))
     assert len(files) == 1 and b"Subject: Hello" in files[0].read_bytes()
 
@@ -86,14 +81,17 @@ async def test_cleanup_messages(api: Api) -> None:
     await rt.storage.record_outcomes(
         [
             Outcome(pk=done.pk, claim_token=done.claim_token, kind="sent", ts=now),
-            Outcome(pk=queued.pk, claim_token=queued.claim_token, kind="released", ts=now,
-                    count_attempt=False),
+            Outcome(
+                pk=queued.pk,
+                claim_token=queued.claim_token,
+                kind="released",
+                ts=now,
+                count_attempt=False,
+            ),
         ]
     )
     # the sent event is not reported yet: nothing may be purged
-    assert (await api.post("/commands/cleanup-messages", {"older_than_seconds": 0}))[
-        "removed"
-    ] == 0
+    assert (await api.post("/commands/cleanup-messages", {"older_than_seconds": 0}))["removed"] == 0
     events = await rt.storage.fetch_unreported("default", 100)
     await rt.storage.acknowledge_events("default", [e.pk for e in events], now)
     # the default threshold (the 7-day retention) keeps a fresh message; 0 removes it

@@ -65,7 +65,8 @@ async def test_oversize_body_is_413(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "code"), [(None, "missing_token"), ("wrong-token", "invalid_token"), ("", "missing_token")]
+    ("token", "code"),
+    [(None, "missing_token"), ("wrong-token", "invalid_token"), ("", "missing_token")],
 )
 async def test_token_required(api: Api, token: str | None, code: str) -> None:
     headers = {} if token is None else {"X-API-Token": token}

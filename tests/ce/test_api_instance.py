@@ -52,9 +52,16 @@ async def test_instance_get_and_put(api: Api) -> None:
     assert instance["retry_delays"] == [0.2, 0.4, 0.8] and instance["scheduler_active"] is True
 
     changed = await api.call(
-        "PUT", "/instance",
-        {"name": "edge-1", "max_retries": 2, "retry_delays": [1, 2], "send_loop_interval": 0.2,
-         "sync_interval": 30, "scheduler_active": False},
+        "PUT",
+        "/instance",
+        {
+            "name": "edge-1",
+            "max_retries": 2,
+            "retry_delays": [1, 2],
+            "send_loop_interval": 0.2,
+            "sync_interval": 30,
+            "scheduler_active": False,
+        },
     )
     instance = changed["instance"]
     assert instance["name"] == "edge-1" and instance["max_retries"] == 2

@@ -34,8 +34,15 @@ async def test_accepted_message_is_listed_with_its_details(api: Api) -> None:
     row = listed["messages"][0]
     assert row["status"] == "pending" and row["priority"] == 2 and row["account_id"] == "main"
     assert row["batch_code"] == "spring" and row["tenant_id"] == "default"
-    assert set(row) >= {"pk", "attempts", "deferred_ts", "sent_ts", "error_ts", "error",
-                        "created_at"}
+    assert set(row) >= {
+        "pk",
+        "attempts",
+        "deferred_ts",
+        "sent_ts",
+        "error_ts",
+        "error",
+        "created_at",
+    }
 
     detail = (await api.get("/messages/m1"))["message"]
     assert detail["subject"] == "Hello"
@@ -91,8 +98,10 @@ async def test_invalid_entries_do_not_block_valid_ones(api: Api) -> None:
         ({"from": "Evil\r\nBcc: x@evil.com <a@example.com>"}, "header injection in from"),
         ({"to": None}, "no recipients"),
         ({"to": ""}, "no recipients"),
-        ({"to": "a@example.org b@example.org"}, "invalid recipient address: "
-                                                "a@example.org b@example.org"),
+        (
+            {"to": "a@example.org b@example.org"},
+            "invalid recipient address: a@example.org b@example.org",
+        ),
         ({"to": ["Name\n <a@example.org>"]}, "header injection in to"),
         ({"cc": ["bad"]}, "invalid recipient address: bad"),
         ({"bcc": "x@example.org\r\nSubject: hi"}, "header injection in bcc"),
@@ -118,10 +127,14 @@ async def test_invalid_entries_do_not_block_valid_ones(api: Api) -> None:
         ({"tenant_id": "someone-else"}, "tenant mismatch"),
         ({"colour": "blue"}, "unknown field: colour"),
         ({"attachments": [{"filename": "a.txt"}]}, "attachment 1: missing storage_path"),
-        ({"attachments": [{"filename": "a\r\n.txt", "storage_path": "base64:aGk="}]},
-         "attachment 1: filename contains CR, LF, NUL or another control character"),
-        ({"attachments": [{"filename": "a", "storage_path": "x", "fetch_mode": "ftp"}]},
-         "attachment 1: unknown fetch_mode 'ftp'"),
+        (
+            {"attachments": [{"filename": "a\r\n.txt", "storage_path": "base64:aGk="}]},
+            "attachment 1: filename contains CR, LF, NUL or another control character",
+        ),
+        (
+            {"attachments": [{"filename": "a", "storage_path": "x", "fetch_mode": "ftp"}]},
+            "attachment 1: unknown fetch_mode 'ftp'",
+        ),
     ],
 )
 async def test_rejection_reasons_and_nothing_stored(
@@ -182,7 +195,9 @@ async def test_already_sent_id_is_rejected(api: Api) -> None:
 
 async def test_priority_default_and_names(api: Api) -> None:
     await api.send(
-        message("a"), message("b", priority="immediate"), message("c", priority=3),
+        message("a"),
+        message("b", priority="immediate"),
+        message("c", priority=3),
         default_priority="low",
     )
     listed = {m["id"]: m["priority"] for m in (await api.get("/messages"))["messages"]}
@@ -235,8 +250,11 @@ async def test_pagination_with_cursor(api: Api) -> None:
 
 
 async def test_list_filters(api: Api) -> None:
-    await api.send(message("a", batch_code="x"), message("b", batch_code="y"),
-                   message("c", deferred_ts=4_000_000_000))
+    await api.send(
+        message("a", batch_code="x"),
+        message("b", batch_code="y"),
+        message("c", deferred_ts=4_000_000_000),
+    )
     assert await api.message_ids(batch_code="x") == ["a"]
     assert await api.message_ids(status="scheduled") == ["c"]
     assert sorted(await api.message_ids(active_only="true")) == ["a", "b", "c"]
@@ -250,11 +268,18 @@ async def test_delete_messages(api: Api) -> None:
 
     # "sent" is delivered; the others go back to the queue untouched
     await rt.storage.record_outcomes(
-        [Outcome(pk=claimed["sent"].pk, claim_token=claimed["sent"].claim_token, kind="sent",
-                 ts=4e9)]
-        + [Outcome(pk=r.pk, claim_token=r.claim_token, kind="released", ts=4e9,
-                   count_attempt=False)
-           for i, r in claimed.items() if i != "sent"]
+        [
+            Outcome(
+                pk=claimed["sent"].pk, claim_token=claimed["sent"].claim_token, kind="sent", ts=4e9
+            )
+        ]
+        + [
+            Outcome(
+                pk=r.pk, claim_token=r.claim_token, kind="released", ts=4e9, count_attempt=False
+            )
+            for i, r in claimed.items()
+            if i != "sent"
+        ]
     )
     answer = await api.post(
         "/commands/delete-messages", {"ids": ["drop1", "drop2", "ghost", "sent"]}

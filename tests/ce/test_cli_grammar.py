@@ -66,6 +66,14 @@ def test_help_imports_no_database_smtp_imap_or_server_code(tmp_path: Path) -> No
     assert "gmp_test_plugin.cli" not in modules
     assert "gmp_test_plugin" in modules  # the plugin itself was loaded (entry point)
 
+    # the core CLI itself never imports the Community Edition: only the `ce` plugin does
+    env = clean_env(tmp_path, GMP_DISABLED_PLUGINS="ce,multitenancy")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout.splitlines()[-1])["modules"])
+    assert not [m for m in modules if m.startswith("mail_proxy.ce")]
+
 
 def test_instance_and_tenant_help(cli: Cli) -> None:
     out = cli.ok("srv", "--help").out

@@ -49,13 +49,16 @@ def _token_from(output: str) -> str:
 
 def test_two_instances_start_list_stop_restart(cli: Cli) -> None:
     port_a, port_b = free_port(), free_port()
+    # side by side, started at the same time
+    beta = subprocess.Popen([MAIL_PROXY, "start", "beta", "--port", str(port_b)], env=cli.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     first = cli.ok("start", "alpha", "--port", str(port_a))
+    assert beta.wait(60) == 0, beta.communicate()
     assert "Created instance 'alpha'" in first.out
     assert f"running at http://127.0.0.1:{port_a}" in first.out
     assert "mail-proxy alpha token" in first.out
     token_a = _token_from(first.out)
     assert len(token_a) >= 40
-    cli.ok("start", "beta", "--port", str(port_b))
 
     states = _states(cli)
     assert states["alpha"]["state"] == states["beta"]["state"] == "running"
@@ -276,3 +279,17 @@ def test_server_module_refuses_a_missing_instance(tmp_path: Path) -> None:
     assert proc.returncode == 2
     log = (tmp_path / "none" / "logs" / "mail-proxy.log").read_text()
     assert "config file not found" in log
+
+
+def test_a_second_server_of_a_running_instance_refuses_to_run(running: Cli) -> None:
+    idir = running.home / "main"
+    pid = running.pid("main")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mail_proxy.core.serve", "--instance-dir", str(idir)],
+        env=running.env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "another server of this instance is running" in (idir / "logs" / "mail-proxy.log"
+                                                             ).read_text()
+    assert running.pid("main") == pid  # the pid file still names the running server
+    assert running.ok("list", "--json").json()["instances"][0]["state"] == "running"

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from mail_proxy.core.web import RUNTIME
 from support.api import add_account, enqueue, events, get_message, message, run_now, wait_status
 from support.smtp_server import SmtpTestServer
-
-from mail_proxy.core.web import RUNTIME
 
 
 @pytest.fixture
@@ -29,7 +28,9 @@ def app(aiohttp_client_factory: Any, make_settings: Any) -> Any:
     return start
 
 
-async def test_priority_then_fifo_order_is_observed_at_the_server(app: Any, smtp: SmtpTestServer) -> None:
+async def test_priority_then_fifo_order_is_observed_at_the_server(
+    app: Any, smtp: SmtpTestServer
+) -> None:
     client = await app(max_concurrent_sends=1, max_sends_per_account=1, scheduler_active=False)
     await add_account(client, smtp, default=True)
     plan = [("a", 3), ("b", 2), ("c", 0), ("d", 2), ("e", 1), ("f", 0), ("g", 3), ("h", 2)]
@@ -68,7 +69,9 @@ async def test_suspended_batch_is_held_until_activated(app: Any, smtp: SmtpTestS
     await wait_status(client, "p1", "sent")
 
 
-async def test_temporary_failure_is_retried_with_the_same_message_id(app: Any, smtp: SmtpTestServer) -> None:
+async def test_temporary_failure_is_retried_with_the_same_message_id(
+    app: Any, smtp: SmtpTestServer
+) -> None:
     client = await app(retry_delays=[0.2])
     await add_account(client, smtp, default=True)
     smtp.data_replies.append("451 4.3.0 try again later")
@@ -77,7 +80,9 @@ async def test_temporary_failure_is_retried_with_the_same_message_id(app: Any, s
     assert msg["attempts"] == 2
     [refused] = smtp.refused_data
     [delivered] = smtp.messages
-    first_id = [line for line in refused.split(b"\r\n") if line.lower().startswith(b"message-id:")][0]
+    first_id = [line for line in refused.split(b"\r\n") if line.lower().startswith(b"message-id:")][
+        0
+    ]
     assert first_id.split(b":", 1)[1].strip().decode() == delivered.message["Message-ID"]
     kinds = [(e["event_type"], e["metadata"].get("smtp_code")) for e in await events(client, "r1")]
     assert kinds == [("queued", None), ("deferred", 451), ("sent", None)]
@@ -102,7 +107,9 @@ async def test_disconnect_during_data_is_retried(app: Any, smtp: SmtpTestServer)
     assert msg["attempts"] == 2 and len(smtp.dropped) == 1 and len(smtp.messages) == 1
 
 
-async def test_connection_refused_backs_off_without_a_hot_loop(app: Any, unused_tcp_port: int) -> None:
+async def test_connection_refused_backs_off_without_a_hot_loop(
+    app: Any, unused_tcp_port: int
+) -> None:
     client = await app(retry_delays=[30.0])
     await add_account(client, None, port=unused_tcp_port, default=True)
     await enqueue(client, [message(id="c")])
@@ -123,7 +130,11 @@ async def test_max_retries_then_error(app: Any, smtp: SmtpTestServer) -> None:
     msg = await wait_status(client, "m", "error")
     assert msg["attempts"] == 3 and "gave up after 3 attempts" in msg["error"]
     assert [e["event_type"] for e in await events(client, "m")] == [
-        "queued", "deferred", "deferred", "error"]
+        "queued",
+        "deferred",
+        "deferred",
+        "error",
+    ]
 
 
 async def test_auth_failure_fails_without_leaking_the_password(
@@ -145,7 +156,9 @@ async def test_auth_failure_fails_without_leaking_the_password(
         assert server.auth_attempts and server.messages == []
 
 
-async def test_starttls_required_but_not_offered_sends_no_auth(app: Any, smtp: SmtpTestServer) -> None:
+async def test_starttls_required_but_not_offered_sends_no_auth(
+    app: Any, smtp: SmtpTestServer
+) -> None:
     client = await app()
     await add_account(client, smtp, user="user", password="secret", starttls=True, default=True)
     await enqueue(client, [message(id="t")])
@@ -183,7 +196,9 @@ async def test_rate_limit_per_minute_defers_the_rest(app: Any, smtp: SmtpTestSer
     rt = client.app[RUNTIME]
     async with rt.storage.engine.begin() as conn:
         await conn.execute(sa.text("UPDATE send_log SET ts = ts - 61"))
-        await conn.execute(sa.text("UPDATE messages SET deferred_ts = deferred_ts - 61 WHERE status = 'deferred'"))
+        await conn.execute(
+            sa.text("UPDATE messages SET deferred_ts = deferred_ts - 61 WHERE status = 'deferred'")
+        )
     await run_now(client)
     await smtp.wait_for_messages(20)
     await asyncio.sleep(0.5)
@@ -207,10 +222,19 @@ async def test_reject_behaviour_fails_over_limit(app: Any, smtp: SmtpTestServer)
 async def test_message_headers_envelope_and_bcc(app: Any, smtp: SmtpTestServer) -> None:
     client = await app()
     await add_account(client, smtp, default=True)
-    await enqueue(client, [message(
-        id="h", to=["a@example.com"], cc=["b@example.com"], bcc=["hidden@example.com"],
-        return_path="bounces@example.com", headers={"X-Campaign": "spring"},
-    )])
+    await enqueue(
+        client,
+        [
+            message(
+                id="h",
+                to=["a@example.com"],
+                cc=["b@example.com"],
+                bcc=["hidden@example.com"],
+                return_path="bounces@example.com",
+                headers={"X-Campaign": "spring"},
+            )
+        ],
+    )
     [got] = await smtp.wait_for_messages(1)
     assert got.mail_from == "bounces@example.com"
     assert sorted(got.rcpt_tos) == ["a@example.com", "b@example.com", "hidden@example.com"]

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
+from mail_proxy.encryption import generate_key
 from support.service import ServiceProcess
 from support.smtp_server import SmtpTestServer
-
-from mail_proxy.encryption import generate_key
 
 pytestmark = pytest.mark.postgres
 
@@ -40,7 +38,13 @@ async def start_pair(pg_url: str, tmp_path: Path, **extra: str) -> list[ServiceP
 async def enqueue_all(svc: ServiceProcess, ids: list[str]) -> None:
     for i in range(0, len(ids), 500):
         batch = [
-            {"id": x, "from": "s@example.com", "to": ["r@example.com"], "subject": x, "body": "b" * 800}
+            {
+                "id": x,
+                "from": "s@example.com",
+                "to": ["r@example.com"],
+                "subject": x,
+                "body": "b" * 800,
+            }
             for x in ids[i : i + 500]
         ]
         data = await svc.call("POST", "/commands/add-messages", json={"messages": batch})
@@ -48,14 +52,20 @@ async def enqueue_all(svc: ServiceProcess, ids: list[str]) -> None:
 
 
 async def wait_received(smtp: SmtpTestServer, count: int, timeout: float) -> None:
-    await smtp.wait_until(lambda: len({m.message["X-Genro-Mail-ID"] for m in smtp.messages}) >= count, timeout)
+    await smtp.wait_until(
+        lambda: len({m.message["X-Genro-Mail-ID"] for m in smtp.messages}) >= count, timeout
+    )
 
 
 async def test_two_instances_deliver_each_message_exactly_once(pg_url: str, tmp_path: Path) -> None:
     async with SmtpTestServer() as smtp:
         services = await start_pair(pg_url, tmp_path)
         try:
-            await services[0].call("POST", "/account", json={"id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True})
+            await services[0].call(
+                "POST",
+                "/account",
+                json={"id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True},
+            )
             ids = [f"m{i}" for i in range(2000)]
             await enqueue_all(services[1], ids)
             await wait_received(smtp, 2000, timeout=90)
@@ -76,13 +86,24 @@ async def test_rate_limit_holds_across_instances(pg_url: str, tmp_path: Path) ->
     async with SmtpTestServer() as smtp:
         services = await start_pair(pg_url, tmp_path)
         try:
-            await services[0].call("POST", "/account", json={
-                "id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True, "limit_per_minute": 25})
+            await services[0].call(
+                "POST",
+                "/account",
+                json={
+                    "id": "a",
+                    "host": "127.0.0.1",
+                    "port": smtp.port,
+                    "default": True,
+                    "limit_per_minute": 25,
+                },
+            )
             await enqueue_all(services[0], [f"r{i}" for i in range(100)])
             await smtp.wait_for_messages(25, timeout=20)
             await asyncio.sleep(1.5)
             assert len(smtp.messages) == 25
-            listed = await services[1].call("GET", "/messages", params={"status": "deferred", "limit": "500"})
+            listed = await services[1].call(
+                "GET", "/messages", params={"status": "deferred", "limit": "500"}
+            )
             assert len(listed["messages"]) == 75
         finally:
             for s in services:
@@ -95,7 +116,11 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
         services = await start_pair(pg_url, tmp_path, GMP_CLAIM_LEASE_SECONDS="3")
         victim, survivor = services
         try:
-            await survivor.call("POST", "/account", json={"id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True})
+            await survivor.call(
+                "POST",
+                "/account",
+                json={"id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True},
+            )
             ids = [f"k{i}" for i in range(1500)]
             await enqueue_all(survivor, ids)
             await smtp.wait_until(lambda: len(smtp.messages) >= 300, 60)
@@ -108,11 +133,15 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
             # Only messages the victim had handed to SMTP but not yet committed may repeat.
             assert duplicates <= 64 + 8
             # Accounting: every accepted message ends sent (the sink accepts all).
-            sent = await survivor.call("GET", "/messages", params={"status": "sent", "limit": "1000"})
+            sent = await survivor.call(
+                "GET", "/messages", params={"status": "sent", "limit": "1000"}
+            )
             total = len(sent["messages"])
             cursor = sent.get("next_cursor")
             while cursor:
-                page = await survivor.call("GET", "/messages", params={"status": "sent", "limit": "1000", "cursor": cursor})
+                page = await survivor.call(
+                    "GET", "/messages", params={"status": "sent", "limit": "1000", "cursor": cursor}
+                )
                 total += len(page["messages"])
                 cursor = page.get("next_cursor")
             assert total == len(ids)
@@ -120,5 +149,3 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
         finally:
             for s in services:
                 s.stop()
-
-

@@ -14,27 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support.report_client import ReportClient, record_outcome, wait_until
-
-from mail_proxy.core.model import Principal, Tenant
-from mail_proxy.core.plugins import create_plugin_manager, hookimpl
+from mail_proxy.core.model import Tenant
 from mail_proxy.core.reporter import Reporter
 from mail_proxy.core.web import RUNTIME
+from support.report_client import (
+    TENANT_TOKEN,
+    ReportClient,
+    plugins_with_tenant_tokens,
+    record_outcome,
+    wait_until,
+)
 
-TENANT_TOKEN = "tenant-default-token-0123456789"
 FAR = 10**10
-
-
-class TenantTokens:
-    """A test plugin: a tenant token for ``default`` (what the multitenancy plugin issues)."""
-
-    @hookimpl
-    def authenticate(self, request: Any, token: str, runtime: Any) -> Principal | None:
-        if token == TENANT_TOKEN:
-            return Principal("tenant", "default")
-        if token.startswith("tenant-token:"):
-            return Principal("tenant", token.split(":", 1)[1])
-        return None
 
 
 @pytest.fixture
@@ -44,8 +35,7 @@ def start_app(aiohttp_client_factory: Any, make_settings: Any) -> Callable[..., 
     async def start(settings: Any = None, **overrides: Any) -> Any:
         overrides.setdefault("scheduler_active", False)
         settings = settings or make_settings(**overrides)
-        plugins = create_plugin_manager(extra_plugins=[("test-tenant-tokens", TenantTokens())])
-        client = await aiohttp_client_factory(settings, plugins=plugins)
+        client = await aiohttp_client_factory(settings, plugins=plugins_with_tenant_tokens())
         return client, client.app[RUNTIME]
 
     return start
@@ -77,7 +67,7 @@ async def test_each_outcome_is_pushed_once_with_exactly_the_api_fields(
 ) -> None:
     rc = report_client
     # A heartbeat interval of an hour: whatever arrives was pushed because of the event.
-    client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600, database_url=db_url)
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600, database_url=db_url)
     t0 = time.time() - 10
     await record_outcome(rt, "m1", "sent", ts=t0)
     await record_outcome(rt, "m2", "error", ts=t0 + 1, error="554 5.7.1 rejected")
@@ -100,6 +90,20 @@ async def test_each_outcome_is_pushed_once_with_exactly_the_api_fields(
         assert set(req.data) == {"delivery_report"}
 
 
+async def test_new_events_are_pushed_on_the_wake_up_not_on_a_timer(
+    start_app: Any, report_client: ReportClient
+) -> None:
+    rc = report_client
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
+    await rc.wait_requests(1)  # the start-up heartbeat
+    reporter = reporter_of(rt)
+    reporter.refresh_interval = 3600  # no periodic rescan either: only the wake-up is left
+    reporter._kick.set()
+    await asyncio.sleep(0.2)
+    await record_outcome(rt, "w1", "sent")  # the dispatcher's path: commit, then wake
+    assert [i["id"] for i in await rc.wait_items(1)] == ["w1"]
+
+
 async def _zero(value: Any) -> bool:
     return await value == 0
 
@@ -108,7 +112,7 @@ async def test_batches_respect_the_batch_size_and_follow_each_other_at_once(
     start_app: Any, report_client: ReportClient
 ) -> None:
     rc = report_client
-    client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600,
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600,
                                  report_batch_size=2)
     await rc.wait_requests(1)  # the start-up heartbeat
     for i in range(5):
@@ -138,7 +142,7 @@ async def test_bounce_and_pec_events_map_to_their_fields(
     from mail_proxy.core.model import NewEvent
 
     rc = report_client
-    client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
     await rc.wait_requests(1)
     t0 = time.time() - 100
     await record_outcome(rt, "pb", "sent", ts=t0, wake=False)
@@ -161,7 +165,7 @@ async def test_bounce_and_pec_events_map_to_their_fields(
     ]
 
 
-# -- failures, backoff, isolation --------------------------------------------------------------------
+# -- failures, backoff, isolation ---------------------------------------------------------
 @pytest.mark.parametrize("mode", ["500", "not_ok", "not_json", "hang"])
 async def test_failing_client_keeps_its_events_and_never_blocks_others(
     start_app: Any, mode: str, tmp_path: Any
@@ -179,6 +183,7 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
         # ... while the default tenant's report went through.
         assert [i["id"] for i in await good.wait_items(1)] == ["d1"]
         attempts = [r for r in bad.requests if r.items]
+        assert attempts[1].at - attempts[0].at >= 0.4  # backoff (1 s, jitter 50-100 %)
         assert all([i["id"] for i in r.items] == ["a1", "a2"] for r in attempts)
         assert len({r.headers["webhook-id"] for r in attempts}) == 1  # a resend keeps its id
         assert not any(r.accepted for r in bad.requests)
@@ -222,7 +227,7 @@ def _file_account(tmp_path: Any) -> Any:
 async def test_a_hanging_client_does_not_delay_another_tenant(start_app: Any) -> None:
     async with ReportClient() as slow, ReportClient() as fast:
         slow.mode = "hang"
-        client, rt = await start_app(client_sync_url=fast.url, sync_timeout=60,
+        _client, rt = await start_app(client_sync_url=fast.url, sync_timeout=60,
                                      sync_interval=3600, fetch_allow_networks=["127.0.0.0/8"])
         await rt.storage.save_tenant(Tenant("slow", client_base_url=slow.base_url))
         await record_outcome(rt, "s1", "sent", tenant_id="slow")
@@ -362,14 +367,28 @@ def independent_verify(secret: str, headers: dict[str, str], body: bytes,
     )
 
 
+def _docs_verifier() -> Any:
+    """The verifier printed in docs/reports.md, executed as a reader would paste it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "reports.md").read_text()
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify" in b]
+    assert len(code.strip().splitlines()) <= 10
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/reports.md", "exec"), namespace)
+    return namespace["verify"]
+
+
 async def test_requests_are_signed_with_the_global_or_the_tenant_secret(
     start_app: Any,
 ) -> None:
     from mail_proxy.ce.reports.signing import SignatureError, verify
 
     tenant_secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    docs_verify = _docs_verifier()
     async with ReportClient() as glob, ReportClient() as own:
-        client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
+        _client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
                                      client_sync_secret="global-s3cret",
                                      fetch_allow_networks=["127.0.0.0/8"])
         await rt.storage.save_tenant(
@@ -379,20 +398,22 @@ async def test_requests_are_signed_with_the_global_or_the_tenant_secret(
         await glob.wait_items(1)
         await own.wait_items(1)
         for rc, secret in ((glob, "global-s3cret"), (own, tenant_secret)):
-            req = [r for r in rc.requests if r.items][0]
+            req = next(r for r in rc.requests if r.items)
             h, body = req.headers, req.body
             assert independent_verify(secret, h, body)
             assert not independent_verify(secret, h, body.replace(b"sent_ts", b"sent_tz"))
             assert not independent_verify(secret, {**h, "webhook-id": "other"}, body)
             assert not independent_verify(secret, h, body, now=int(h["webhook-timestamp"]) + 301)
             assert not independent_verify("wrong", h, body)
+            assert docs_verify(secret, h, body)  # the ten lines of docs/reports.md
+            assert not docs_verify(secret, h, body + b" ")
             verify(secret, h, body)  # the helper shipped for Python clients agrees
             with pytest.raises(SignatureError):
                 verify(secret, h, body + b" ")
             with pytest.raises(SignatureError):
                 verify(secret, h, body, now=int(h["webhook-timestamp"]) - 301)
         # The tenant's secret is not the global one and vice versa.
-        req = [r for r in own.requests if r.items][0]
+        req = next(r for r in own.requests if r.items)
         assert not independent_verify("global-s3cret", req.headers, req.body)
 
 
@@ -413,7 +434,7 @@ async def test_auth_headers_come_from_client_auth_or_the_global_settings(
     start_app: Any,
 ) -> None:
     async with ReportClient() as glob, ReportClient() as bearer, ReportClient() as basic:
-        client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
+        _client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
                                      client_sync_token="glob-token",
                                      fetch_allow_networks=["127.0.0.0/8"])
         await rt.storage.save_tenant(Tenant("b1", client_base_url=bearer.base_url + "/app/",
@@ -427,12 +448,12 @@ async def test_auth_headers_come_from_client_auth_or_the_global_settings(
         await record_outcome(rt, "y", "sent", tenant_id="b2")
         for rc in (glob, bearer, basic):
             await rc.wait_items(1)
-        first = [r for r in glob.requests if r.items][0]
+        first = next(r for r in glob.requests if r.items)
         assert first.headers["authorization"] == "Bearer glob-token"
-        req = [r for r in bearer.requests if r.items][0]
+        req = next(r for r in bearer.requests if r.items)
         assert req.headers["authorization"] == "Bearer tk1"
         assert req.path == "/app/hooks/sync"
-        req = [r for r in basic.requests if r.items][0]
+        req = next(r for r in basic.requests if r.items)
         assert req.headers["authorization"] == "Basic " + base64.b64encode(b"u:p:w").decode()
         assert req.path == "/mail-proxy/sync"
 
@@ -441,7 +462,7 @@ async def test_tenant_urls_obey_the_address_policy(
     start_app: Any, report_client: ReportClient
 ) -> None:
     rc = report_client
-    client, rt = await start_app(sync_interval=3600)  # loopback not allowed
+    _client, rt = await start_app(sync_interval=3600)  # loopback not allowed
     await rt.storage.save_tenant(Tenant("acme", client_base_url=rc.base_url))
     await record_outcome(rt, "p1", "sent", tenant_id="acme")
 
@@ -459,7 +480,7 @@ async def test_tenant_urls_obey_the_address_policy(
 async def test_sync_status_reports_each_tenant(start_app: Any, report_client: ReportClient) -> None:
     rc = report_client
     rc.answers = [{"next_sync_after": FAR}]
-    client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
     await rc.wait_requests(1)
     await wait_until(lambda: _true(status_of(rt)["last_success_ts"] is not None
                                    and not status_of(rt)["syncing"]))

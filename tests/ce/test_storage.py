@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-
 from mail_proxy.ce.storage.engine import current_heads
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.model import Account, CommandLogEntry, NewEvent, NewMessage, Outcome, Tenant
@@ -27,22 +26,35 @@ async def storage(db_url: str, make_settings) -> AsyncIterator[SqlStorage]:  # t
 
 
 def msg(i: int | str, priority: int = 2, tenant: str = "default", **kw) -> NewMessage:  # type: ignore[no-untyped-def]
-    return NewMessage(tenant, f"m{i}", kw.pop("account_id", "acc"), priority,
-                      {"subject": f"s{i}"}, f"<{i}@example.com>", **kw)
+    return NewMessage(
+        tenant,
+        f"m{i}",
+        kw.pop("account_id", "acc"),
+        priority,
+        {"subject": f"s{i}"},
+        f"<{i}@example.com>",
+        **kw,
+    )
 
 
 async def test_schema_comes_from_migrations(storage: SqlStorage) -> None:
     async with storage.engine.connect() as conn:
         assert await current_heads(conn) == {"0001"}
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-    assert {"messages", "events", "accounts", "tenants", "command_log", "instance_settings"} <= tables
+    assert {
+        "messages",
+        "events",
+        "accounts",
+        "tenants",
+        "command_log",
+        "instance_settings",
+    } <= tables
     assert (await storage.get_tenant("default")) is not None
 
 
 async def test_migrated_schema_matches_metadata(storage: SqlStorage) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
-
     from mail_proxy.ce.storage.schema import metadata
 
     async with storage.engine.connect() as conn:
@@ -116,19 +128,39 @@ async def test_outcomes_write_events_in_the_same_transaction(storage: SqlStorage
     now = time.time()
     await storage.enqueue([msg(1), msg(2), msg(3)], now)
     c = await storage.claim_messages("i", now, 10, 60, 10)
-    await storage.record_outcomes([
-        Outcome(c[0].pk, c[0].claim_token or 0, "sent", now + 1),
-        Outcome(c[1].pk, c[1].claim_token or 0, "error", now + 1, error="550 no such user", smtp_code=550),
-        Outcome(c[2].pk, c[2].claim_token or 0, "deferred", now + 1, error="451 later",
-                smtp_code=451, deferred_ts=now + 61, deferred_reason="451 later"),
-    ])
+    await storage.record_outcomes(
+        [
+            Outcome(c[0].pk, c[0].claim_token or 0, "sent", now + 1),
+            Outcome(
+                c[1].pk,
+                c[1].claim_token or 0,
+                "error",
+                now + 1,
+                error="550 no such user",
+                smtp_code=550,
+            ),
+            Outcome(
+                c[2].pk,
+                c[2].claim_token or 0,
+                "deferred",
+                now + 1,
+                error="451 later",
+                smtp_code=451,
+                deferred_ts=now + 61,
+                deferred_reason="451 later",
+            ),
+        ]
+    )
     events = await storage.list_events("default", "m2")
     assert events is not None
     assert [e.event_type for e in events] == ["queued", "error"]
     assert events[1].metadata["smtp_code"] == 550
     pending = await storage.fetch_unreported("default", 10)
     assert [(e.message_id, e.event_type) for e in pending] == [
-        ("m1", "sent"), ("m2", "error"), ("m3", "deferred")]
+        ("m1", "sent"),
+        ("m2", "error"),
+        ("m3", "deferred"),
+    ]
     assert pending[2].metadata["deferred_ts"] == now + 61
     assert await storage.acknowledge_events("default", [pending[0].pk], now) == 1
     assert [e.message_id for e in await storage.fetch_unreported("default", 10)] == ["m2", "m3"]
@@ -140,7 +172,9 @@ async def test_resubmit_replaces_queued_and_rejects_sent(storage: SqlStorage) ->
     await storage.enqueue([msg(1), msg(2)], now)
     [c] = await storage.claim_messages("i", now, 1, 60, 10)
     await storage.record_outcomes([Outcome(c.pk, c.claim_token or 0, "sent", now)])
-    again = await storage.enqueue([msg(1), NewMessage("default", "m2", "acc", 0, {"subject": "new"}, "<x@y>")], now)
+    again = await storage.enqueue(
+        [msg(1), NewMessage("default", "m2", "acc", 0, {"subject": "new"}, "<x@y>")], now
+    )
     assert again.queued == 1 and again.rejected == [("m1", "already sent")]
     rec = await storage.get_message("default", "m2")
     assert rec is not None and rec.payload == {"subject": "new"} and rec.priority == 0
@@ -198,19 +232,37 @@ async def test_rate_limit_reservations_are_sliding_windows(storage: SqlStorage) 
 async def test_accounts_tenants_secrets(storage: SqlStorage, db_url: str) -> None:
     rt = storage.runtime
     assert rt is not None
-    await storage.save_account(Account("default", "a1", host="smtp.x", port=587,
-                                       password_enc=rt.encrypt("s3cret"), default=True))
+    await storage.save_account(
+        Account(
+            "default",
+            "a1",
+            host="smtp.x",
+            port=587,
+            password_enc=rt.encrypt("s3cret"),
+            default=True,
+        )
+    )
     await storage.save_account(Account("default", "a2", host="smtp.y", port=25, default=True))
     accounts = {a.id: a for a in await storage.list_accounts("default")}
     assert accounts["a2"].default and not accounts["a1"].default
     assert rt.decrypt(accounts["a1"].password_enc or "") == "s3cret"
-    await storage.save_tenant(Tenant(id="acme", client_auth={"method": "bearer", "token": "tok-XYZ"},
-                                     sync_secret="whsec_abc", api_key_hash="h1"))
+    await storage.save_tenant(
+        Tenant(
+            id="acme",
+            client_auth={"method": "bearer", "token": "tok-XYZ"},
+            sync_secret="whsec_abc",
+            api_key_hash="h1",
+        )
+    )
     found = await storage.find_tenant_by_key_hash("h1")
     assert found is not None and found.client_auth == {"method": "bearer", "token": "tok-XYZ"}
     assert found.sync_secret == "whsec_abc"
     async with storage.engine.connect() as conn:
-        raw = (await conn.execute(sa.text("SELECT client_auth_enc, sync_secret_enc FROM tenants WHERE id='acme'"))).one()
+        raw = (
+            await conn.execute(
+                sa.text("SELECT client_auth_enc, sync_secret_enc FROM tenants WHERE id='acme'")
+            )
+        ).one()
         pw = await conn.scalar(sa.text("SELECT password_enc FROM accounts WHERE id='a1'"))
     assert "tok-XYZ" not in raw[0] and "whsec_abc" not in raw[1] and "s3cret" not in pw
     assert await storage.delete_tenant("acme")
@@ -221,15 +273,19 @@ async def test_settings_command_log_and_plugin_events(storage: SqlStorage) -> No
     assert (await storage.put_settings({"a": 1, "b": [1, 2]}))["b"] == [1, 2]
     assert (await storage.put_settings({"a": 2}))["a"] == 2
     now = time.time()
-    await storage.log_commands([CommandLogEntry(0, now, "admin", None, "POST", f"/x{i}", 200) for i in range(3)])
+    await storage.log_commands(
+        [CommandLogEntry(0, now, "admin", None, "POST", f"/x{i}", 200) for i in range(3)]
+    )
     page = await storage.list_command_log(limit=2)
     assert [e.path for e in page] == ["/x0", "/x1"]
     assert [e.path for e in await storage.list_command_log(after_pk=page[-1].pk)] == ["/x2"]
     await storage.enqueue([msg(1)], now)
-    added = await storage.add_events([
-        NewEvent("default", "m1", "bounce", now, "550 user unknown", {"bounce_type": "hard"}),
-        NewEvent("default", "nope", "bounce", now),
-    ])
+    added = await storage.add_events(
+        [
+            NewEvent("default", "m1", "bounce", now, "550 user unknown", {"bounce_type": "hard"}),
+            NewEvent("default", "nope", "bounce", now),
+        ]
+    )
     assert added == 1
     [ev] = await storage.fetch_unreported("default", 10)
     assert ev.event_type == "bounce" and ev.metadata == {"bounce_type": "hard"}

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mail_proxy.core import hookspecs
 from mail_proxy.core.config import load_settings, setting_fields
 from mail_proxy.core.errors import ConfigError
@@ -80,7 +79,7 @@ def test_every_hook_is_documented_and_used_by_a_builtin_plugin() -> None:
 
 def test_config_precedence_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
-    cfg.write_text('port = 9001\nretry_delays = [1, 2]\n')
+    cfg.write_text("port = 9001\nretry_delays = [1, 2]\n")
     s = load_settings(env={"GMP_PORT": "9002"}, config_file=cfg)
     assert s.port == 9002 and s.retry_delays == [1.0, 2.0]
     with pytest.raises(ConfigError, match="GMP_MAX_RETRIES: invalid value 'many'"):
@@ -117,8 +116,14 @@ def test_encryption_round_trip_and_wrong_key(tmp_path: Path) -> None:
 
 def test_generate_key_one_liner_from_the_faq() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "from mail_proxy.encryption import generate_key; print(generate_key())"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from mail_proxy.encryption import generate_key; print(generate_key())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert len(parse_key(out)) == 32
 

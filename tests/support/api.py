@@ -23,8 +23,14 @@ def message(to: str | list[str] = "rcpt@example.com", **fields: Any) -> dict[str
     return base
 
 
-async def add_account(client: Any, server: Any, account_id: str = "smtp1", **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": account_id, "host": "127.0.0.1", "port": server.port if server else 9}
+async def add_account(
+    client: Any, server: Any, account_id: str = "smtp1", **fields: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": account_id,
+        "host": "127.0.0.1",
+        "port": server.port if server else 9,
+    }
     body.update(fields)
     resp = await client.post("/account", json=body, headers=client.admin_headers)
     data = await resp.json()
@@ -56,7 +62,9 @@ async def events(client: Any, msg_id: str) -> list[dict[str, Any]]:
     return data["events"]  # type: ignore[no-any-return]
 
 
-async def wait_status(client: Any, msg_id: str, status: str | tuple[str, ...], timeout: float = 10.0) -> dict[str, Any]:
+async def wait_status(
+    client: Any, msg_id: str, status: str | tuple[str, ...], timeout: float = 10.0
+) -> dict[str, Any]:
     wanted = (status,) if isinstance(status, str) else status
     deadline = time.monotonic() + timeout
     while True:

@@ -59,12 +59,22 @@ class Api:
         }
         return await self.post("/account", body)
 
-    async def send(
-        self, *messages: Any, expect: int | None = 200, **extra: Any
-    ) -> dict[str, Any]:
+    async def send(self, *messages: Any, expect: int | None = 200, **extra: Any) -> dict[str, Any]:
         """POST add-messages with ``messages``; ``extra`` are more body fields."""
         body = {"messages": list(messages), **extra}
         return await self.post("/commands/add-messages", body, expect=expect)
+
+    async def wait_status(self, msg_id: str, status: str, timeout: float = 5.0) -> str:
+        """Poll ``GET /messages/{id}`` until it has ``status`` (bounded); the last status."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            current = (await self.get(f"/messages/{msg_id}"))["message"]["status"]
+            if current == status or loop.time() > deadline:
+                return str(current)
+            await asyncio.sleep(0.03)
 
     async def message_ids(self, **params: Any) -> list[str]:
         """Ids of every stored message (all pages)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from mail_proxy.core.model import Principal
+from mail_proxy.core.plugins import hookimpl
 
 
 @dataclass
@@ -163,6 +165,28 @@ class ReportClient:
 
 
 # -- helpers for reporter tests --------------------------------------------------------------
+TENANT_TOKEN = "tenant-default-token-0123456789"
+
+
+class TenantTokens:
+    """A test plugin issuing tenant tokens, as the multitenancy plugin would:
+    :data:`TENANT_TOKEN` for ``default`` and ``tenant-token:<id>`` for any tenant."""
+
+    @hookimpl
+    def authenticate(self, request: Any, token: str, runtime: Any) -> Principal | None:
+        if token == TENANT_TOKEN:
+            return Principal("tenant", "default")
+        if token.startswith("tenant-token:"):
+            return Principal("tenant", token.split(":", 1)[1])
+        return None
+
+
+def plugins_with_tenant_tokens() -> Any:
+    from mail_proxy.core.plugins import create_plugin_manager
+
+    return create_plugin_manager(extra_plugins=[("test-tenant-tokens", TenantTokens())])
+
+
 async def wait_until(
     check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
 ) -> None:

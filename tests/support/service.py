@@ -73,7 +73,9 @@ class ServiceProcess:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.url + path, headers=self.headers, **kwargs) as resp:
+            async with session.request(
+                method, self.url + path, headers=self.headers, **kwargs
+            ) as resp:
                 data = await resp.json()
                 assert resp.status == 200, (resp.status, data)
                 return data

@@ -19,7 +19,10 @@ PLUGIN = "gmp_test"
 
 @hookimpl
 def plugin_info() -> dict[str, Any]:
-    return {"description": "Test plugin: GET /hello-plugin and `mail-proxy hello`", "edition": "test"}
+    return {
+        "description": "Test plugin: GET /hello-plugin and `mail-proxy hello`",
+        "edition": "test",
+    }
 
 
 @hookimpl

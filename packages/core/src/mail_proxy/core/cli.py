@@ -155,7 +155,7 @@ def _app(name: str, help: str, usage: str | None = None, **kwargs: Any) -> App:
         name=name,
         help=help,
         usage=usage,
-        help_format="plaintext",
+        help_format="markdown",
         default_parameter=Parameter(negative=()),
         result_action="return_value",
         exit_on_error=False,

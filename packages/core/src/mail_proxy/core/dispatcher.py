@@ -203,7 +203,12 @@ class Dispatcher(Service):
             if account is None or tenant is None:
                 what = "account" if account is None else "tenant"
                 for rec in group:
-                    self._finish(rec, self._error(rec, f"unknown {what} {account_id if account is None else tenant_id!r}"))
+                    self._finish(
+                        rec,
+                        self._error(
+                            rec, f"unknown {what} {account_id if account is None else tenant_id!r}"
+                        ),
+                    )
                 continue
             allowed = await self._apply_rate_limits(tenant, account, group, now)
             for rec in allowed:
@@ -216,10 +221,14 @@ class Dispatcher(Service):
     ) -> list[MessageRecord]:
         buckets: list[tuple[str, RateLimits]] = []
         if account.has_rate_limit:
-            buckets.append((
-                f"acct:{tenant.id}:{account.id}",
-                RateLimits(account.limit_per_minute, account.limit_per_hour, account.limit_per_day),
-            ))
+            buckets.append(
+                (
+                    f"acct:{tenant.id}:{account.id}",
+                    RateLimits(
+                        account.limit_per_minute, account.limit_per_hour, account.limit_per_day
+                    ),
+                )
+            )
         tl = tenant.rate_limits or {}
         tenant_limits = RateLimits(tl.get("per_minute"), tl.get("per_hour"), tl.get("per_day"))
         if tenant_limits.any():
@@ -244,11 +253,18 @@ class Dispatcher(Service):
             if account.limit_behavior == "reject":
                 self._finish(rec, self._error(rec, "rate limit exceeded"))
             else:
-                self._finish(rec, Outcome(
-                    rec.pk, rec.claim_token or 0, "deferred", time.time(),
-                    deferred_ts=next_free or now + 1.0, deferred_reason="rate limit",
-                    count_attempt=False,
-                ))
+                self._finish(
+                    rec,
+                    Outcome(
+                        rec.pk,
+                        rec.claim_token or 0,
+                        "deferred",
+                        time.time(),
+                        deferred_ts=next_free or now + 1.0,
+                        deferred_reason="rate limit",
+                        count_attempt=False,
+                    ),
+                )
         return group[:granted]
 
     # -- delivery -----------------------------------------------------------------------------------
@@ -293,7 +309,9 @@ class Dispatcher(Service):
                 from .attachments import get_resolver
 
                 attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
-            email = build_email(payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments)
+            email = build_email(
+                payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments
+            )
         except (FetchError, MimeError) as exc:
             return self._error(rec, str(exc))
         rt.plugins.hook.prepare_message(email=email, record=rec, account=account, runtime=rt)
@@ -303,7 +321,9 @@ class Dispatcher(Service):
         if not todo:
             return self._sent(rec, rec.delivered_rcpts, {})
         try:
-            result: SendResult = await rt.transport(account.transport).send(account, email, sender, todo)
+            result: SendResult = await rt.transport(account.transport).send(
+                account, email, sender, todo
+            )
         except TransportError as exc:
             if exc.permanent:
                 return self._error(rec, str(exc), exc.code)
@@ -312,7 +332,9 @@ class Dispatcher(Service):
         if result.temp_failed:
             code, text = next(iter(result.temp_failed.values()))
             failed = ", ".join(result.temp_failed)
-            return self._temporary(rec, f"recipients deferred ({failed}): {code} {text}", code, delivered)
+            return self._temporary(
+                rec, f"recipients deferred ({failed}): {code} {text}", code, delivered
+            )
         if result.perm_failed and not delivered:
             code, text = next(iter(result.perm_failed.values()))
             return self._error(rec, f"all recipients refused: {code} {text}", code)
@@ -323,30 +345,62 @@ class Dispatcher(Service):
         self.writer.add(outcome, rec.tenant_id, rec.account_id)
 
     @staticmethod
-    def _sent(rec: MessageRecord, delivered: list[str], refused: dict[str, tuple[int, str]]) -> Outcome:
+    def _sent(
+        rec: MessageRecord, delivered: list[str], refused: dict[str, tuple[int, str]]
+    ) -> Outcome:
         meta: dict[str, Any] = {"created_at": rec.created_at}
         error = None
         if refused:
             meta["refused_recipients"] = {r: f"{c} {t}" for r, (c, t) in refused.items()}
             error = "some recipients refused: " + ", ".join(refused)
-        return Outcome(rec.pk, rec.claim_token or 0, "sent", time.time(), error=error,
-                       delivered_rcpts=delivered, metadata=meta)
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "sent",
+            time.time(),
+            error=error,
+            delivered_rcpts=delivered,
+            metadata=meta,
+        )
 
     @staticmethod
     def _error(rec: MessageRecord, error: str, code: int | None = None) -> Outcome:
-        return Outcome(rec.pk, rec.claim_token or 0, "error", time.time(), error=error, smtp_code=code,
-                       delivered_rcpts=rec.delivered_rcpts or None)
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "error",
+            time.time(),
+            error=error,
+            smtp_code=code,
+            delivered_rcpts=rec.delivered_rcpts or None,
+        )
 
-    def _temporary(self, rec: MessageRecord, error: str, code: int | None, delivered: list[str]) -> Outcome:
+    def _temporary(
+        self, rec: MessageRecord, error: str, code: int | None, delivered: list[str]
+    ) -> Outcome:
         attempts = rec.attempts + 1
         now = time.time()
         if not self.policy.should_retry(attempts):
-            return Outcome(rec.pk, rec.claim_token or 0, "error", now,
-                           error=f"gave up after {attempts} attempts: {error}", smtp_code=code,
-                           delivered_rcpts=delivered or None)
-        return Outcome(rec.pk, rec.claim_token or 0, "deferred", now, error=error, smtp_code=code,
-                       deferred_ts=now + self.policy.delay(attempts), deferred_reason=error,
-                       delivered_rcpts=delivered or None)
+            return Outcome(
+                rec.pk,
+                rec.claim_token or 0,
+                "error",
+                now,
+                error=f"gave up after {attempts} attempts: {error}",
+                smtp_code=code,
+                delivered_rcpts=delivered or None,
+            )
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "deferred",
+            now,
+            error=error,
+            smtp_code=code,
+            deferred_ts=now + self.policy.delay(attempts),
+            deferred_reason=error,
+            delivered_rcpts=delivered or None,
+        )
 
     # -- lookups (briefly cached: one query per account per round, not per message) ----------
     async def _account(self, tenant_id: str, account_id: str) -> Account | None:

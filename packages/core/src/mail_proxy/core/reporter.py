@@ -129,6 +129,8 @@ class Reporter(Service):
         self.rt = runtime
         self._tenants: dict[str, _TenantSync] = {}
         self._refreshed = 0.0
+        #: Longest sleep of the scheduler without a wake-up (see :data:`TENANT_REFRESH`).
+        self.refresh_interval = TENANT_REFRESH
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SYNCS)
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -197,7 +199,7 @@ class Reporter(Service):
                 raise
             except Exception:
                 log.exception("delivery-report scheduling failed; retrying")
-                delay = TENANT_REFRESH
+                delay = min(TENANT_REFRESH, self.refresh_interval)
             await self._wait(delay)
 
     async def _wait(self, delay: float) -> None:
@@ -216,14 +218,14 @@ class Reporter(Service):
         rt = self.rt
         storage = rt.storage
         now = time.time()
-        if now >= self._refreshed + TENANT_REFRESH:
+        if now >= self._refreshed + self.refresh_interval:
             await self._refresh_tenants(now)
         backlog = await storage.report_backlog()
         if any(tid not in self._tenants for tid in backlog):
             await self._refresh_tenants(now)
         priority = set(rt.report_priority_tenants)
         rt.report_priority_tenants.difference_update(priority)
-        deadline = now + TENANT_REFRESH
+        deadline = now + self.refresh_interval
         for tid, ts in self._tenants.items():
             ts.backlog = backlog.get(tid, 0)
             rt.metrics.report_backlog.labels(tenant_id=tid).set(ts.backlog)

@@ -94,6 +94,10 @@ def serve_instance(instance_dir: Path) -> int:
         log.error("%s", exc)
         return 2
     configure_logging(settings.log_level, log_file)
+    lock = _lock(instance_dir)
+    if lock is None:
+        log.error("another server of this instance is running (%s is locked)", instance_dir)
+        return 1
     pid_file = instance_dir / "mail-proxy.pid"
     _write_pid(pid_file)
     try:
@@ -102,6 +106,7 @@ def serve_instance(instance_dir: Path) -> int:
         with contextlib.suppress(OSError):
             if pid_file.read_text().strip() == str(os.getpid()):
                 pid_file.unlink()
+        os.close(lock)
 
 
 def serve_env() -> int:
@@ -114,6 +119,20 @@ def serve_env() -> int:
         return 2
     configure_logging(settings.log_level, None)
     return run(settings)
+
+
+def _lock(instance_dir: Path) -> int | None:
+    """Hold an exclusive lock on the instance for the life of the process (None: taken), so
+    two servers of one instance never run at once, however they were started."""
+    import fcntl
+
+    fd = os.open(instance_dir / "mail-proxy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _write_pid(path: Path) -> None:

@@ -25,6 +25,8 @@ INJECTION = re.compile(r"[\r\n\x00]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NEEDS_QUOTES = re.compile(r'[()<>\[\]:;@\\,."]')
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+#: ``Plain Name <addr>``: a name without specials, dots, quotes or control characters.
+_SIMPLE_NAMED = re.compile(r'^((?:[^\s\x00-\x1f\x7f()<>\[\]:;@\\,."]| )*?) *<([^<>\s]+)>$')
 
 
 class AddressError(ValueError):
@@ -51,7 +53,25 @@ def _quote_name(name: str) -> str:
 
 
 def parse_mailbox(text: str) -> tuple[str, str]:
-    """``(display name, addr-spec)`` of one mailbox, or :class:`AddressError`."""
+    """``(display name, addr-spec)`` of one mailbox, or :class:`AddressError`.
+
+    The common shapes (``addr``, ``Plain Name <addr>``) are matched by one regex; anything
+    else (quoted names, comments...) goes through ``getaddresses`` and the strict checks of
+    :func:`parse_general`, which gives the same answer for the common shapes.
+    """
+    if INJECTION.search(text):
+        raise AddressError(text, injection=True)
+    piece = text.strip()
+    if is_addr_spec(piece):
+        return "", piece
+    found = _SIMPLE_NAMED.match(piece)
+    if found and is_addr_spec(found.group(2)):
+        return " ".join(part for part in found.group(1).split(" ") if part), found.group(2)
+    return parse_general(text)
+
+
+def parse_general(text: str) -> tuple[str, str]:
+    """:func:`parse_mailbox` without the fast path (``getaddresses`` + strict checks)."""
     if INJECTION.search(text):
         raise AddressError(text, injection=True)
     piece = text.strip()

@@ -96,7 +96,9 @@ async def delete_messages(request: web.Request) -> web.Response:
     limit = rt.settings.max_batch_messages
     if len(body.ids) > limit:
         raise ApiError(
-            413, "batch_too_large", f"{len(body.ids)} ids in one request; the limit is {limit}",
+            413,
+            "batch_too_large",
+            f"{len(body.ids)} ids in one request; the limit is {limit}",
             limit=limit,
         )
     result = await rt.storage.delete_messages(tenant_of(request), body.ids)

@@ -43,7 +43,8 @@ class Attachment(_Strict):
     filename: str = Field(description="may carry a {MD5:<hex>} cache marker")
     storage_path: str
     fetch_mode: str | None = Field(
-        None, description="base64, filesystem, endpoint, http_url or a plugin's mode; "
+        None,
+        description="base64, filesystem, endpoint, http_url or a plugin's mode; "
         "inferred from storage_path when omitted",
     )
     mime_type: str | None = None

@@ -31,7 +31,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith(_PREFIX):
             raise ValueError(text)
-        pk = int(text[len(_PREFIX):])
+        pk = int(text[len(_PREFIX) :])
         if pk < 0:
             raise ValueError(text)
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -171,9 +171,7 @@ class MessageValidator:
             raise Rejected("invalid id")
         return msg
 
-    async def build(
-        self, msg: Message, view: TenantView, directory: TenantDirectory
-    ) -> NewMessage:
+    async def build(self, msg: Message, view: TenantView, directory: TenantDirectory) -> NewMessage:
         """The :class:`NewMessage` of a shape-checked entry of ``view``'s tenant."""
         from_name, from_addr = _mailbox(msg.from_, "from")
         payload: dict[str, Any] = {"from": format_mailbox(from_name, from_addr)}
@@ -281,7 +279,8 @@ async def enqueue_batch(
     limit = runtime.settings.max_batch_messages
     if len(entries) > limit:
         raise ApiError(
-            413, "batch_too_large",
+            413,
+            "batch_too_large",
             f"{len(entries)} messages in one request; the limit is {limit} "
             "(GMP_MAX_BATCH_MESSAGES)",
             limit=limit,

@@ -32,7 +32,7 @@ def list_messages(
     cursor: str | None = None,
     json: bool = False,
 ) -> int:
-    """List messages, newest pages first as the server orders them.
+    """List messages in the order the server returns them (paginated: --limit, --cursor).
 
     Parameters
     ----------
