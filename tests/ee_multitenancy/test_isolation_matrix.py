@@ -124,7 +124,7 @@ async def _sleep(seconds: float) -> None:
 
 @pytest.fixture
 async def world(
-    aiohttp_client_factory: Any, make_settings: Any, db_url: str, tmp_path: Path
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> World:
     api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
     return await build_world(api, tmp_path)

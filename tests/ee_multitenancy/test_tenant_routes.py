@@ -31,7 +31,7 @@ FULL = {
 
 
 @pytest.fixture
-async def api(aiohttp_client_factory: Any, make_settings: Any, db_url: str, tmp_path: Path) -> Api:
+async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
     return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
 
 
@@ -327,7 +327,7 @@ async def test_creating_a_tenant_needs_an_encryption_key(
 
 
 async def test_delete_removes_everything_of_the_tenant_only(
-    aiohttp_client_factory: Any, make_settings: Any, db_url: str, tmp_path: Path
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
                           cache_memory_item_max_kb=1.0, cache_disk_dir=str(tmp_path / "cache"))

@@ -17,12 +17,14 @@ import binascii
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
 from mail_proxy.core.plugins import hookimpl
 from mail_proxy.core.registry import Registry
-from mail_proxy.core.runtime import Runtime
+
+if TYPE_CHECKING:
+    from mail_proxy.core.runtime import Runtime
 
 MODE = "vault"
 ENV = "GMP_VAULT_FILE"
