@@ -86,65 +86,80 @@ async def test_invalid_entries_do_not_block_valid_ones(api: Api) -> None:
     assert sorted(await api.message_ids()) == ["good1", "good2"]
 
 
-@pytest.mark.parametrize(
-    ("fields", "reason"),
-    [
-        ({"id": None}, "missing id"),
-        ({"id": 7}, "invalid id"),
-        ({"id": "a\nb"}, "invalid id"),
-        ({"from": None}, "missing from address"),
-        ({"from": "a@b.com <c@d.com>"}, "invalid from address"),
-        ({"from": "x <a@example.com"}, "invalid from address"),
-        ({"from": "Evil\r\nBcc: x@evil.com <a@example.com>"}, "header injection in from"),
-        ({"to": None}, "no recipients"),
-        ({"to": ""}, "no recipients"),
-        (
-            {"to": "a@example.org b@example.org"},
-            "invalid recipient address: a@example.org b@example.org",
-        ),
-        ({"to": ["Name\n <a@example.org>"]}, "header injection in to"),
-        ({"cc": ["bad"]}, "invalid recipient address: bad"),
-        ({"bcc": "x@example.org\r\nSubject: hi"}, "header injection in bcc"),
-        ({"reply_to": "nobody"}, "invalid reply_to address"),
-        ({"return_path": "bounce@"}, "invalid return_path address"),
-        ({"subject": None}, "missing subject"),
-        ({"subject": "hi\r\nBcc: victim@example.org"}, "header injection in subject"),
-        ({"subject": "nul\x00"}, "header injection in subject"),
-        ({"headers": {"X-Ok": "1", "Bad Name": "x"}}, "invalid header name"),
-        ({"headers": {"X-Evil": "a\r\nBcc: x@evil.com"}}, "header injection in header: X-Evil"),
-        ({"headers": {"Bcc": "x@evil.com"}}, "reserved header: Bcc"),
-        ({"headers": {"X-Num": 5}}, "invalid headers"),
-        ({"message_id": "no-brackets@example.com"}, "invalid message_id"),
-        ({"message_id": "<a@b>\r\nX: y"}, "header injection in message_id"),
-        ({"priority": 7}, "invalid priority"),
-        ({"priority": "urgent"}, "invalid priority"),
-        ({"priority": True}, "invalid priority"),
-        ({"deferred_ts": "tomorrow"}, "invalid deferred_ts"),
-        ({"deferred_ts": -5}, "invalid deferred_ts"),
-        ({"content_type": "rtf"}, "invalid content_type"),
-        ({"batch_code": "a\tb"}, "invalid batch_code"),
-        ({"account_id": "ghost"}, "unknown account"),
-        ({"tenant_id": "someone-else"}, "tenant mismatch"),
-        ({"colour": "blue"}, "unknown field: colour"),
-        ({"attachments": [{"filename": "a.txt"}]}, "attachment 1: missing storage_path"),
-        (
-            {"attachments": [{"filename": "a\r\n.txt", "storage_path": "base64:aGk="}]},
-            "attachment 1: filename contains CR, LF, NUL or another control character",
-        ),
-        (
-            {"attachments": [{"filename": "a", "storage_path": "x", "fetch_mode": "ftp"}]},
-            "attachment 1: unknown fetch_mode 'ftp'",
-        ),
-    ],
-)
-async def test_rejection_reasons_and_nothing_stored(
-    api: Api, fields: dict[str, Any], reason: str
-) -> None:
-    entry = message("m", **fields)  # a None value removes the field
-    answer = await api.send(entry, tenant_id="default")
-    assert answer["ok"] is False and answer["queued"] == 0
-    assert [r["reason"] for r in answer["rejected"]] == [reason]
+#: (fields changed in a valid message, the documented reason); a None value removes a field.
+REJECTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"id": None}, "missing id"),
+    ({"id": 7}, "invalid id"),
+    ({"id": "a\nb"}, "invalid id"),
+    ({"from": None}, "missing from address"),
+    ({"from": "a@b.com <c@d.com>"}, "invalid from address"),
+    ({"from": "x <a@example.com"}, "invalid from address"),
+    ({"from": "Evil\r\nBcc: x@evil.com <a@example.com>"}, "header injection in from"),
+    ({"to": None}, "no recipients"),
+    ({"to": ""}, "no recipients"),
+    (
+        {"to": "a@example.org b@example.org"},
+        "invalid recipient address: a@example.org b@example.org",
+    ),
+    ({"to": ["Name\n <a@example.org>"]}, "header injection in to"),
+    ({"cc": ["bad"]}, "invalid recipient address: bad"),
+    ({"bcc": "x@example.org\r\nSubject: hi"}, "header injection in bcc"),
+    ({"reply_to": "nobody"}, "invalid reply_to address"),
+    ({"return_path": "bounce@"}, "invalid return_path address"),
+    ({"subject": None}, "missing subject"),
+    ({"subject": "hi\r\nBcc: victim@example.org"}, "header injection in subject"),
+    ({"subject": "nul\x00"}, "header injection in subject"),
+    ({"headers": {"X-Ok": "1", "Bad Name": "x"}}, "invalid header name"),
+    ({"headers": {"X-Evil": "a\r\nBcc: x@evil.com"}}, "header injection in header: X-Evil"),
+    ({"headers": {"Bcc": "x@evil.com"}}, "reserved header: Bcc"),
+    ({"headers": {"X-Num": 5}}, "invalid headers"),
+    ({"message_id": "no-brackets@example.com"}, "invalid message_id"),
+    ({"message_id": "<a@b>\r\nX: y"}, "header injection in message_id"),
+    ({"priority": 7}, "invalid priority"),
+    ({"priority": "urgent"}, "invalid priority"),
+    ({"priority": True}, "invalid priority"),
+    ({"deferred_ts": "tomorrow"}, "invalid deferred_ts"),
+    ({"deferred_ts": -5}, "invalid deferred_ts"),
+    ({"content_type": "rtf"}, "invalid content_type"),
+    ({"batch_code": "a\tb"}, "invalid batch_code"),
+    ({"account_id": "ghost"}, "unknown account"),
+    ({"tenant_id": "someone-else"}, "tenant mismatch"),
+    ({"colour": "blue"}, "unknown field: colour"),
+    ({"attachments": [{"filename": "a.txt"}]}, "attachment 1: missing storage_path"),
+    (
+        {"attachments": [{"filename": "a\r\n.txt", "storage_path": "base64:aGk="}]},
+        "attachment 1: filename contains CR, LF, NUL or another control character",
+    ),
+    (
+        {"attachments": [{"filename": "a", "storage_path": "x", "fetch_mode": "ftp"}]},
+        "attachment 1: unknown fetch_mode 'ftp'",
+    ),
+    ({"attachments": "report.pdf"}, "invalid attachments"),
+    ({"attachments": ["report.pdf"]}, "attachment 1: must be an object"),
+    ({"to": 5}, "invalid to"),
+    ({"subject": ["x"]}, "invalid subject"),
+    ({"account_id": 3}, "invalid account_id"),
+]
+
+
+async def test_rejection_reasons_and_nothing_stored(api: Api) -> None:
+    """One request per case: the documented reason, and nothing queued."""
+    for fields, reason in REJECTIONS:
+        answer = await api.send(message("m", **fields), tenant_id="default")
+        assert answer["ok"] is False and answer["queued"] == 0, fields
+        assert [r["reason"] for r in answer["rejected"]] == [reason], fields
     assert await api.message_ids() == []
+
+
+async def test_all_rejections_in_one_batch_keep_the_valid_entry(api: Api) -> None:
+    entries = [message(f"bad{i}", **fields) for i, (fields, _) in enumerate(REJECTIONS)]
+    entries.insert(5, message("good"))
+    answer = await api.send(*entries, tenant_id="default")
+    assert answer["ok"] is True and answer["queued"] == 1
+    expected = [reason for _, reason in REJECTIONS]
+    assert [r["reason"] for r in answer["rejected"]] == expected
+    assert [r["index"] for r in answer["rejected"]] == [i for i in range(len(entries)) if i != 5]
+    assert await api.message_ids() == ["good"]
 
 
 async def test_unknown_account_when_no_default(api: Api) -> None:

@@ -29,8 +29,8 @@ async def rc() -> Any:
 
 
 async def test_sent_error_and_deferred_outcomes_reach_the_client(
-    aiohttp_client_factory: Any, make_settings: Any, smtp: SmtpTestServer, rc: ReportClient,
-    db_url: str,
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, smtp: SmtpTestServer,
+    rc: ReportClient,
 ) -> None:
     client = await aiohttp_client_factory(make_settings(
         client_sync_url=rc.url, sync_interval=3600, retry_delays=[0.3], database_url=db_url))

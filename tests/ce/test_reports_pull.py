@@ -21,8 +21,10 @@ DAY = 86400.0
 
 
 @pytest.fixture
-async def app(aiohttp_client_factory: Any, make_settings: Any, db_url: str) -> Any:
-    """The real app without any push target (reports wait in the outbox), dispatcher paused."""
+async def app(db_url: str, aiohttp_client_factory: Any, make_settings: Any) -> Any:
+    """The real app without any push target (reports wait in the outbox), dispatcher paused.
+
+    ``db_url`` comes first so that the database outlives the app at teardown."""
     settings = make_settings(scheduler_active=False, database_url=db_url, sync_interval=3600)
     return await aiohttp_client_factory(settings, plugins=plugins_with_tenant_tokens())
 

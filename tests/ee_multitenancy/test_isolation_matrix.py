@@ -14,6 +14,7 @@ id that exists nowhere (same status, same body once the id itself is masked).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -23,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.ce_api import Api, message, start_api
-from support.multitenancy import TenantHandle, add_file_account, as_tenant, create_tenant
-
 from mail_proxy.core.routes import RouteSpec
 from mail_proxy.core.web import ROUTES
+from support.ce_api import Api, message, start_api
+from support.multitenancy import TenantHandle, add_file_account, as_tenant, create_tenant
 
 MARK = "zq9sentinel"
 ID_MARK = "bxid"
@@ -77,7 +77,7 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         got = await as_tenant(api, b, "GET", f"/messages/{ID_MARK}-sent")
         if got["message"]["status"] == "sent":
             break
-        await _sleep(0.02)
+        await asyncio.sleep(0.02)
     else:
         raise AssertionError(f"B's message was not delivered: {got}")
     await as_tenant(api, b, "POST", "/commands/add-messages", {"messages": [
@@ -114,12 +114,6 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         ("POST", "/tenant/{id}/api-key"): {},
     }
     return world
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -11,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mail_proxy.core.attachments import get_resolver
+from mail_proxy.core.storage import RateLimits
 from support.ce_api import Api, message, start_api
 from support.multitenancy import add_file_account, as_tenant, create_tenant
-
-from mail_proxy.core.storage import RateLimits
 
 TOKEN = "tok-Sentinel-7f3a"
 PASSWORD = "pw-Sentinel-9c1d"
@@ -80,13 +81,21 @@ async def test_secrets_are_not_in_the_database_file(
     rotated = await api.post("/tenant/two/api-key")
     secret = await api.post("/tenant/one/sync-secret")
     await as_tenant(api, one, "GET", "/tenant/one")
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("gmp.db*"))
+    raw = await asyncio.to_thread(_files_bytes, tmp_path, "gmp.db*")
     assert raw, "no database file"
     for clear in (one.api_key, two.api_key, rotated["api_key"], one.sync_secret,
                   two.sync_secret, secret["sync_secret"], TOKEN, PASSWORD):
         assert clear.encode() not in raw, clear
     # the hash is what is stored
     assert hashlib.sha256(rotated["api_key"].encode()).hexdigest().encode() in raw
+
+
+def _files_bytes(directory: Path, pattern: str) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.glob(pattern)))
+
+
+def _names(directory: Path, pattern: str) -> list[str]:
+    return sorted(p.name for p in directory.glob(pattern))
 
 
 async def test_update_changes_only_given_fields_and_null_clears(api: Api) -> None:
@@ -242,8 +251,6 @@ async def test_api_key_rotation_expiry_and_revocation(api: Api) -> None:
 
 
 async def _until(condition: Any, timeout: float = 5.0) -> None:
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline
@@ -306,8 +313,6 @@ async def test_sync_status_shows_targets_and_backlog(api: Api, tmp_path: Path) -
 
 
 async def _wait_sent(api: Api, tenant: Any, msg_id: str) -> None:
-    import asyncio
-
     for _ in range(250):
         got = await as_tenant(api, tenant, "GET", f"/messages/{msg_id}")
         if got["message"]["status"] == "sent":
@@ -351,13 +356,11 @@ async def test_delete_removes_everything_of_the_tenant_only(
         await _wait_sent(api, tenant, "m1")
         await _wait_sent(api, tenant, "m2")
     await as_tenant(api, gone, "POST", "/commands/suspend", {"batch_code": "b1"})
-    cache = __import__("mail_proxy.core.attachments", fromlist=["get_resolver"]).get_resolver(
-        rt).cache
+    cache = get_resolver(rt).cache
     for tenant in (gone, keep):
         assert await cache.get(tenant.id, md5s[0]) == small
         assert await cache.get(tenant.id, md5s[1]) == large
-    disk_before = sorted(p.name for p in (tmp_path / "cache").glob("*.bin"))
-    assert len(disk_before) == 2
+    assert len(await asyncio.to_thread(_names, tmp_path / "cache", "*.bin")) == 2
 
     answer = await api.call("DELETE", "/tenant/t_1")
     assert answer == {"ok": True, "tenant_id": "t_1", "removed": True, "_status": 200}
@@ -369,7 +372,7 @@ async def test_delete_removes_everything_of_the_tenant_only(
     assert await storage.suspended_batches("t_1") == []
     assert (await storage.report_backlog()).get("t_1", 0) == 0
     assert await cache.get("t_1", md5s[0]) is None and await cache.get("t_1", md5s[1]) is None
-    assert len(list((tmp_path / "cache").glob("*.bin"))) == 1
+    assert len(await asyncio.to_thread(_names, tmp_path / "cache", "*.bin")) == 1
     assert (await as_tenant(api, gone, "GET", "/messages", expect=401))["code"] == "invalid_token"
     assert (await api.get("/tenant/t_1", expect=404))["code"] == "tenant_not_found"
 

@@ -54,3 +54,48 @@ async def add_file_account(
         **fields,
     }
     return await as_tenant(api, tenant, "POST", "/account", body)
+
+
+class SyncReceiver:
+    """A client application's delivery-report endpoint (real aiohttp server on loopback).
+
+    Records every request (path, headers, raw body) and answers ``{"ok": true}``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.port = 0
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> SyncReceiver:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.requests.append((request.path, dict(request.headers), await request.read()))
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reported_ids(self) -> list[str]:
+        """Message ids of every report item received, in order."""
+        import json
+
+        ids: list[str] = []
+        for _, _, body in self.requests:
+            ids += [item["id"] for item in json.loads(body).get("delivery_report", [])]
+        return ids

@@ -214,14 +214,18 @@ class AuditWriter:
         self.interval = interval
         self._buffer: list[CommandLogEntry] = []
         self._task: asyncio.Task[None] | None = None
+        #: Serialises flushes: once flush() returns, every entry added before is committed
+        #: (GET /command-log flushes first and must not overtake a background write).
+        self._lock = asyncio.Lock()
 
     def add(self, entry: CommandLogEntry) -> None:
         self._buffer.append(entry)
 
     async def flush(self) -> None:
-        entries, self._buffer = self._buffer, []
-        if entries:
-            await self.rt.storage.log_commands(entries)
+        async with self._lock:
+            entries, self._buffer = self._buffer, []
+            if entries:
+                await self.rt.storage.log_commands(entries)
 
     async def _loop(self) -> None:
         while True:
