@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from mail_proxy.core.model import Tenant
-from mail_proxy.core.reporter import Reporter
+from mail_proxy.core.reporter import Reporter, find_reporter
 from mail_proxy.core.web import RUNTIME
 from support.report_client import (
     TENANT_TOKEN,
@@ -48,7 +48,8 @@ async def report_client() -> Any:
 
 
 def reporter_of(rt: Any) -> Reporter:
-    [rep] = [s for s in rt.services if isinstance(s, Reporter)]
+    rep = find_reporter(rt)
+    assert rep is not None
     return rep
 
 

@@ -112,6 +112,10 @@ async def test_pull_is_tenant_scoped_and_refuses_bad_cursors(app: Any) -> None:
     assert (await get(app, "/reports", 400, limit=0))["code"] == "validation_error"
     resp = await app.post("/reports/ack", json={}, headers=app.admin_headers)
     assert resp.status == 400 and (await resp.json())["code"] == "validation_error"
+    resp = await app.get("/reports")
+    assert resp.status == 401 and (await resp.json())["code"] == "missing_token"
+    doc = await (await app.get("/openapi.json")).json()
+    assert "get" in doc["paths"]["/reports"] and "post" in doc["paths"]["/reports/ack"]
 
 
 async def test_retention_purges_old_acknowledged_messages_only(app: Any) -> None:

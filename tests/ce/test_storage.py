@@ -39,7 +39,7 @@ def msg(i: int | str, priority: int = 2, tenant: str = "default", **kw) -> NewMe
 
 async def test_schema_comes_from_migrations(storage: SqlStorage) -> None:
     async with storage.engine.connect() as conn:
-        assert await current_heads(conn) == {"0001"}
+        assert await current_heads(conn) == {"0002"}
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
     assert {
         "messages",

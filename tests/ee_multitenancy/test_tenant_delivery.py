@@ -249,9 +249,9 @@ async def test_reports_go_to_each_tenants_endpoint_with_its_auth_and_signature(
         assert "b-only" not in sink_a.reported_ids()
         # the reports are acknowledged per tenant: nothing left in either backlog
         status = {e["tenant_id"]: e for e in (await api.get("/tenants/sync-status"))["tenants"]}
-        await _until_async(api, lambda s: s["tenant-a"]["pending_reports"] == 0
-                           and s["tenant-b"]["pending_reports"] == 0)
-        assert status["tenant-a"]["sync_url"] == f"{sink_a.url}/hooks/a"
+        await _until_async(api, lambda s: s["tenant-a"]["backlog"] == 0
+                           and s["tenant-b"]["backlog"] == 0)
+        assert status["tenant-a"]["url"] == f"{sink_a.url}/hooks/a"
     finally:
         await sink_a.stop()
         await sink_b.stop()
@@ -272,3 +272,41 @@ async def _until_async(api: Api, condition: Any, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, entries
         await asyncio.sleep(0.03)
+
+
+async def test_shared_operator_endpoints_are_told_which_tenant(
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path,
+    smtp_pair: tuple[SmtpTestServer, SmtpTestServer],
+) -> None:
+    """Tenants without their own URLs share GMP_CLIENT_SYNC_URL and GMP_ATTACHMENT_BASE_URL:
+    every request says which tenant it is for, so equal message ids do not collide there."""
+    operator = await SyncReceiver().start()
+    try:
+        api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
+                              client_sync_url=operator.url + "/sync",
+                              attachment_base_url=operator.url)
+        server_a, server_b = smtp_pair
+        a = await create_tenant(api, "tenant-a")
+        b = await create_tenant(api, "tenant-b")
+        await smtp_account(api, a, server_a)
+        await smtp_account(api, b, server_b)
+        att = {"filename": "doc.json", "storage_path": "doc-1", "fetch_mode": "endpoint"}
+        await send(api, a, message("m-1", attachments=[att]))
+        await send(api, b, message("m-1", attachments=[att]))
+        await api.post("/commands/run-now", {})
+
+        def reports() -> dict[str, list[str]]:
+            got: dict[str, list[str]] = {}
+            for path, _, body in operator.requests:
+                data = json.loads(body)
+                if path == "/sync" and data["delivery_report"]:
+                    got.setdefault(data.get("tenant_id"), []).extend(
+                        i["id"] for i in data["delivery_report"])
+            return got
+
+        await _until(lambda: reports() == {"tenant-a": ["m-1"], "tenant-b": ["m-1"]})
+        fetches = sorted(json.loads(body)["tenant_id"] for path, _, body in operator.requests
+                         if path == "/mail-proxy/attachments")
+        assert fetches == ["tenant-a", "tenant-b"]
+    finally:
+        await operator.stop()

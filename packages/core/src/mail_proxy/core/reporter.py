@@ -55,6 +55,8 @@ MAX_CONCURRENT_SYNCS = 16
 TENANT_REFRESH = 5.0
 #: After a wake-up, wait this long so a burst of commits is reported in one request.
 COALESCE = 0.05
+#: Shortest time between two outbox scans driven by wake-ups (bounds the scan rate under load).
+MIN_CYCLE = 0.25
 #: First retry delay after a failed sync; doubles per failure up to ``sync_interval``.
 BACKOFF_BASE = 1.0
 #: Most immediate re-syncs in a row driven by ``queued > 0`` (guards against a client
@@ -129,6 +131,8 @@ class Reporter(Service):
         self.rt = runtime
         self._tenants: dict[str, _TenantSync] = {}
         self._refreshed = 0.0
+        self._last_cycle = 0.0
+        self._backlog: dict[str, int] = {}
         #: Longest sleep of the scheduler without a wake-up (see :data:`TENANT_REFRESH`).
         self.refresh_interval = TENANT_REFRESH
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SYNCS)
@@ -210,24 +214,35 @@ class Reporter(Service):
         finally:
             for w in waiters:
                 w.cancel()
+        # Coalesce a burst of commits, and scan at most every MIN_CYCLE under load (wake-ups
+        # after each outcome batch, many tenant syncs ending).
+        pause = MIN_CYCLE - (time.monotonic() - self._last_cycle)
         if wake.is_set():
-            await asyncio.sleep(COALESCE)
+            pause = max(pause, COALESCE)
+        if pause > 0:
+            await asyncio.sleep(pause)
 
     async def _cycle(self, woken: bool) -> float:
         """Start the syncs that are due; return the seconds until the next deadline."""
         rt = self.rt
-        storage = rt.storage
         now = time.time()
-        if now >= self._refreshed + self.refresh_interval:
+        self._last_cycle = time.monotonic()
+        refresh = now >= self._refreshed + self.refresh_interval
+        if refresh:
             await self._refresh_tenants(now)
-        backlog = await storage.report_backlog()
-        if any(tid not in self._tenants for tid in backlog):
-            await self._refresh_tenants(now)
+        sinks = {tid: self._sink_for(ts.tenant) for tid, ts in self._tenants.items()}
+        if refresh or any(sinks.values()):
+            # One grouped count over the outbox index; skipped while nobody has a sink
+            # (then it only feeds the backlog gauge, at each refresh).
+            self._backlog = await rt.storage.report_backlog()
+            if any(tid not in self._tenants for tid in self._backlog):
+                await self._refresh_tenants(now)
+                sinks = {tid: self._sink_for(ts.tenant) for tid, ts in self._tenants.items()}
         priority = set(rt.report_priority_tenants)
         rt.report_priority_tenants.difference_update(priority)
         deadline = now + self.refresh_interval
         for tid, ts in self._tenants.items():
-            ts.backlog = backlog.get(tid, 0)
+            ts.backlog = self._backlog.get(tid, 0)
             rt.metrics.report_backlog.labels(tenant_id=tid).set(ts.backlog)
             if tid in priority:
                 ts.state.dnd_until = None
@@ -236,7 +251,7 @@ class Reporter(Service):
             if ts.task is not None:
                 ts.dirty = ts.dirty or woken
                 continue
-            found = self._sink_for(ts.tenant)
+            found = sinks.get(tid)
             ts.sink_name = found[0] if found else None
             if found is None:
                 ts.force = False
@@ -430,3 +445,15 @@ class Reporter(Service):
         with contextlib.suppress(Exception):
             await rt.storage.save_sync_state(st)
         return answer_error is None
+
+
+def find_reporter(runtime: Runtime) -> Reporter | None:
+    """The running reporter of ``runtime``, e.g. for ``GET /tenants/sync-status``::
+
+        reporter = find_reporter(rt)
+        entries = reporter.sync_status() if reporter is not None else []
+    """
+    for service in runtime.services:
+        if isinstance(service, Reporter):
+            return service
+    return None

@@ -5,7 +5,8 @@ with ``{"storage_path": ...}`` and the tenant's ``client_auth`` (or the attachme
 ``auth`` when it has one); the body of a 2xx answer is the file. The tenant's URL is the
 tenant's own input, so it goes through the address policy. A tenant without a URL uses the
 operator's ``GMP_ATTACHMENT_BASE_URL`` (same path rule), which is trusted: no address policy,
-only the scheme check.
+only the scheme check; that shared endpoint also gets ``"tenant_id"`` in the body for every
+tenant but ``default``, so it can keep tenants apart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mail_proxy.core.errors import ConfigError
 from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.model import DEFAULT_TENANT
 
 from .httpclient import HttpFetchClient, auth_headers
 from .netpolicy import AddressPolicy
@@ -67,10 +69,15 @@ class EndpointFetcher(Fetcher):
         url, trusted = endpoint_url(request.tenant, runtime.settings.attachment_base_url)
         # The attachment's own auth when it has one, else the tenant's client_auth.
         headers = auth_headers(request.auth or request.tenant.client_auth)
+        body = {"storage_path": request.storage_path}
+        if trusted and request.tenant.id != DEFAULT_TENANT:
+            # the operator's shared endpoint serves every tenant: say which one asks, so it
+            # can refuse a tenant a file of another tenant
+            body["tenant_id"] = request.tenant.id
         return await self._client(runtime, trusted).fetch(
             "POST",
             url,
-            json_body={"storage_path": request.storage_path},
+            json_body=body,
             headers=headers,
             max_bytes=request.max_bytes,
             timeout=request.timeout,

@@ -9,7 +9,8 @@ Target, per tenant:
   unless ``GMP_FETCH_ALLOW_NETWORKS`` allows them, checked on the very addresses connected);
 * otherwise the operator's ``GMP_CLIENT_SYNC_URL`` (trusted, used as is), authenticated with
   ``GMP_CLIENT_SYNC_TOKEN`` (bearer) or ``GMP_CLIENT_SYNC_USER``/``PASSWORD`` (basic) and
-  signed with ``GMP_CLIENT_SYNC_SECRET``.
+  signed with ``GMP_CLIENT_SYNC_SECRET``. This shared URL may receive several tenants'
+  reports, so for every tenant but ``default`` the body also carries ``"tenant_id"``.
 
 The body is ``{"delivery_report": [...]}``; the answer counts as accepted only when it is a
 2xx with a JSON object whose ``ok`` is ``true``. Redirects are not followed (a 3xx is a
@@ -32,6 +33,7 @@ import aiohttp
 from mail_proxy.core import __version__
 from mail_proxy.core.errors import ConfigError
 from mail_proxy.core.fetch import FetchError
+from mail_proxy.core.model import DEFAULT_TENANT
 from mail_proxy.core.reports import ReportSink, SinkAnswer
 from yarl import URL
 
@@ -177,9 +179,12 @@ class HttpSyncSink(ReportSink):
             return SinkAnswer(False, error=str(exc))
         if target is None:
             return SinkAnswer(False, error="no sync URL configured")
-        body = json.dumps(
-            {"delivery_report": items}, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        payload: dict[str, Any] = {"delivery_report": items}
+        if target.trusted and tenant.id != DEFAULT_TENANT:
+            # the operator's shared URL receives every tenant's reports: say whose they are
+            # (two tenants may use the same message ids)
+            payload["tenant_id"] = tenant.id
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         if not target.secret and tenant.id not in self._warned_unsigned:
             self._warned_unsigned.add(tenant.id)
             log.warning(

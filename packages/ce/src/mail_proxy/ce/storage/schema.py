@@ -95,7 +95,15 @@ sa.Index(
     postgresql_where=messages.c.status.in_(ACTIVE),
 )
 sa.Index("ix_messages_tenant_pk", messages.c.tenant_id, messages.c.pk)
-sa.Index("ix_messages_status", messages.c.status, messages.c.updated_at)
+# Retention scan of finished rows. Partial, so that the claim query (active rows) is never
+# tempted to use it instead of ix_messages_ready.
+FINISHED = ("sent", "error")
+sa.Index(
+    "ix_messages_finished",
+    messages.c.updated_at,
+    sqlite_where=messages.c.status.in_(FINISHED),
+    postgresql_where=messages.c.status.in_(FINISHED),
+)
 
 events = sa.Table(
     "events",

@@ -53,6 +53,11 @@ if TYPE_CHECKING:
     from mail_proxy.core.runtime import Runtime
 
 REPLACEABLE = ("pending", "scheduled", "deferred")
+# The partial index ix_messages_ready covers exactly these rows. The condition is written with
+# literals (not bound parameters) so the planners can match it to the index's WHERE and walk
+# it in (priority, pk) order instead of sorting the whole backlog on every claim.
+ACTIVE_LITERAL = sa.text("messages.status IN ('pending', 'scheduled', 'deferred', 'sending')")
+FINISHED_LITERAL = sa.text("messages.status IN ('sent', 'error')")
 WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86400.0))
 
 
@@ -525,9 +530,7 @@ class SqlStorage(Storage):
             .where(e.message_pk == m.pk, e.reportable.is_(True), e.reported_ts.is_(None))
             .exists()
         )
-        q = sa.select(m.pk).where(
-            m.status.in_(("sent", "error")), m.updated_at < older_than_ts, ~unreported
-        )
+        q = sa.select(m.pk).where(FINISHED_LITERAL, m.updated_at < older_than_ts, ~unreported)
         if tenant_id is not None:
             q = q.where(m.tenant_id == tenant_id)
         removed = 0
@@ -542,7 +545,7 @@ class SqlStorage(Storage):
 
     async def count_pending(self, tenant_id: str | None = None) -> int:
         m = t.messages.c
-        q = sa.select(sa.func.count()).select_from(t.messages).where(m.status.in_(t.ACTIVE))
+        q = sa.select(sa.func.count()).select_from(t.messages).where(ACTIVE_LITERAL)
         if tenant_id is not None:
             q = q.where(m.tenant_id == tenant_id)
         async with self._read() as conn:
@@ -551,12 +554,7 @@ class SqlStorage(Storage):
     async def oldest_pending_created_at(self) -> float | None:
         m = t.messages.c
         async with self._read() as conn:
-            value = await conn.scalar(
-                sa.select(m.created_at)
-                .where(m.status.in_(t.ACTIVE))
-                .order_by(m.priority, m.pk)
-                .limit(1)
-            )
+            value = await conn.scalar(sa.select(sa.func.min(m.created_at)).where(ACTIVE_LITERAL))
         return float(value) if value is not None else None
 
     # -- suspension -------------------------------------------------------------------------------
@@ -619,7 +617,7 @@ class SqlStorage(Storage):
         )
         q = (
             sa.select(m.pk, m.tenant_id, m.account_id)
-            .where(m.status.in_(t.ACTIVE), ready, ~suspended, ~inactive)
+            .where(ACTIVE_LITERAL, ready, ~suspended, ~inactive)
             .order_by(m.priority, m.pk)
             .limit(limit)
         )

@@ -5,9 +5,11 @@ refuse tenant tokens (403), and ``/tenant/{id}`` routes are ``tenant``-scoped wi
 ``tenant_param="id"``, so a tenant token naming another tenant is refused before the handler
 runs and the handler reads the bound tenant with :func:`tenant_of`.
 
-Changes to one tenant are read-modify-write of its row; they are serialised per instance by
-one lock so that, for example, a configuration update cannot write back an API key that a
-concurrent rotation has just replaced.
+Changes to one tenant are read-modify-write of its row (the storage saves whole tenants).
+They are serialised on this instance by one lock so that, for example, a configuration update
+cannot write back an API key that a concurrent rotation has just replaced. Between instances
+sharing a database the window is the few milliseconds between the read and the write of one
+request (last write wins).
 """
 
 from __future__ import annotations
@@ -195,14 +197,24 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 
 async def list_sync_status(request: web.Request) -> web.Response:
-    """Per tenant: where reports go, how many wait, and how the last attempts went."""
+    """Per tenant: where reports go, how many wait, and how the last attempts went (the
+    reporter's live view on this instance, or the stored state for a tenant it has not
+    picked up yet)."""
     rt = runtime_of(request)
     tenants, next_cursor = await _page(rt, query_of(request))
-    backlog = await rt.storage.report_backlog()
-    entries = [
-        sync_status(t, await rt.storage.get_sync_state(t.id), backlog.get(t.id, 0))
-        for t in tenants
-    ]
+    reporter = next((s for s in rt.services if getattr(s, "name", None) == "reporter"), None)
+    live_view = getattr(reporter, "sync_status", None)
+    live = {e["tenant_id"]: e for e in live_view()} if callable(live_view) else {}
+    backlog: dict[str, int] | None = None
+    entries = []
+    for tenant in tenants:
+        if tenant.id in live:
+            entries.append(sync_status(tenant, live[tenant.id], None, 0))
+            continue
+        if backlog is None:
+            backlog = await rt.storage.report_backlog()
+        state = await rt.storage.get_sync_state(tenant.id)
+        entries.append(sync_status(tenant, None, state, backlog.get(tenant.id, 0)))
     return ok({"tenants": entries, "next_cursor": next_cursor})
 
 

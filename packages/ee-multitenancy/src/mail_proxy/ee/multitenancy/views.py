@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from .models import DEFAULT_SYNC_PATH
@@ -52,19 +53,38 @@ def sync_url(tenant: Tenant) -> str | None:
     return tenant.client_base_url.rstrip("/") + (tenant.client_sync_path or DEFAULT_SYNC_PATH)
 
 
-def sync_status(tenant: Tenant, state: SyncState, backlog: int) -> dict[str, Any]:
-    """One entry of ``GET /tenants/sync-status``."""
+def sync_status(
+    tenant: Tenant, live: dict[str, Any] | None, state: SyncState | None, backlog: int
+) -> dict[str, Any]:
+    """One entry of ``GET /tenants/sync-status``.
+
+    ``live`` is the reporter's own view of the tenant (see ``Reporter.sync_status``: target,
+    schedule, backlog, last error), when this instance's reporter knows the tenant already;
+    otherwise the entry is built from the stored sync state.
+    """
     own = sync_url(tenant)
-    return {
+    entry: dict[str, Any] = {
         "tenant_id": tenant.id,
         "active": tenant.active,
         "endpoint": "tenant" if own else "global",
-        "sync_url": own,
-        "pending_reports": backlog,
-        "last_sync_ts": state.last_sync_ts,
-        "last_success_ts": state.last_success_ts,
-        "next_due_ts": state.next_due_ts,
-        "dnd_until": state.dnd_until,
-        "failures": state.failures,
-        "last_error": state.last_error,
     }
+    if live is not None:
+        entry.update({k: v for k, v in live.items() if k != "tenant_id"})
+        return entry
+    st = state
+    entry.update(
+        {
+            "sink": None,
+            "url": own,
+            "last_sync_ts": st.last_sync_ts if st else None,
+            "last_success_ts": st.last_success_ts if st else None,
+            "next_due_ts": st.next_due_ts if st else None,
+            "dnd_until": st.dnd_until if st else None,
+            "dnd": bool(st and st.dnd_until and st.dnd_until > time.time()),
+            "backlog": backlog,
+            "failures": st.failures if st else 0,
+            "last_error": st.last_error if st else None,
+            "syncing": False,
+        }
+    )
+    return entry
