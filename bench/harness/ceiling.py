@@ -51,6 +51,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             await smtp.quit()
 
+    cpu0 = time.process_time()
     t_start = time.time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(int(spec["connections"]))))
@@ -61,6 +62,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "t_start": t_start,
         "elapsed_s": round(elapsed, 3),
         "errors": errors,
+        "cpu_s": round(time.process_time() - cpu0, 3),
     }
 
 

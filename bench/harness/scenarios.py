@@ -23,7 +23,7 @@ import aiohttp
 from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
 from .report import RESULTS_DIR, Results, eprint
-from .service import Api, RssSampler, Service, setting_env
+from .service import Api, CpuMeter, RssSampler, Service, setting_env
 from .sink import SinkHandle
 
 ORDER = ["ceiling", "enqueue", "batch", "e2e", "e2e-pg", "e2e-pg-2", "backlog", "attachments"]
@@ -236,8 +236,10 @@ class Bench:
                 "prefix": "ceil",
                 "body_bytes": E2E_BODY,
             }
+            sink_cpu = CpuMeter([sink.pid])
             result = await run_module("harness.ceiling", spec, timeout=600)
             stats = await self.delivered(sink, count)
+            sink_ms = sink_cpu.ms_per(count)
         finally:
             await sink.stop()
         elapsed = (stats["last_ts"] or result["t_start"]) - result["t_start"]
@@ -249,6 +251,8 @@ class Bench:
                 "errors": result["errors"],
                 "lost": stats["lost"],
                 "duplicated": stats["duplicated"],
+                "client_cpu_ms_per_msg": round(1000 * result["cpu_s"] / count, 3),
+                "sink_cpu_ms_per_msg": sink_ms,
             },
         )
 
@@ -282,11 +286,14 @@ class Bench:
         async with self.stack() as stack:
             spec = self.batches_spec(stack, "bat", count)
             async with self.profiled(stack.pids, profile):
+                cpu = CpuMeter(stack.pids)
                 result = await self.load(spec)
+                cpu_ms = cpu.ms_per(count)
         return Measured(
             {"messages": count, "batch": spec["batch"], "clients": spec["clients"]},
             {
                 "messages_per_s": result["messages_per_s"],
+                "service_cpu_ms_per_msg": cpu_ms,
                 "elapsed_s": result["elapsed_s"],
                 "accepted": result["accepted"],
                 "errors": result["errors"],
@@ -302,8 +309,10 @@ class Bench:
         async with self.stack(database, instances) as stack:
             spec = self.batches_spec(stack, "e2e", count, body_bytes=E2E_BODY, clients=2)
             async with self.profiled(stack.pids, profile):
+                cpu, sink_cpu = CpuMeter(stack.pids), CpuMeter([stack.sink.pid])
                 load = await self.load(spec)
                 stats = await self.delivered(stack.sink, count)
+                cpu_ms, sink_ms = cpu.ms_per(count), sink_cpu.ms_per(count)
             pending = (await stack.api.status())["pending_messages"]
         total = (stats["last_ts"] or load["t_end"]) - load["t_start"]
         metrics: dict[str, Any] = {
@@ -315,6 +324,10 @@ class Bench:
             "duplicated": stats["duplicated"],
             "pending_after": pending,
             "enqueue_errors": load["errors"],
+            "service_cpu_ms_per_msg": cpu_ms,
+            # messages per second of service CPU: the rate one full core would give
+            "msgs_per_service_cpu_s": round(1000 / cpu_ms, 1) if cpu_ms else None,
+            "sink_cpu_ms_per_msg": sink_ms,
         }
         ceiling = self.results.medians("ceiling", "messages_per_s")
         if ceiling:
@@ -349,8 +362,10 @@ class Bench:
                 queued = (await stack.api.status())["pending_messages"]
                 activated = time.time()
                 async with self.profiled(stack.pids, profile):
+                    cpu = CpuMeter(stack.pids)
                     await stack.api.activate()
                     stats = await self.delivered(stack.sink, count, stall=60)
+                    cpu_ms = cpu.ms_per(count)
             pending = (await stack.api.status())["pending_messages"]
         drain = (stats["last_ts"] or activated) - activated
         fill_s = first["elapsed_s"] + rest["elapsed_s"]
@@ -364,6 +379,7 @@ class Bench:
             "fill_s": round(fill_s, 3),
             "drain_s": round(drain, 3),
             "drain_per_s": round(stats["unique"] / drain, 1) if drain > 0 else 0.0,
+            "drain_cpu_ms_per_msg": cpu_ms,
             "lost": stats["lost"],
             "duplicated": stats["duplicated"],
             "pending_after": pending,

@@ -146,6 +146,33 @@ class Api:
                 raise ProcessFailed(f"activate → {resp.status} {data}")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by some processes (all their threads)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """CPU used by some processes between its creation and :meth:`ms_per` (noise-robust:
+    other work on the machine slows a process down but does not add to its CPU time)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.start = cpu_seconds(pids)
+
+    def seconds(self) -> float:
+        return cpu_seconds(self.pids) - self.start
+
+    def ms_per(self, count: int) -> float:
+        return round(1000 * self.seconds() / max(1, count), 3)
+
+
 class RssSampler:
     """Samples the RSS of some processes every ``interval`` seconds in a daemon thread."""
 

@@ -163,6 +163,11 @@ class SinkHandle:
         self.smtp_port = ports["smtp_port"]
         self.control = f"http://127.0.0.1:{ports['control_port']}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     async def _get(self, path: str, timeout: float = 30) -> dict[str, Any]:
         import aiohttp
 

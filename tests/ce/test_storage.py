@@ -289,3 +289,19 @@ async def test_settings_command_log_and_plugin_events(storage: SqlStorage) -> No
     assert added == 1
     [ev] = await storage.fetch_unreported("default", 10)
     assert ev.event_type == "bounce" and ev.metadata == {"bounce_type": "hard"}
+
+
+async def test_concurrent_enqueues_group_commit_like_separate_calls(storage: SqlStorage) -> None:
+    import asyncio
+
+    now = time.time()
+    await storage.enqueue([msg("sent")], now)
+    [c] = await storage.claim_messages("i", now, 1, 60, 10)
+    await storage.record_outcomes([Outcome(c.pk, c.claim_token or 0, "sent", now)])
+    calls = [[msg(i)] for i in range(20)] + [[msg(3, priority=0), msg("sent")], [msg(5)]]
+    results = await asyncio.gather(*(storage.enqueue(batch, now) for batch in calls))
+    assert [r.queued for r in results] == [1] * 20 + [1, 1]
+    assert results[20].rejected == [("msent", "already sent")]
+    listed = await storage.list_messages(MessageFilter(tenant_id="default", active_only=True))
+    assert sorted(m.id for m in listed) == sorted(f"m{i}" for i in range(20))
+    assert (await storage.get_message("default", "m3")).priority == 0  # type: ignore[union-attr]

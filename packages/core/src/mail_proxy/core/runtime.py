@@ -219,15 +219,16 @@ class Runtime:
         )
 
     async def authenticate(self, request: web.Request, token: str) -> Principal | None:
-        """Ask the ``authenticate`` hook implementations in order; first non-None wins."""
-        results = self.plugins.hook.authenticate(request=request, token=token, runtime=self)
-        found: Principal | None = None
-        for result in results:
+        """Ask the ``authenticate`` implementations in hook order; the first non-None wins
+        and later ones are not called (the admin token never costs a key lookup)."""
+        args = {"request": request, "token": token, "runtime": self}
+        for impl in reversed(self.plugins.hook.authenticate.get_hookimpls()):
+            result = impl.function(*(args[name] for name in impl.argnames))
             if inspect.isawaitable(result):
                 result = await result
-            if found is None and result is not None:
-                found = result
-        return found
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return None
 
     def status_extra(self) -> dict[str, Any]:
         return {}

@@ -66,6 +66,8 @@ class SqlStorage(Storage):
         self.runtime = runtime
         self.engine, self.dialect, self.schema = make_engine(url)
         self._write_lock = asyncio.Lock()
+        self._enqueue_jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]] = []
+        self._enqueue_task: asyncio.Task[None] | None = None
         self._pg = self.dialect == "postgresql"
 
     # -- plumbing -----------------------------------------------------------------------
@@ -370,80 +372,79 @@ class SqlStorage(Storage):
         )
 
     async def enqueue(self, messages: Sequence[NewMessage], now: float) -> EnqueueResult:
+        """Group commit: concurrent calls that arrive while a commit is in progress are
+        written together in the next transaction (one fsync for all), and each caller is
+        answered only after that commit."""
         if not messages:
             return EnqueueResult(0)
+        future: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
+        self._enqueue_jobs.append((list(messages), now, future))
+        if self._enqueue_task is None or self._enqueue_task.done():
+            self._enqueue_task = asyncio.create_task(self._enqueue_flusher())
+        return await future
+
+    async def _enqueue_flusher(self) -> None:
+        while self._enqueue_jobs:
+            jobs, self._enqueue_jobs = self._enqueue_jobs, []
+            try:
+                results = await self._enqueue_group(jobs)
+            except BaseException as exc:
+                for _, _, future in jobs:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, _, future), result in zip(jobs, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _enqueue_group(
+        self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
+    ) -> list[EnqueueResult]:
+        """One transaction for several enqueue calls, in arrival order. A later entry with the
+        same (tenant, id) replaces an earlier queued one, exactly as separate calls would."""
         m = t.messages.c
-        rejected: list[tuple[str, str]] = []
-        by_tenant: dict[str, list[NewMessage]] = defaultdict(list)
-        for msg in messages:
-            by_tenant[msg.tenant_id].append(msg)
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for msgs, _, _ in jobs:
+            for msg in msgs:
+                wanted[msg.tenant_id].add(msg.id)
+        results: list[EnqueueResult] = []
         async with self._write() as conn:
-            accepted: list[NewMessage] = []
-            for tenant_id, group in by_tenant.items():
-                existing = {
-                    row.id: row
-                    for row in await conn.execute(
+            existing: dict[tuple[str, str], Any] = {}
+            for tenant_id, ids in wanted.items():
+                for chunk in _chunks(sorted(ids), 500):
+                    rows = await conn.execute(
                         sa.select(m.pk, m.id, m.status).where(
-                            m.tenant_id == tenant_id, m.id.in_([g.id for g in group])
+                            m.tenant_id == tenant_id, m.id.in_(chunk)
                         )
                     )
-                }
-                replace: list[int] = []
-                for msg in group:
-                    row = existing.get(msg.id)
-                    if row is None:
-                        accepted.append(msg)
-                    elif row.status in REPLACEABLE:
+                    existing.update({(tenant_id, r.id): r for r in rows})
+            inserts: dict[tuple[str, str], dict[str, Any]] = {}
+            replace: list[int] = []
+            for msgs, now, _ in jobs:
+                result = EnqueueResult(0)
+                for msg in msgs:
+                    key = (msg.tenant_id, msg.id)
+                    row = existing.get(key)
+                    if row is not None and key not in inserts:
+                        if row.status == "sending":
+                            result.rejected.append((msg.id, "being sent"))
+                            continue
+                        if row.status not in REPLACEABLE:
+                            result.rejected.append((msg.id, "already sent"))
+                            continue
                         replace.append(row.pk)
-                        accepted.append(msg)
-                    elif row.status == "sending":
-                        rejected.append((msg.id, "being sent"))
-                    else:
-                        rejected.append((msg.id, "already sent"))
-                if replace:
-                    await conn.execute(t.events.delete().where(t.events.c.message_pk.in_(replace)))
-                    await conn.execute(t.messages.delete().where(m.pk.in_(replace)))
-            if accepted:
-                rows = [
-                    {
-                        "tenant_id": msg.tenant_id,
-                        "id": msg.id,
-                        "account_id": msg.account_id,
-                        "priority": msg.priority,
-                        "status": "scheduled"
-                        if msg.deferred_ts and msg.deferred_ts > now
-                        else "pending",
-                        "batch_code": msg.batch_code,
-                        "payload": msg.payload,
-                        "message_id": msg.message_id,
-                        "deferred_ts": msg.deferred_ts,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for msg in accepted
-                ]
-                result = await conn.execute(
-                    t.messages.insert().returning(m.pk, sort_by_parameter_order=True), rows
-                )
-                pks = [r.pk for r in result]
-                await conn.execute(
-                    t.events.insert(),
-                    [
-                        {
-                            "tenant_id": msg.tenant_id,
-                            "message_pk": pk,
-                            "message_id": msg.id,
-                            "event_type": "queued",
-                            "event_ts": now,
-                            "description": None,
-                            "metadata": None,
-                            "reportable": False,
-                            "reported_ts": now,
-                        }
-                        for msg, pk in zip(accepted, pks, strict=True)
-                    ],
-                )
-        return EnqueueResult(len(accepted), rejected)
+                    inserts.pop(key, None)  # re-added last: a replacement queues anew
+                    inserts[key] = _message_row(msg, now)
+                    result.queued += 1
+                results.append(result)
+            if replace:
+                await conn.execute(t.events.delete().where(t.events.c.message_pk.in_(replace)))
+                await conn.execute(t.messages.delete().where(m.pk.in_(replace)))
+            if inserts:
+                await conn.execute(t.messages.insert(), list(inserts.values()))
+        return results
 
     async def list_messages(self, flt: MessageFilter) -> list[MessageRecord]:
         m = t.messages.c
@@ -490,13 +491,23 @@ class SqlStorage(Storage):
         m = t.messages.c
         e = t.events.c
         async with self._read() as conn:
-            pk = await conn.scalar(
-                sa.select(m.pk).where(m.tenant_id == tenant_id, m.id == message_id)
-            )
-            if pk is None:
+            found = (
+                await conn.execute(
+                    sa.select(m.pk, m.created_at).where(
+                        m.tenant_id == tenant_id, m.id == message_id
+                    )
+                )
+            ).first()
+            if found is None:
                 return None
+            pk, created = found
             rows = await conn.execute(sa.select(t.events).where(e.message_pk == pk).order_by(e.pk))
-            return [self._event(r) for r in rows]
+            # ``queued`` is not stored (it would double the writes of every enqueue): it is the
+            # message's own creation, shown first.
+            queued = EventRecord(
+                0, tenant_id, pk, message_id, "queued", created, reported_ts=created
+            )
+            return [queued, *(self._event(r) for r in rows)]
 
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> DeleteResult:
         m = t.messages.c
@@ -1001,3 +1012,24 @@ def _is_connection_error(exc: BaseException) -> bool:
             "cannot connect",
         )
     )
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _message_row(msg: NewMessage, now: float) -> dict[str, Any]:
+    future = msg.deferred_ts is not None and msg.deferred_ts > now
+    return {
+        "tenant_id": msg.tenant_id,
+        "id": msg.id,
+        "account_id": msg.account_id,
+        "priority": msg.priority,
+        "status": "scheduled" if future else "pending",
+        "batch_code": msg.batch_code,
+        "payload": msg.payload,
+        "message_id": msg.message_id,
+        "deferred_ts": msg.deferred_ts,
+        "created_at": now,
+        "updated_at": now,
+    }
