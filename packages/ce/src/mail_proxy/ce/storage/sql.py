@@ -58,6 +58,7 @@ REPLACEABLE = ("pending", "scheduled", "deferred")
 # it in (priority, pk) order instead of sorting the whole backlog on every claim.
 ACTIVE_LITERAL = sa.text("messages.status IN ('pending', 'scheduled', 'deferred', 'sending')")
 FINISHED_LITERAL = sa.text("messages.status IN ('sent', 'error')")
+EVENTS_LOCK = 7236002  # advisory lock key serialising outbox writers on PostgreSQL
 WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86400.0))
 
 
@@ -749,7 +750,7 @@ class SqlStorage(Storage):
                     released,
                 )
             if new_events:
-                await conn.execute(t.events.insert(), new_events)
+                await self._insert_events(conn, new_events)
         return applied
 
     async def reserve_sends(
@@ -856,8 +857,20 @@ class SqlStorage(Storage):
                     }
                 )
             if rows:
-                await conn.execute(t.events.insert(), rows)
+                await self._insert_events(conn, rows)
         return len(rows)
+
+    async def _insert_events(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Insert outbox events so that ``pk`` order is commit order.
+
+        On PostgreSQL, concurrent transactions could otherwise commit a lower ``pk`` after a
+        higher one, and a pull client paging with ``after=<pk>`` would skip it. The
+        transaction-scoped advisory lock serialises event writers (short transactions) until
+        commit; SQLite has one writer anyway.
+        """
+        if self._pg:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENTS_LOCK})
+        await conn.execute(t.events.insert(), rows)
 
     async def fetch_unreported(
         self, tenant_id: str, limit: int, after_pk: int | None = None
