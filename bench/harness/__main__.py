@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "in bench/results/)",
     )
     parser.add_argument(
+        "--output",
+        type=Path,
+        help="results file (default: bench/results/<date>-<revision>.jsonl)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directories (logs, databases)"
     )
     args = parser.parse_args(argv)
@@ -88,7 +93,7 @@ async def run(args: argparse.Namespace) -> int:
     from mail_proxy.encryption import generate_key
 
     revision = git_revision()
-    results = Results(revision)
+    results = Results(revision, args.output)
     workroot = Path(tempfile.mkdtemp(prefix="gmp-bench-"))
     opts = Options(
         scale=args.scale,
@@ -134,7 +139,8 @@ async def run(args: argparse.Namespace) -> int:
             shutil.rmtree(workroot, ignore_errors=True)
     print()
     print(table(results.records))
-    print(f"\nresults: {results.path.relative_to(REPO)}")
+    path = results.path.resolve()
+    print(f"\nresults: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return 1 if failures else 0
 
 

@@ -161,10 +161,11 @@ def machine() -> dict[str, Any]:
 class Results:
     """Appends one JSON line per scenario run to ``bench/results/<date>-<rev>.jsonl``."""
 
-    def __init__(self, revision: str, directory: Path = RESULTS_DIR) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, revision: str, path: Path | None = None) -> None:
         self.revision = revision
-        self.path = directory / f"{time.strftime('%Y-%m-%d', time.gmtime())}-{revision}.jsonl"
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        self.path = path or RESULTS_DIR / f"{day}-{revision}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict[str, Any]] = []
 
     def add(self, record: dict[str, Any]) -> None:

@@ -184,11 +184,17 @@ class Bench:
             folded = await profiler.stop()
             files, tops = [], []
             for path in folded:
-                summary = summarize(path)
+                summary = summarize(path, seconds=profiler.seconds)
                 eprint(f"-- profile {path.name}\n{render(summary)}")
                 files.append(path.name)
-                tops.append(summary["own"][:10])
-            out.update({"files": files, "top_own": tops})
+                tops.append(
+                    {
+                        "loop_busy_pct": summary.get("loop_busy_pct"),
+                        "own": summary["own"][:10],
+                        "project": summary["project"][:10],
+                    }
+                )
+            out.update({"files": files, "summary": tops})
 
     async def load(self, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
         result = await run_module("harness.load", spec, timeout)

@@ -39,7 +39,7 @@ def msg(i: int | str, priority: int = 2, tenant: str = "default", **kw) -> NewMe
 
 async def test_schema_comes_from_migrations(storage: SqlStorage) -> None:
     async with storage.engine.connect() as conn:
-        assert await current_heads(conn) == {"0002"}
+        assert await current_heads(conn) == {"0003"}
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
     assert {
         "messages",
@@ -305,3 +305,18 @@ async def test_concurrent_enqueues_group_commit_like_separate_calls(storage: Sql
     listed = await storage.list_messages(MessageFilter(tenant_id="default", active_only=True))
     assert sorted(m.id for m in listed) == sorted(f"m{i}" for i in range(20))
     assert (await storage.get_message("default", "m3")).priority == 0  # type: ignore[union-attr]
+
+
+async def test_report_sync_lease_is_exclusive_until_it_expires(storage: SqlStorage) -> None:
+    now = 1000.0
+    assert await storage.claim_report_sync("default", "a", now, 30)
+    assert not await storage.claim_report_sync("default", "b", now + 1, 30)
+    assert await storage.claim_report_sync("default", "a", now + 2, 30)  # renewal
+    assert await storage.claim_report_sync("default", "b", now + 40, 30)  # expired
+    await storage.release_report_sync("default", "a")  # not the owner: no effect
+    assert not await storage.claim_report_sync("default", "a", now + 41, 30)
+    await storage.release_report_sync("default", "b")
+    assert await storage.claim_report_sync("default", "a", now + 42, 30)
+    state = await storage.get_sync_state("default")
+    await storage.save_sync_state(state)  # bookkeeping writes leave the lease alone
+    assert not await storage.claim_report_sync("default", "b", now + 43, 30)

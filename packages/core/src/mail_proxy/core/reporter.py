@@ -158,6 +158,10 @@ class Reporter(Service):
         # A batch cancelled in flight is not acknowledged: it is sent again after a restart.
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        # Hand the sync leases back so another (or the restarted) instance need not wait.
+        for tid in list(self._tenants):
+            with contextlib.suppress(Exception):
+                await self.rt.storage.release_report_sync(tid, self.rt.instance_id)
 
     # -- status (GET /tenants/sync-status) ----------------------------------------------------
     def sync_status(self) -> list[dict[str, Any]]:
@@ -350,6 +354,26 @@ class Reporter(Service):
 
     # -- one tenant's sync ------------------------------------------------------------------------
     async def _sync(self, ts: _TenantSync, sink: ReportSink, force: bool) -> None:
+        """Send batches under the tenant's sync lease (one pushing instance at a time)."""
+        rt = self.rt
+        tid = ts.tenant.id
+        lease = rt.settings.sync_timeout + 30.0
+        try:
+            if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
+                return  # another instance is pushing this tenant's reports right now
+        except Exception as exc:
+            log.warning("claiming the report sync of tenant %r failed: %s", tid, exc)
+            ts.retry_at = time.time() + self._backoff(ts.state.failures + 1)
+            return
+        try:
+            await self._sync_batches(ts, sink, force, lease)
+        finally:
+            with contextlib.suppress(Exception):
+                await rt.storage.release_report_sync(tid, rt.instance_id)
+
+    async def _sync_batches(
+        self, ts: _TenantSync, sink: ReportSink, force: bool, lease: float
+    ) -> None:
         """Send batches until the outbox is empty (or the client is failing)."""
         rt = self.rt
         tid = ts.tenant.id
@@ -369,6 +393,8 @@ class Reporter(Service):
                 return
             if not events and not force:
                 return
+            if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
+                return  # the lease was lost (this instance stalled): leave it to the holder
             async with self._slots:
                 answer = await self._deliver(sink, tenant, events)
             if not await self._record(ts, answer, events):
@@ -379,8 +405,9 @@ class Reporter(Service):
                     followups += 1
                     force = True
                     continue
-                log.warning("tenant %r keeps answering queued > 0; waiting for the next "
-                            "heartbeat", tid)
+                log.warning(
+                    "tenant %r keeps answering queued > 0; waiting for the next heartbeat", tid
+                )
             if ts.force:  # a tenant run-now arrived while this sync was running
                 ts.force, force = False, True
                 continue
@@ -403,9 +430,7 @@ class Reporter(Service):
             name = type(exc).__name__
             return SinkAnswer(False, error=f"internal error in the report sink: {name}")
 
-    async def _record(
-        self, ts: _TenantSync, answer: SinkAnswer, events: list[EventRecord]
-    ) -> bool:
+    async def _record(self, ts: _TenantSync, answer: SinkAnswer, events: list[EventRecord]) -> bool:
         """Apply the client's answer: acknowledge, update the bookkeeping. True on success."""
         rt = self.rt
         st = ts.state
@@ -440,7 +465,11 @@ class Reporter(Service):
             log.warning(
                 "delivery reports of tenant %r not accepted (%s); %d event(s) kept, "
                 "retry in %.1fs (failure %d)",
-                tid, st.last_error, len(events), delay, st.failures,
+                tid,
+                st.last_error,
+                len(events),
+                delay,
+                st.failures,
             )
         with contextlib.suppress(Exception):
             await rt.storage.save_sync_state(st)
@@ -450,8 +479,8 @@ class Reporter(Service):
 def find_reporter(runtime: Runtime) -> Reporter | None:
     """The running reporter of ``runtime``, e.g. for ``GET /tenants/sync-status``::
 
-        reporter = find_reporter(rt)
-        entries = reporter.sync_status() if reporter is not None else []
+    reporter = find_reporter(rt)
+    entries = reporter.sync_status() if reporter is not None else []
     """
     for service in runtime.services:
         if isinstance(service, Reporter):

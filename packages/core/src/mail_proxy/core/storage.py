@@ -243,6 +243,17 @@ class Storage(abc.ABC):
         """Unacknowledged reportable events per tenant."""
 
     @abc.abstractmethod
+    async def claim_report_sync(
+        self, tenant_id: str, owner: str, now: float, lease_seconds: float
+    ) -> bool:
+        """Take (or renew) the right to push this tenant's reports for ``lease_seconds``.
+        False while another live instance holds it: instances sharing a database never
+        push the same events concurrently."""
+
+    @abc.abstractmethod
+    async def release_report_sync(self, tenant_id: str, owner: str) -> None: ...
+
+    @abc.abstractmethod
     async def get_sync_state(self, tenant_id: str) -> SyncState: ...
 
     @abc.abstractmethod

@@ -192,4 +192,7 @@ sync_state = sa.Table(
     sa.Column("dnd_until", sa.Float),
     sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
+    # Which instance is pushing this tenant's reports, until when (see claim_report_sync).
+    sa.Column("owner", sa.String(255)),
+    sa.Column("lease_until", sa.Float),
 )

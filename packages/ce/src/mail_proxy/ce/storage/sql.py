@@ -43,7 +43,7 @@ from mail_proxy.core.storage import (
     Reservation,
     Storage,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema as t
@@ -908,6 +908,47 @@ class SqlStorage(Storage):
                 .group_by(e.tenant_id)
             )
             return {r[0]: int(r[1]) for r in rows}
+
+    async def claim_report_sync(
+        self, tenant_id: str, owner: str, now: float, lease_seconds: float
+    ) -> bool:
+        c = t.sync_state.c
+        claim = (
+            t.sync_state.update()
+            .where(
+                c.tenant_id == tenant_id,
+                sa.or_(c.owner.is_(None), c.owner == owner, c.lease_until < now),
+            )
+            .values(owner=owner, lease_until=now + lease_seconds)
+        )
+        async with self._write() as conn:
+            if (await conn.execute(claim)).rowcount:
+                return True
+            exists = await conn.scalar(sa.select(c.tenant_id).where(c.tenant_id == tenant_id))
+            if exists is not None:
+                return False
+        try:
+            async with self._write() as conn:
+                await conn.execute(
+                    t.sync_state.insert().values(
+                        tenant_id=tenant_id,
+                        failures=0,
+                        owner=owner,
+                        lease_until=now + lease_seconds,
+                    )
+                )
+        except IntegrityError:
+            return False  # another instance created the row (and holds the lease) first
+        return True
+
+    async def release_report_sync(self, tenant_id: str, owner: str) -> None:
+        c = t.sync_state.c
+        async with self._write() as conn:
+            await conn.execute(
+                t.sync_state.update()
+                .where(c.tenant_id == tenant_id, c.owner == owner)
+                .values(owner=None, lease_until=None)
+            )
 
     async def get_sync_state(self, tenant_id: str) -> SyncState:
         async with self._read() as conn:
