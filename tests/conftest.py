@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.config import Settings, load_settings
 from mail_proxy.encryption import generate_key
 
@@ -118,6 +119,7 @@ async def aiohttp_client_factory() -> AsyncIterator[Callable[..., Any]]:
     ``client.admin_headers``.
     """
     from aiohttp.test_utils import TestClient, TestServer
+
     from mail_proxy.core.web import create_app
 
     clients: list[TestClient[Any, Any]] = []

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.plugins import create_plugin_manager
 from mail_proxy.core.runtime import Runtime
 from support.smtp_server import SmtpTestServer

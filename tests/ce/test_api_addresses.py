@@ -6,6 +6,7 @@ import random
 from email.utils import getaddresses
 
 import pytest
+
 from mail_proxy.ce.api.addresses import (
     AddressError,
     normalise_address_list,

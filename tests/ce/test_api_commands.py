@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.model import Outcome
 from support.ce_api import Api, message, start_api
 

@@ -6,6 +6,7 @@ import base64
 from email.message import EmailMessage
 
 import pytest
+
 from mail_proxy.ce.cli.eml import EmlError, message_from_eml, message_id_to_id
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mail_proxy.core.plugins import PluginError, create_plugin_manager, hookimpl
 from support.cli_runner import HEAVY_MODULES, Cli, clean_env
 

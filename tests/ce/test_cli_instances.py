@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from mail_proxy.core.cli_support.home import choose_port, port_is_free
 from support.cli_runner import MAIL_PROXY, Cli, clean_env, free_port, http
 

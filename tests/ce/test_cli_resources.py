@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.cli_runner import MAIL_PROXY, Cli, free_port, http, run_in_pty
 
 OUTBOX = "outbox"

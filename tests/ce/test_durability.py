@@ -8,9 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-from support.service import ServiceProcess
 
 from mail_proxy.encryption import generate_key
+from support.service import ServiceProcess
 
 
 async def test_accepted_messages_survive_kill_9_right_after_the_answer(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.ce.fetch.netpolicy import AddressPolicy, AddressRefused, PolicyResolver
 from mail_proxy.core.attachments import get_resolver, validate_attachments
 from mail_proxy.core.fetch import FetchError

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from mail_proxy.encryption import generate_key
 from support.service import ServiceProcess
 from support.smtp_server import SmtpTestServer

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.model import Tenant
 from mail_proxy.core.reporter import Reporter, find_reporter
 from mail_proxy.core.web import RUNTIME

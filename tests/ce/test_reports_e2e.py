@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from support.api import add_account, enqueue, events, message, wait_status
 from support.report_client import (
     TENANT_TOKEN,

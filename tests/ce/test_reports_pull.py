@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.housekeeping import Housekeeping
 from mail_proxy.core.model import Tenant
 from mail_proxy.core.reporter import report_item

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trustme
+
 from mail_proxy.ce.transport import register
 from mail_proxy.ce.transport.file import FileTransport
 from mail_proxy.ce.transport.smtp import RecipientsRefused, SmtpTransport

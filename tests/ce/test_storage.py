@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+
 from mail_proxy.ce.storage.engine import current_heads
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.model import Account, CommandLogEntry, NewEvent, NewMessage, Outcome, Tenant
@@ -55,6 +56,7 @@ async def test_schema_comes_from_migrations(storage: SqlStorage) -> None:
 async def test_migrated_schema_matches_metadata(storage: SqlStorage) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
+
     from mail_proxy.ce.storage.schema import metadata
 
     async with storage.engine.connect() as conn:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.attachment_cache import AttachmentCache
 from mail_proxy.core.attachments import (
     AttachmentError,

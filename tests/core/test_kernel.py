@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mail_proxy.core import hookspecs
 from mail_proxy.core.config import load_settings, setting_fields
 from mail_proxy.core.errors import ConfigError

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from typing import Any, cast
 
 import pytest
+
 from mail_proxy.core.mime import (
     Attachment,
     MimeError,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.cli_runner import MAIL_PROXY, Cli, free_port, http, run_in_pty
 
 KEY_LINE = re.compile(r"API key \(shown only now[^\n]*\n\s+(\S+)")

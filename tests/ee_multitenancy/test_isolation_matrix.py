@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.routes import RouteSpec
 from mail_proxy.core.web import ROUTES
 from support.ce_api import Api, message, start_api

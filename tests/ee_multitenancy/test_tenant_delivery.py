@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.ce.reports.signing import SignatureError, verify
 from support.ce_api import Api, message, start_api
 from support.multitenancy import SyncReceiver, TenantHandle, as_tenant, create_tenant

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mail_proxy.core.attachments import get_resolver
 from mail_proxy.core.storage import RateLimits
 from support.ce_api import Api, message, start_api

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
 from mail_proxy.core.model import Principal
 from mail_proxy.core.plugins import hookimpl
 

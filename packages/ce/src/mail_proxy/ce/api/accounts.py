@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import Account
 from mail_proxy.core.web import body_of, ok, runtime_of, tenant_of

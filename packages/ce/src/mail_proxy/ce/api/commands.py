@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from mail_proxy.core.web import body_of, ok, principal_of, runtime_of, tenant_of
 
 from .models import SuspendBody, TenantBody

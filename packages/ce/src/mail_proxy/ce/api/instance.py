@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+
 from mail_proxy.core import __version__
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.retry import RetryPolicy

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import MessageRecord
 from mail_proxy.core.storage import MessageFilter

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from mail_proxy.core.model import PRIORITY_NAMES
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from mail_proxy.core.model import PRIORITY_NAMES
 
 PriorityName = Literal["immediate", "high", "medium", "low"]
 #: 0 (immediate) .. 3 (low), or the name.

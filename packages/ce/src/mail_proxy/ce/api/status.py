@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from mail_proxy.core import __version__
 from mail_proxy.core.web import ok, principal_of, runtime_of
 

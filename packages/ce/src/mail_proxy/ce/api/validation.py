@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from mail_proxy.core.attachments import validate_attachments
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.mime import RESERVED_HEADERS, new_message_id
 from mail_proxy.core.model import DEFAULT_TENANT, NewMessage
 from mail_proxy.core.runtime import Runtime
-from pydantic import ValidationError
 
 from .addresses import (
     INJECTION,

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from cyclopts import App, Parameter
+
 from mail_proxy.core.cli_support.errors import CliError, UsageError
 from mail_proxy.core.cli_support.output import print_fields, print_json, print_table
 from mail_proxy.core.cli_support.prompt import confirm, interactive, optional, require

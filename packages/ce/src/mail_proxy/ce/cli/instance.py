@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from cyclopts import Parameter
+
 from mail_proxy.core.cli_support.errors import CliError
 from mail_proxy.core.cli_support.home import Instance, check_name, read_context, write_context
 from mail_proxy.core.cli_support.output import print_fields, print_json

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cyclopts import App
+
 from mail_proxy.core.cli_support.errors import CliError, UsageError
 from mail_proxy.core.cli_support.output import fmt_ts, print_fields, print_json, print_table
 from mail_proxy.core.cli_support.prompt import confirm

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from yarl import URL
+
 from mail_proxy.core.errors import ConfigError
 from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
-from yarl import URL
 
 from .httpclient import HttpFetchClient, auth_headers, same_origin
 from .netpolicy import AddressPolicy, AddressRefused

@@ -19,8 +19,9 @@ import base64
 from typing import Any
 
 import aiohttp
-from mail_proxy.core.fetch import FetchError
 from yarl import URL
+
+from mail_proxy.core.fetch import FetchError
 
 from .netpolicy import AddressPolicy, AddressRefused, PolicyResolver, check_scheme, refusal_of
 

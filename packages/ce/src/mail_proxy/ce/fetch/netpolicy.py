@@ -28,8 +28,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from mail_proxy.core.errors import ConfigError
 from yarl import URL
+
+from mail_proxy.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from mail_proxy.core.config import Settings

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from yarl import URL
+
 from mail_proxy.core import __version__
 from mail_proxy.core.errors import ConfigError
 from mail_proxy.core.fetch import FetchError
 from mail_proxy.core.model import DEFAULT_TENANT
 from mail_proxy.core.reports import ReportSink, SinkAnswer
-from yarl import URL
 
 from ..fetch.httpclient import auth_headers, shown
 from ..fetch.netpolicy import AddressPolicy, AddressRefused, PolicyResolver, refusal_of

@@ -24,10 +24,11 @@ import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.reporter import report_item
 from mail_proxy.core.web import body_of, ok, query_of, runtime_of, tenant_of
-from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from mail_proxy.core.routes import RouteTable

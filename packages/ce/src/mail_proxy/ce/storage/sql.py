@@ -22,6 +22,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from mail_proxy.core.errors import StorageUnavailable
 from mail_proxy.core.model import (
     DEFAULT_TENANT,
@@ -43,8 +46,6 @@ from mail_proxy.core.storage import (
     Reservation,
     Storage,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import schema as t
 from .engine import make_engine, migrate

@@ -51,6 +51,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+
 from mail_proxy.core.transport import SendResult, Transport, TransportError
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote
 
 from cyclopts import App, Parameter
+
 from mail_proxy.core.cli_support.errors import CliError, UsageError
 from mail_proxy.core.cli_support.output import (
     fmt_ts,

@@ -21,6 +21,7 @@ from .keys import looks_like_key
 
 if TYPE_CHECKING:
     from aiohttp import web
+
     from mail_proxy.core.commands import CommandRegistry
     from mail_proxy.core.model import Principal
     from mail_proxy.core.routes import RouteTable

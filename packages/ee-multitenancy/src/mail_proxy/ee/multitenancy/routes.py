@@ -22,6 +22,7 @@ import weakref
 from typing import Any
 
 from aiohttp import web
+
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import DEFAULT_TENANT, Tenant
 from mail_proxy.core.routes import RouteTable

@@ -7,6 +7,7 @@ Migrations run programmatically at startup (``SqlStorage.start``); the connectio
 from __future__ import annotations
 
 from alembic import context
+
 from mail_proxy.ce.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
