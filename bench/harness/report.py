@@ -51,7 +51,12 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
 _NO_LOSS = [Target("lost", "==", 0), Target("duplicated", "==", 0)]
 TARGETS: dict[str, list[Target]] = {
     "enqueue": [Target("latency_ms.p99", "<=", 25), Target("requests_per_s", ">=", 2000)],
+    "enqueue-suspended": [
+        Target("latency_ms.p99", "<=", 25),
+        Target("requests_per_s", ">=", 2000),
+    ],
     "batch": [Target("messages_per_s", ">=", 20000)],
+    "batch-suspended": [Target("messages_per_s", ">=", 20000)],
     "e2e": [
         Target("delivered_per_s", ">=", 1000),
         Target("fraction_of_ceiling", ">=", 0.70),
@@ -203,7 +208,7 @@ def table(records: list[dict[str, Any]]) -> str:
             continue
         figures = ", ".join(
             f"{name.replace('latency_ms.', '')}={_fmt(lookup(r['metrics'], name))}"
-            for name in HEADLINE.get(r["scenario"], [])
+            for name in HEADLINE.get(r["scenario"].removesuffix("-suspended"), [])
             if lookup(r["metrics"], name) is not None
         )
         verdicts = " ".join(

@@ -26,7 +26,18 @@ from .report import RESULTS_DIR, Results, eprint
 from .service import Api, CpuMeter, RssSampler, Service, setting_env
 from .sink import SinkHandle
 
-ORDER = ["ceiling", "enqueue", "batch", "e2e", "e2e-pg", "e2e-pg-2", "backlog", "attachments"]
+ORDER = [
+    "ceiling",
+    "enqueue",
+    "enqueue-suspended",
+    "batch",
+    "batch-suspended",
+    "e2e",
+    "e2e-pg",
+    "e2e-pg-2",
+    "backlog",
+    "attachments",
+]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STALL_S = 30.0
 DUP_GRACE_S = 1.0
@@ -110,7 +121,9 @@ class Bench:
         self.handlers: dict[str, Callable[[], Awaitable[Measured]]] = {
             "ceiling": self.ceiling,
             "enqueue": self.enqueue,
+            "enqueue-suspended": lambda: self.enqueue(dispatch=False),
             "batch": self.batch,
+            "batch-suspended": lambda: self.batch(dispatch=False),
             "e2e": lambda: self.e2e("sqlite", 1),
             "e2e-pg": lambda: self.e2e("postgresql", 1),
             "e2e-pg-2": lambda: self.e2e("postgresql", 2),
@@ -262,11 +275,15 @@ class Bench:
             },
         )
 
-    async def enqueue(self) -> Measured:
-        """Single-message requests from 50 concurrent clients: latency and requests/s."""
+    async def enqueue(self, dispatch: bool = True) -> Measured:
+        """Single-message requests from 50 concurrent clients: latency and requests/s.
+
+        With ``dispatch`` the service delivers what it accepts at the same time (as in
+        production); without it (``GMP_SCHEDULER_ACTIVE=false``) only the intake path runs.
+        """
         requests, clients, warmup = self.size(5_000), 50, self.size(250)
         profile: dict[str, Any] = {}
-        async with self.stack() as stack:
+        async with self.stack(settings=_dispatch(dispatch)) as stack:
             spec = {
                 "mode": "single",
                 "urls": stack.urls,
@@ -278,25 +295,43 @@ class Bench:
                 "body_bytes": 200,
             }
             async with self.profiled(stack.pids, profile):
+                cpu = CpuMeter(stack.pids)
                 result = await self.load(spec)
+                cpu_ms = cpu.ms_per(requests + warmup)
             pending = (await stack.api.status())["pending_messages"]
         metrics = {k: result[k] for k in ("requests_per_s", "latency_ms", "elapsed_s")}
-        metrics.update(errors=result["errors"], rejected=result["rejected"], pending_after=pending)
-        params = {"requests": requests, "clients": clients, "warmup": warmup, "body_bytes": 200}
+        metrics.update(
+            service_cpu_ms_per_request=cpu_ms,
+            errors=result["errors"],
+            rejected=result["rejected"],
+            pending_after=pending,
+        )
+        params = {
+            "requests": requests,
+            "clients": clients,
+            "warmup": warmup,
+            "body_bytes": 200,
+            "dispatch": dispatch,
+        }
         return Measured(params, metrics, profile or None)
 
-    async def batch(self) -> Measured:
-        """Batches of 500 messages as fast as accepted."""
+    async def batch(self, dispatch: bool = True) -> Measured:
+        """Batches of 500 messages as fast as accepted (dispatch on or off, as for enqueue)."""
         count = self.size(50_000)
         profile: dict[str, Any] = {}
-        async with self.stack() as stack:
+        async with self.stack(settings=_dispatch(dispatch)) as stack:
             spec = self.batches_spec(stack, "bat", count)
             async with self.profiled(stack.pids, profile):
                 cpu = CpuMeter(stack.pids)
                 result = await self.load(spec)
                 cpu_ms = cpu.ms_per(count)
         return Measured(
-            {"messages": count, "batch": spec["batch"], "clients": spec["clients"]},
+            {
+                "messages": count,
+                "batch": spec["batch"],
+                "clients": spec["clients"],
+                "dispatch": dispatch,
+            },
             {
                 "messages_per_s": result["messages_per_s"],
                 "service_cpu_ms_per_msg": cpu_ms,
@@ -431,6 +466,10 @@ class Bench:
         }
         params = {"messages": count, "attachment_mb": size_mb, "fetch_mode": "filesystem"}
         return Measured(params, metrics, profile or None)
+
+
+def _dispatch(active: bool) -> dict[str, str] | None:
+    return None if active else {"scheduler_active": "false"}
 
 
 def write_files(directory: Path, count: int, size_mb: int) -> list[Path]:

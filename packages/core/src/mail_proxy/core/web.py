@@ -37,6 +37,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 TENANT_ID = web.RequestKey("tenant_id", str)
 BODY = web.RequestKey("body", object)
 QUERY = web.RequestKey("query", object)
+#: Handlers put a short, secret-free summary of what they changed here for the command log.
+AUDIT_SUMMARY = web.RequestKey("audit_summary", dict)
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -199,7 +201,7 @@ def _audit(request: web.Request, rt: Runtime, status: int) -> None:
         method=request.method,
         path=request.path,
         status=status,
-        summary=request.get("gmp.audit", {}),
+        summary=request.get(AUDIT_SUMMARY, {}),
     )
     audit = request.app.get(AUDIT)
     if audit is not None:

@@ -10,12 +10,11 @@ from aiohttp import web
 
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import Account
-from mail_proxy.core.web import body_of, ok, runtime_of, tenant_of
+from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
 
 from .directory import directory_of
 from .models import AccountBody
 
-AUDIT = "gmp.audit"
 _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
 
@@ -104,7 +103,7 @@ async def save_account(request: web.Request) -> web.Response:
     )
     saved = await rt.storage.save_account(account)
     directory_of(rt).invalidate(tenant_id)
-    request[AUDIT] = {"account_id": body.id, "created": existing is None}
+    request[AUDIT_SUMMARY] = {"account_id": body.id, "created": existing is None}
     return ok({"account": public_account(saved)})
 
 
@@ -132,5 +131,5 @@ async def delete_account(request: web.Request) -> web.Response:
         )
     await rt.storage.delete_account(tenant_id, account_id)
     directory_of(rt).invalidate(tenant_id)
-    request[AUDIT] = {"account_id": account_id}
+    request[AUDIT_SUMMARY] = {"account_id": account_id}
     return ok({"removed": account_id})

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mail_proxy.core.web import body_of, ok, principal_of, runtime_of, tenant_of
+from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, principal_of, runtime_of, tenant_of
 
 from .models import SuspendBody, TenantBody
-
-AUDIT = "gmp.audit"
 
 
 async def run_now(request: web.Request) -> web.Response:
@@ -36,7 +34,7 @@ async def _set_scheduler(request: web.Request, active: bool) -> web.Response:
     rt.scheduler_active = active
     if active:
         rt.wake_dispatcher()
-    request[AUDIT] = {"scheduler_active": active}
+    request[AUDIT_SUMMARY] = {"scheduler_active": active}
     return ok({"scheduler_active": active})
 
 
@@ -58,7 +56,7 @@ async def suspend(request: web.Request) -> web.Response:
     body: SuspendBody = body_of(request)
     tenant_id = tenant_of(request)
     batches = await rt.storage.suspend(tenant_id, body.batch_code)
-    request[AUDIT] = {"batch_code": body.batch_code or "*"}
+    request[AUDIT_SUMMARY] = {"batch_code": body.batch_code or "*"}
     return ok(
         {
             "tenant_id": tenant_id,
@@ -77,7 +75,7 @@ async def activate(request: web.Request) -> web.Response:
     tenant_id = tenant_of(request)
     batches = await rt.storage.activate(tenant_id, body.batch_code)
     rt.wake_dispatcher()
-    request[AUDIT] = {"batch_code": body.batch_code or "*"}
+    request[AUDIT_SUMMARY] = {"batch_code": body.batch_code or "*"}
     return ok(
         {
             "tenant_id": tenant_id,

@@ -12,12 +12,11 @@ from mail_proxy.core.errors import ApiError
 from mail_proxy.core.retry import RetryPolicy
 from mail_proxy.core.runtime import Runtime
 from mail_proxy.core.web import AUDIT as AUDIT_WRITER
-from mail_proxy.core.web import body_of, ok, query_of, runtime_of
+from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of
 
 from .models import CommandLogQuery, ExportQuery, InstanceUpdate
 from .pagination import decode_cursor, page
 
-AUDIT = "gmp.audit"
 EXPORT_PAGE = 500
 #: API field → Settings attribute, for the settings ``PUT /instance`` may change.
 _FIELDS = {
@@ -67,7 +66,7 @@ async def put_instance(request: web.Request) -> web.Response:
         _refresh_retry_policy(rt)
     if changes.get("scheduler_active") or "send_loop_interval" in stored:
         rt.wake_dispatcher()
-    request[AUDIT] = {"changed": sorted(changes)}
+    request[AUDIT_SUMMARY] = {"changed": sorted(changes)}
     return ok({"instance": instance_view(rt)})
 
 

@@ -10,7 +10,15 @@ from aiohttp import web
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import MessageRecord
 from mail_proxy.core.storage import MessageFilter
-from mail_proxy.core.web import body_of, ok, principal_of, query_of, runtime_of, tenant_of
+from mail_proxy.core.web import (
+    AUDIT_SUMMARY,
+    body_of,
+    ok,
+    principal_of,
+    query_of,
+    runtime_of,
+    tenant_of,
+)
 
 from .models import (
     AddMessagesBody,
@@ -21,8 +29,6 @@ from .models import (
 )
 from .pagination import decode_cursor, page
 from .validation import enqueue_batch
-
-AUDIT = "gmp.audit"
 
 
 async def add_messages(request: web.Request) -> web.Response:
@@ -39,7 +45,7 @@ async def add_messages(request: web.Request) -> web.Response:
             priority_value(body.default_priority) if body.default_priority is not None else None
         ),
     )
-    request[AUDIT] = {"queued": result.queued, "rejected": len(result.rejected)}
+    request[AUDIT_SUMMARY] = {"queued": result.queued, "rejected": len(result.rejected)}
     return ok(result.public())
 
 
@@ -103,7 +109,7 @@ async def delete_messages(request: web.Request) -> web.Response:
             limit=limit,
         )
     result = await rt.storage.delete_messages(tenant_of(request), body.ids)
-    request[AUDIT] = {"removed": result.removed}
+    request[AUDIT_SUMMARY] = {"removed": result.removed}
     return ok(
         {
             "removed": result.removed,
@@ -121,5 +127,5 @@ async def cleanup_messages(request: web.Request) -> web.Response:
     if older is None:
         older = rt.settings.report_retention_seconds
     removed = await rt.storage.cleanup_messages(tenant_of(request), time.time() - older)
-    request[AUDIT] = {"removed": removed, "older_than_seconds": older}
+    request[AUDIT_SUMMARY] = {"removed": removed, "older_than_seconds": older}
     return ok({"removed": removed})

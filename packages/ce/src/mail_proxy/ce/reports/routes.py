@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.reporter import report_item
-from mail_proxy.core.web import body_of, ok, query_of, runtime_of, tenant_of
+from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of, tenant_of
 
 if TYPE_CHECKING:
     from mail_proxy.core.routes import RouteTable
@@ -37,7 +37,6 @@ _PREFIX = "r1:"
 MAX_PAGE = 1000
 #: Events acknowledged per transaction by ``POST /reports/ack``.
 ACK_CHUNK = 1000
-AUDIT = "gmp.audit"
 
 
 class ReportsQuery(BaseModel):
@@ -65,7 +64,7 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith(_PREFIX):
             raise ValueError(text)
-        pk = int(text[len(_PREFIX):])
+        pk = int(text[len(_PREFIX) :])
         if pk < 0:
             raise ValueError(text)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -101,13 +100,27 @@ async def acknowledge(request: web.Request) -> web.Response:
             done += await rt.storage.acknowledge_events(tenant_id, pks, time.time())
         if len(pks) < ACK_CHUNK:
             break
-    request[AUDIT] = {"acknowledged": done}
+    request[AUDIT_SUMMARY] = {"acknowledged": done}
     return ok({"acknowledged": done})
 
 
 def register(routes: RouteTable, plugin: str) -> None:
     """Add the pull routes (tenant-scoped: a tenant token sees only its own reports)."""
-    routes.add("GET", "/reports", list_reports, scope="tenant", query=ReportsQuery,
-               plugin=plugin, summary="Unacknowledged delivery reports in order (pull API)")
-    routes.add("POST", "/reports/ack", acknowledge, scope="tenant", body=AckBody,
-               plugin=plugin, summary="Acknowledge pulled delivery reports up to a cursor")
+    routes.add(
+        "GET",
+        "/reports",
+        list_reports,
+        scope="tenant",
+        query=ReportsQuery,
+        plugin=plugin,
+        summary="Unacknowledged delivery reports in order (pull API)",
+    )
+    routes.add(
+        "POST",
+        "/reports/ack",
+        acknowledge,
+        scope="tenant",
+        body=AckBody,
+        plugin=plugin,
+        summary="Acknowledge pulled delivery reports up to a cursor",
+    )

@@ -55,9 +55,21 @@ COLUMNS = [
     ("key", "API KEY"),
 ]
 SHOW_KEYS = [
-    "id", "name", "active", "client_base_url", "client_sync_path", "client_attachment_path",
-    "client_auth", "rate_limits", "large_file_config", "has_api_key", "api_key_expires_at",
-    "has_sync_secret", "suspended_batches", "created_at", "updated_at",
+    "id",
+    "name",
+    "active",
+    "client_base_url",
+    "client_sync_path",
+    "client_attachment_path",
+    "client_auth",
+    "rate_limits",
+    "large_file_config",
+    "has_api_key",
+    "api_key_expires_at",
+    "has_sync_secret",
+    "suspended_batches",
+    "created_at",
+    "updated_at",
 ]
 
 
@@ -201,8 +213,13 @@ def add(
     _put(body, "client_sync_path", sync_path)
     _put(body, "client_attachment_path", attachment_path)
     if auth is None and base_url and interactive():
-        auth = require(None, "--auth", "Auth to the tenant (none/bearer/basic)",
-                       parse=_auth_method, default="none")
+        auth = require(
+            None,
+            "--auth",
+            "Auth to the tenant (none/bearer/basic)",
+            parse=_auth_method,
+            default="none",
+        )
     if auth is not None:
         body["client_auth"] = _auth_body(auth, auth_token, auth_user, auth_password)
     limits = _limits({}, per_minute, per_hour, per_day)

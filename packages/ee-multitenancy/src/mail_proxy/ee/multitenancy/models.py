@@ -93,9 +93,7 @@ class ClientAuth(_Strict):
 
     @model_validator(mode="after")
     def _fields_of_method(self) -> ClientAuth:
-        allowed = {"none": set(), "bearer": {"token"}, "basic": {"user", "password"}}[
-            self.method
-        ]
+        allowed = {"none": set(), "bearer": {"token"}, "basic": {"user", "password"}}[self.method]
         extra = sorted(
             name
             for name in ("token", "user", "password")

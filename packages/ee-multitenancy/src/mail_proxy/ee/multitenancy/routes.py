@@ -27,7 +27,15 @@ from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import DEFAULT_TENANT, Tenant
 from mail_proxy.core.routes import RouteTable
 from mail_proxy.core.runtime import Runtime
-from mail_proxy.core.web import body_of, ok, principal_of, query_of, runtime_of, tenant_of
+from mail_proxy.core.web import (
+    AUDIT_SUMMARY,
+    body_of,
+    ok,
+    principal_of,
+    query_of,
+    runtime_of,
+    tenant_of,
+)
 
 from .keys import hash_key, new_api_key, new_sync_secret
 from .models import (
@@ -41,7 +49,6 @@ from .models import (
 )
 from .views import public_tenant, sync_status
 
-AUDIT = "gmp.audit"
 _CURSOR_PREFIX = "t1:"
 _locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -49,29 +56,90 @@ _locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictio
 def register(routes: RouteTable, plugin: str) -> None:
     """Add the tenant routes to ``routes``."""
     add = routes.add
-    add("POST", "/tenant", create_tenant, scope="admin", body=TenantCreate, plugin=plugin,
-        summary="Create a tenant; its api_key and sync_secret are returned once")
-    add("GET", "/tenants", list_tenants, scope="admin", query=TenantsQuery, plugin=plugin,
-        summary="List tenants (paginated: limit, cursor → next_cursor; no secrets)")
-    add("GET", "/tenants/sync-status", list_sync_status, scope="admin", query=TenantsQuery,
-        plugin=plugin, summary="Delivery-report sync state and backlog of every tenant")
-    add("GET", "/tenant/{id}", get_tenant, scope="tenant", tenant_param="id", plugin=plugin,
-        summary="One tenant's configuration (no secrets)")
-    add("PUT", "/tenant/{id}", update_tenant, scope="tenant", tenant_param="id",
-        body=TenantUpdate, plugin=plugin,
-        summary="Change the fields given (null clears one); active, rate_limits and "
-        "large_file_config need the admin token")
-    add("DELETE", "/tenant/{id}", delete_tenant, scope="admin", tenant_param="id",
+    add(
+        "POST",
+        "/tenant",
+        create_tenant,
+        scope="admin",
+        body=TenantCreate,
         plugin=plugin,
-        summary="Delete a tenant with its accounts, messages, events and cached attachments")
-    add("POST", "/tenant/{id}/api-key", create_api_key, scope="admin", tenant_param="id",
-        body=ApiKeyBody, plugin=plugin,
-        summary="Issue a new API key (shown once); the previous key stops working at once")
-    add("DELETE", "/tenant/{id}/api-key", revoke_api_key, scope="admin", tenant_param="id",
-        plugin=plugin, summary="Revoke the tenant's API key at once")
-    add("POST", "/tenant/{id}/sync-secret", rotate_sync_secret, scope="admin",
-        tenant_param="id", plugin=plugin,
-        summary="Issue a new report-signing secret (shown once) replacing the previous one")
+        summary="Create a tenant; its api_key and sync_secret are returned once",
+    )
+    add(
+        "GET",
+        "/tenants",
+        list_tenants,
+        scope="admin",
+        query=TenantsQuery,
+        plugin=plugin,
+        summary="List tenants (paginated: limit, cursor → next_cursor; no secrets)",
+    )
+    add(
+        "GET",
+        "/tenants/sync-status",
+        list_sync_status,
+        scope="admin",
+        query=TenantsQuery,
+        plugin=plugin,
+        summary="Delivery-report sync state and backlog of every tenant",
+    )
+    add(
+        "GET",
+        "/tenant/{id}",
+        get_tenant,
+        scope="tenant",
+        tenant_param="id",
+        plugin=plugin,
+        summary="One tenant's configuration (no secrets)",
+    )
+    add(
+        "PUT",
+        "/tenant/{id}",
+        update_tenant,
+        scope="tenant",
+        tenant_param="id",
+        body=TenantUpdate,
+        plugin=plugin,
+        summary="Change the fields given (null clears one); active, rate_limits and "
+        "large_file_config need the admin token",
+    )
+    add(
+        "DELETE",
+        "/tenant/{id}",
+        delete_tenant,
+        scope="admin",
+        tenant_param="id",
+        plugin=plugin,
+        summary="Delete a tenant with its accounts, messages, events and cached attachments",
+    )
+    add(
+        "POST",
+        "/tenant/{id}/api-key",
+        create_api_key,
+        scope="admin",
+        tenant_param="id",
+        body=ApiKeyBody,
+        plugin=plugin,
+        summary="Issue a new API key (shown once); the previous key stops working at once",
+    )
+    add(
+        "DELETE",
+        "/tenant/{id}/api-key",
+        revoke_api_key,
+        scope="admin",
+        tenant_param="id",
+        plugin=plugin,
+        summary="Revoke the tenant's API key at once",
+    )
+    add(
+        "POST",
+        "/tenant/{id}/sync-secret",
+        rotate_sync_secret,
+        scope="admin",
+        tenant_param="id",
+        plugin=plugin,
+        summary="Issue a new report-signing secret (shown once) replacing the previous one",
+    )
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -136,7 +204,7 @@ def _decode_cursor(cursor: str | None) -> str | None:
         text = ""
     if not text.startswith(_CURSOR_PREFIX):
         raise ApiError(400, "invalid_cursor", "the cursor is not one this server returned")
-    return text[len(_CURSOR_PREFIX):]
+    return text[len(_CURSOR_PREFIX) :]
 
 
 async def _page(rt: Runtime, q: TenantsQuery) -> tuple[list[Tenant], str | None]:
@@ -184,7 +252,7 @@ async def create_tenant(request: web.Request) -> web.Response:
         )
         saved = await rt.storage.save_tenant(tenant)
     _forget(rt, body.id)
-    request[AUDIT] = {"tenant_id": body.id, "created": True}
+    request[AUDIT_SUMMARY] = {"tenant_id": body.id, "created": True}
     return ok(
         {"tenant": public_tenant(saved), "api_key": api_key, "sync_secret": sync_secret},
         status=201,
@@ -235,7 +303,9 @@ async def update_tenant(request: web.Request) -> web.Response:
     refused = sorted(given & ADMIN_ONLY_FIELDS)
     if refused and not principal_of(request).is_admin:
         raise ApiError(
-            403, "admin_only_field", f"only the admin token may change {', '.join(refused)}",
+            403,
+            "admin_only_field",
+            f"only the admin token may change {', '.join(refused)}",
             fields=refused,
         )
     tenant_id = tenant_of(request)
@@ -253,7 +323,7 @@ async def update_tenant(request: web.Request) -> web.Response:
     _forget(rt, tenant_id)
     if saved.active and not was_active:
         rt.wake_dispatcher()
-    request[AUDIT] = {"tenant_id": tenant_id, "changed": sorted(given)}
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "changed": sorted(given)}
     return ok({"tenant": public_tenant(saved)})
 
 
@@ -270,7 +340,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
     _forget(rt, tenant_id)
     rt.report_priority_tenants.discard(tenant_id)
     await _purge_attachment_cache(rt, tenant_id)
-    request[AUDIT] = {"tenant_id": tenant_id}
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id}
     return ok({"tenant_id": tenant_id, "removed": True})
 
 
@@ -293,7 +363,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         tenant.api_key_hash = hash_key(api_key)
         tenant.api_key_expires_at = expires
         await rt.storage.save_tenant(tenant)
-    request[AUDIT] = {"tenant_id": tenant_id, "expires_at": expires}
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "expires_at": expires}
     return ok({"tenant_id": tenant_id, "api_key": api_key, "expires_at": expires})
 
 
@@ -306,7 +376,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         tenant.api_key_hash = None
         tenant.api_key_expires_at = None
         await rt.storage.save_tenant(tenant)
-    request[AUDIT] = {"tenant_id": tenant_id, "revoked": had_key}
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "revoked": had_key}
     return ok({"tenant_id": tenant_id, "revoked": had_key})
 
 
@@ -319,5 +389,5 @@ async def rotate_sync_secret(request: web.Request) -> web.Response:
         tenant = await _load(rt, tenant_id)
         tenant.sync_secret = secret
         await rt.storage.save_tenant(tenant)
-    request[AUDIT] = {"tenant_id": tenant_id}
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id}
     return ok({"tenant_id": tenant_id, "sync_secret": secret})
