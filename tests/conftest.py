@@ -112,7 +112,9 @@ async def make_client(aiohttp_client_factory: Any) -> Any:
 
 
 @pytest.fixture
-async def aiohttp_client_factory() -> AsyncIterator[Callable[..., Any]]:
+async def aiohttp_client_factory(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Any]]:
     """Start the real application on a loopback port; returns an aiohttp TestClient.
 
     ``await factory(settings)`` → client with ``client.app`` and the admin token preset in
@@ -122,6 +124,11 @@ async def aiohttp_client_factory() -> AsyncIterator[Callable[..., Any]]:
 
     from mail_proxy.core.web import create_app
 
+    # Databases must outlive the apps using them: set them up first, so they are torn down
+    # after the apps are closed (a PostgreSQL schema dropped under a running app hangs).
+    for name in ("db_url", "pg_url"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
     clients: list[TestClient[Any, Any]] = []
 
     async def factory(settings: Settings, **kwargs: Any) -> TestClient[Any, Any]:

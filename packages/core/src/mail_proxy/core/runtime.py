@@ -67,6 +67,10 @@ class Runtime:
         self.metrics: Metrics = Metrics()
         self.cipher: Cipher | None = None
         self.key_source: str | None = None
+        #: Keys that also decrypt (never encrypt) while and after a rotation: objects read
+        #: before the swap (cached accounts) still hold tokens of the previous key.
+        self._decrypt_fallbacks: list[Cipher] = []
+        self._rotation_lock = asyncio.Lock()
         self.storage: Storage = None  # type: ignore[assignment]  # set by start()
         self.services: list[Service] = []
         self._transports: dict[str, Transport] = {}
@@ -198,7 +202,57 @@ class Runtime:
     def decrypt(self, token: str) -> str:
         if self.cipher is None:
             raise EncryptionError("no encryption key configured")
-        return self.cipher.decrypt(token)
+        try:
+            return self.cipher.decrypt(token)
+        except EncryptionError:
+            for fallback in self._decrypt_fallbacks:
+                try:
+                    return fallback.decrypt(token)
+                except EncryptionError:
+                    continue
+            raise
+
+    async def rotate_key(self, new_key: bytes) -> int:
+        """Re-encrypt every stored secret with ``new_key`` and use it from now on.
+
+        One storage transaction rewrites every value (``old.decrypt`` → ``new.encrypt``); if
+        any value does not decrypt with the current key, it rolls back and nothing changes
+        (:class:`EncryptionError`). Then this instance switches to the new key, keeping the
+        old one for decryption only: accounts the dispatcher cached before the swap still
+        carry old tokens. A second pass re-encrypts values that requests encrypted with the
+        old key while the first pass ran. Returns how many values were rewritten.
+
+        Other instances sharing the database keep the old key until they are restarted
+        with the new one (docs/security.md).
+        """
+        old = self.cipher
+        if old is None:
+            raise EncryptionError("no encryption key is configured: there is nothing to rotate")
+        new = Cipher(new_key)
+
+        def transform(token: str) -> str:
+            try:
+                new.decrypt(token)
+                return token  # already under the new key (written during the rotation)
+            except EncryptionError:
+                return new.encrypt(old.decrypt(token))
+
+        async with self._rotation_lock:
+            # values committed by the rotation may be read before the swap below
+            self._decrypt_fallbacks.insert(0, new)
+            try:
+                changed = await self.storage.reencrypt_secrets(transform)
+            except BaseException:
+                self._decrypt_fallbacks.remove(new)
+                raise
+            self.cipher = new
+            self._decrypt_fallbacks = [old]
+            try:
+                changed += await self.storage.reencrypt_secrets(transform)
+            except Exception:  # the rotation itself is committed: report, do not undo
+                log.warning("key rotation: the sweep for late writes failed", exc_info=True)
+        log.info("encryption key rotated: %d stored value(s) re-encrypted", changed)
+        return changed
 
     def wake_dispatcher(self) -> None:
         """``run-now``: wake the dispatcher (also in test mode)."""

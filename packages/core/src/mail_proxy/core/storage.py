@@ -13,7 +13,7 @@ clocks in sync (NTP) — docs/operations.md says so.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,6 +266,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def put_settings(self, values: dict[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into the stored settings and return them all."""
+
+    @abc.abstractmethod
+    async def reencrypt_secrets(self, transform: Callable[[str], str]) -> int:
+        """Apply ``transform`` to every encrypted value (accounts' passwords, tenants'
+        ``client_auth`` and sync secrets, the ``encryption_key_check`` setting) in ONE
+        transaction, and return how many values changed.
+
+        Key rotation: ``transform`` decrypts with the old key and encrypts with the new one.
+        If it raises for any value, the transaction rolls back and nothing changes.
+        """
 
     @abc.abstractmethod
     async def log_commands(self, entries: Sequence[CommandLogEntry]) -> None:

@@ -178,6 +178,15 @@ def register(routes: RouteTable, plugin: str) -> None:
         summary="Change the name and live settings (stored, applied at once)",
     )
     add(
+        "POST",
+        "/instance/rotate-key",
+        instance.rotate_key,
+        scope="admin",
+        body=instance.RotateKeyBody,
+        plugin=plugin,
+        summary="Re-encrypt every stored secret with a new key (mail-proxy NAME rotate-key)",
+    )
+    add(
         "GET",
         "/command-log",
         instance.command_log,

@@ -1,4 +1,5 @@
-"""Admin routes: the instance's live settings and the command log (audit trail)."""
+"""Admin routes: the instance's live settings, key rotation and the command log (audit
+trail)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from mail_proxy.core import __version__
 from mail_proxy.core.errors import ApiError
@@ -13,6 +15,7 @@ from mail_proxy.core.retry import RetryPolicy
 from mail_proxy.core.runtime import Runtime
 from mail_proxy.core.web import AUDIT as AUDIT_WRITER
 from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of
+from mail_proxy.encryption import EncryptionError, parse_key
 
 from .models import CommandLogQuery, ExportQuery, InstanceUpdate
 from .pagination import decode_cursor, page
@@ -68,6 +71,48 @@ async def put_instance(request: web.Request) -> web.Response:
         rt.wake_dispatcher()
     request[AUDIT_SUMMARY] = {"changed": sorted(changes)}
     return ok({"instance": instance_view(rt)})
+
+
+class RotateKeyBody(BaseModel):
+    """``POST /instance/rotate-key``: the new key. It is never logged, echoed or audited."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    new_key: str = Field(
+        min_length=1, max_length=128, description="base64 of 32 random bytes (mail-proxy keygen)"
+    )
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    """Re-encrypt every stored secret with a new key, in one transaction, and use it at once.
+
+    The caller must make the new key the instance's configured key before the next restart
+    (``mail-proxy NAME rotate-key`` writes the key file); until then a restart fails its key
+    check and says so.
+    """
+    rt = runtime_of(request)
+    body: RotateKeyBody = body_of(request)
+    try:
+        key = parse_key(body.new_key, "new_key")
+    except EncryptionError as exc:
+        raise ApiError(400, "invalid_key", str(exc)) from None
+    if rt.cipher is None:
+        raise ApiError(
+            409,
+            "encryption_key_missing",
+            "the instance has no encryption key: configure one (MAIL_PROXY_ENCRYPTION_KEY or "
+            "the key file) and restart instead of rotating",
+        )
+    try:
+        count = await rt.rotate_key(key)
+    except EncryptionError:
+        raise ApiError(
+            409,
+            "key_mismatch",
+            "a stored secret does not decrypt with the current key: nothing was changed",
+        ) from None
+    request[AUDIT_SUMMARY] = {"reencrypted": count}  # never the key
+    return ok({"reencrypted": count})
 
 
 def _refresh_retry_policy(rt: Runtime) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -38,6 +38,7 @@ from mail_proxy.core.model import (
     SyncState,
     Tenant,
 )
+from mail_proxy.core.runtime import KEY_CHECK_SETTING
 from mail_proxy.core.storage import (
     DeleteResult,
     EnqueueResult,
@@ -1006,6 +1007,71 @@ class SqlStorage(Storage):
                     await conn.execute(t.instance_settings.insert().values(key=key, value=value))
         return await self.get_settings()
 
+    async def reencrypt_secrets(self, transform: Callable[[str], str]) -> int:
+        """Rewrite every encrypted value with ``transform`` in one transaction (key rotation).
+
+        The rows are read and rewritten inside the same write transaction, locked on
+        PostgreSQL (``FOR UPDATE``), so a secret saved concurrently is never overwritten with
+        a stale value. An exception from ``transform`` rolls everything back.
+        """
+        a, tn, st = t.accounts.c, t.tenants.c, t.instance_settings.c
+        changed = 0
+        async with self._write() as conn:
+            accounts = sa.select(a.tenant_id, a.id, a.password_enc).where(
+                a.password_enc.is_not(None)
+            )
+            tenants = sa.select(tn.id, tn.client_auth_enc, tn.sync_secret_enc).where(
+                sa.or_(tn.client_auth_enc.is_not(None), tn.sync_secret_enc.is_not(None))
+            )
+            check = sa.select(st.value).where(st.key == KEY_CHECK_SETTING)
+            if self._pg:
+                accounts, tenants, check = (
+                    q.with_for_update() for q in (accounts, tenants, check)
+                )
+
+            account_rows = []
+            for row in await conn.execute(accounts):
+                new = transform(row.password_enc)
+                if new != row.password_enc:
+                    account_rows.append({"b_tenant": row.tenant_id, "b_id": row.id, "b_pw": new})
+            tenant_rows = []
+            for row in await conn.execute(tenants):
+                auth = _apply(transform, row.client_auth_enc)
+                secret = _apply(transform, row.sync_secret_enc)
+                moved = (auth != row.client_auth_enc) + (secret != row.sync_secret_enc)
+                if moved:
+                    changed += moved
+                    tenant_rows.append({"b_id": row.id, "b_auth": auth, "b_secret": secret})
+            stored_check = await conn.scalar(check)
+            new_check = _apply(transform, stored_check) if isinstance(stored_check, str) else None
+
+            if account_rows:
+                await conn.execute(
+                    t.accounts.update()
+                    .where(a.tenant_id == sa.bindparam("b_tenant"), a.id == sa.bindparam("b_id"))
+                    .values(password_enc=sa.bindparam("b_pw")),
+                    account_rows,
+                )
+                changed += len(account_rows)
+            if tenant_rows:
+                await conn.execute(
+                    t.tenants.update()
+                    .where(tn.id == sa.bindparam("b_id"))
+                    .values(
+                        client_auth_enc=sa.bindparam("b_auth"),
+                        sync_secret_enc=sa.bindparam("b_secret"),
+                    ),
+                    tenant_rows,
+                )
+            if new_check is not None and new_check != stored_check:
+                await conn.execute(
+                    t.instance_settings.update()
+                    .where(st.key == KEY_CHECK_SETTING)
+                    .values(value=new_check)
+                )
+                changed += 1
+        return changed
+
     async def log_commands(self, entries: Sequence[CommandLogEntry]) -> None:
         if not entries:
             return
@@ -1067,6 +1133,10 @@ def _is_connection_error(exc: BaseException) -> bool:
             "cannot connect",
         )
     )
+
+
+def _apply(transform: Callable[[str], str], value: str | None) -> str | None:
+    return None if value is None else transform(value)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
