@@ -76,7 +76,29 @@ class Service:
         return self.proc.pid
 
     async def start(self, timeout: float = 60.0) -> None:
-        """Start the process and wait until ``GET /health`` answers."""
+        """Start the process and wait until ``GET /health`` answers. The port was free when
+        chosen; if another process took it meanwhile, start again on a new one."""
+        for _attempt in range(3):
+            if await self._start_once(timeout):
+                return
+            self._move_port()
+        raise ProcessFailed(f"{self.name}: no free port after 3 attempts")
+
+    async def _is_ours(self, session: aiohttp.ClientSession) -> bool:
+        """The server on our port is this process (not another that took the port)."""
+        async with session.get(f"{self.url}/status", headers={"X-API-Token": TOKEN}) as resp:
+            data = await resp.json(content_type=None) if resp.status == 200 else {}
+        if data.get("instance") == self.env["GMP_INSTANCE_NAME"]:
+            return True
+        await self.stop()
+        return False
+
+    def _move_port(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env["GMP_PORT"] = str(self.port)
+
+    async def _start_once(self, timeout: float) -> bool:
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 str(ENTRY_POINT),
@@ -91,11 +113,13 @@ class Service:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.returncode is not None:
+                    if "cannot listen" in self.log_tail():
+                        return False
                     raise ProcessFailed(f"{self.name} exited at start:\n{self.log_tail()}")
                 try:
                     async with session.get(f"{self.url}/health") as resp:
                         if resp.status == 200:
-                            return
+                            return await self._is_ours(session)
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)

@@ -114,7 +114,7 @@ async def test_rate_limit_holds_across_instances(pg_url: str, tmp_path: Path) ->
 async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path: Path) -> None:
     async with SmtpTestServer() as smtp:
         smtp.data_delay = 0.01
-        services = await start_pair(pg_url, tmp_path, GMP_CLAIM_LEASE_SECONDS="3")
+        services = await start_pair(pg_url, tmp_path, GMP_CLAIM_LEASE_SECONDS="6")
         victim, survivor = services
         try:
             await survivor.call(
@@ -131,8 +131,10 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
             counts = Counter(m.message["X-Genro-Mail-ID"] for m in smtp.messages)
             assert set(counts) == set(ids), "lost messages"
             duplicates = sum(v - 1 for v in counts.values())
-            # Only messages the victim had handed to SMTP but not yet committed may repeat.
-            assert duplicates <= 64 + 8
+            # Only messages the victim had handed to SMTP but not yet committed may repeat: a
+            # delivery keeps its slot until its outcome is committed, so at most
+            # max_concurrent_sends (64) of them.
+            assert duplicates <= 64
             # Accounting: every accepted message ends sent (the sink accepts all).
             sent = await survivor.call(
                 "GET", "/messages", params={"status": "sent", "limit": "1000"}

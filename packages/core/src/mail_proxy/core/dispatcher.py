@@ -49,16 +49,19 @@ class OutcomeWriter:
     def __init__(self, runtime: Runtime, max_batch: int = 500) -> None:
         self.rt = runtime
         self.max_batch = max_batch
-        self._buffer: list[tuple[Outcome, str, str]] = []
+        self._buffer: list[tuple[Outcome, str, str, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="outcome-writer")
 
-    def add(self, outcome: Outcome, tenant_id: str, account_id: str) -> None:
-        self._buffer.append((outcome, tenant_id, account_id))
+    def add(self, outcome: Outcome, tenant_id: str, account_id: str) -> asyncio.Future[None]:
+        """Queue an outcome; the returned future completes once it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer.append((outcome, tenant_id, account_id, done))
         self._ready.set()
+        return done
 
     async def _loop(self) -> None:
         while True:
@@ -67,18 +70,28 @@ class OutcomeWriter:
             await asyncio.sleep(0)  # let outcomes completing in this tick join the batch
             await self.flush()
 
-    async def flush(self) -> None:
+    async def flush(self, retry: bool = True) -> None:
+        """Commit what is buffered. With ``retry`` False (shutdown) a failed batch is dropped:
+        its messages stay ``sending`` and are retaken when their lease expires."""
         while self._buffer:
             batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
             try:
-                applied = set(await self.rt.storage.record_outcomes([o for o, _, _ in batch]))
+                applied = set(await self.rt.storage.record_outcomes([o for o, *_ in batch]))
             except Exception:
+                if not retry:
+                    log.exception("recording %d outcomes failed at shutdown", len(batch))
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+                    continue
                 log.exception("recording %d outcomes failed; retrying", len(batch))
                 self._buffer[:0] = batch
                 await asyncio.sleep(1.0)
                 continue
             now = time.time()
-            for outcome, tenant_id, account_id in batch:
+            for outcome, tenant_id, account_id, done in batch:
+                if not done.done():
+                    done.set_result(None)
                 if outcome.pk not in applied:
                     log.warning("outcome for message pk=%s fenced off (claim retaken)", outcome.pk)
                     continue
@@ -93,7 +106,7 @@ class OutcomeWriter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        await self.flush(retry=False)
 
 
 class Dispatcher(Service):
@@ -288,6 +301,13 @@ class Dispatcher(Service):
             self._account_slots[(rec.tenant_id, rec.account_id)] = slot
         try:
             async with slot:
+                if self._lease_too_short(rec):
+                    # Waited too long for a connection: another instance may retake this
+                    # message soon. Give it back instead of racing it (no double send).
+                    self._finish(
+                        rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time())
+                    )
+                    return
                 outcome = await self._attempt(rec, account, tenant)
         except asyncio.CancelledError:
             self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
@@ -296,7 +316,9 @@ class Dispatcher(Service):
             log.exception("unexpected error delivering message pk=%s", rec.pk)
             outcome = self._temporary(rec, f"internal error: {type(exc).__name__}", None, [])
         rt.metrics.send_latency.observe(time.perf_counter() - started)
-        self._finish(rec, outcome)
+        # Keep the global slot until the outcome is committed: delivered-but-unrecorded
+        # messages (the only duplicates a crash can cause) stay bounded by max_concurrent_sends.
+        await self._finish(rec, outcome)
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
         from .mime import MimeError, build_email, envelope
@@ -340,9 +362,15 @@ class Dispatcher(Service):
             return self._error(rec, f"all recipients refused: {code} {text}", code)
         return self._sent(rec, delivered, result.perm_failed)
 
+    def _lease_too_short(self, rec: MessageRecord) -> bool:
+        """True when less than half of the claim lease is left before sending starts."""
+        if rec.lease_until is None:
+            return False
+        return time.time() > rec.lease_until - self.rt.settings.claim_lease_seconds / 2
+
     # -- outcomes -----------------------------------------------------------------------------------
-    def _finish(self, rec: MessageRecord, outcome: Outcome) -> None:
-        self.writer.add(outcome, rec.tenant_id, rec.account_id)
+    def _finish(self, rec: MessageRecord, outcome: Outcome) -> asyncio.Future[None]:
+        return self.writer.add(outcome, rec.tenant_id, rec.account_id)
 
     @staticmethod
     def _sent(

@@ -112,7 +112,9 @@ async def rotate_key(request: web.Request) -> web.Response:
             "a stored secret does not decrypt with the current key: nothing was changed",
         ) from None
     request[AUDIT_SUMMARY] = {"reencrypted": count}  # never the key
-    return ok({"reencrypted": count})
+    # where this instance read its key (a variable name or a path, not the key): the
+    # caller must put the new key there before the next restart
+    return ok({"reencrypted": count, "key_source": rt.key_source})
 
 
 def _refresh_retry_policy(rt: Runtime) -> None:

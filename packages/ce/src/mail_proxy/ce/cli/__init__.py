@@ -2,8 +2,9 @@
 
 :func:`register` only names import paths: nothing below is imported until a command runs.
 Modules: ``instances`` (start/stop/restart/list), ``instance`` (use/info/token/logs),
-``tools`` (serve/keygen/plugins), ``accounts``, ``messages``, ``send`` (with ``eml``, the
-RFC 5322 → message conversion) and ``control`` (run-now/suspend/activate).
+``rotate`` (rotate-key), ``tools`` (serve/keygen/plugins), ``accounts``, ``messages``,
+``send`` (with ``eml``, the RFC 5322 → message conversion) and ``control``
+(run-now/suspend/activate).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COMMANDS: list[tuple[CommandLevel, str, str, str]] = [
     ("instance", "info", "instance:info", "Show the instance: directory, URL, status."),
     ("instance", "token", "instance:token", "Print (or regenerate) the admin token."),
     ("instance", "logs", "instance:logs", "Print (or follow) the server log."),
+    ("instance", "rotate-key", "rotate:rotate_key", "Re-encrypt stored secrets with a new key."),
     ("tenant", "accounts", "accounts:app", "SMTP accounts: list, add, delete."),
     ("tenant", "messages", "messages:app", "Queued and sent messages: list, show, delete."),
     ("tenant", "send", "send:send", "Queue .eml files (RFC 5322) for delivery."),

@@ -1024,10 +1024,10 @@ class SqlStorage(Storage):
                 sa.or_(tn.client_auth_enc.is_not(None), tn.sync_secret_enc.is_not(None))
             )
             check = sa.select(st.value).where(st.key == KEY_CHECK_SETTING)
-            if self._pg:
-                accounts, tenants, check = (
-                    q.with_for_update() for q in (accounts, tenants, check)
-                )
+            if self._pg:  # no concurrent save slips between our read and our write
+                accounts = accounts.with_for_update()
+                tenants = tenants.with_for_update()
+                check = check.with_for_update()
 
             account_rows = []
             for row in await conn.execute(accounts):

@@ -22,6 +22,15 @@ if TYPE_CHECKING:
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
+class HttpError(CliError):
+    """The server answered with an error status: the request reached it and was refused
+    (unlike a connection failure or a timeout, where its outcome is unknown)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Client:
     def __init__(self, base_url: str, token: str | None, *, name: str = "", timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
@@ -99,12 +108,12 @@ def _decode(raw: bytes, url: str) -> dict[str, Any]:
     return data
 
 
-def _http_error(exc: urllib.error.HTTPError) -> CliError:
+def _http_error(exc: urllib.error.HTTPError) -> HttpError:
     try:
         data = json.loads(exc.read(1024 * 1024) or b"{}")
     except (ValueError, OSError):
         data = {}
     if isinstance(data, dict) and data.get("error"):
         code = f" [{data['code']}]" if data.get("code") else ""
-        return CliError(f"{data['error']}{code} (HTTP {exc.code})")
-    return CliError(f"the server answered HTTP {exc.code} {exc.reason}")
+        return HttpError(f"{data['error']}{code} (HTTP {exc.code})", exc.code)
+    return HttpError(f"the server answered HTTP {exc.code} {exc.reason}", exc.code)

@@ -1,0 +1,244 @@
+"""Key rotation below the CLI: ``Storage.reencrypt_secrets`` on SQLite and PostgreSQL,
+``Runtime.rotate_key`` and ``POST /instance/rotate-key`` on the real app.
+
+The stored values are read back with plain SQL and decrypted with :class:`Cipher` directly,
+so the tests see what is really in the database, not what the storage layer reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from mail_proxy.ce.storage import schema as t
+from mail_proxy.ce.storage.sql import SqlStorage
+from mail_proxy.core.model import Account, Tenant
+from mail_proxy.core.plugins import create_plugin_manager
+from mail_proxy.core.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
+from mail_proxy.encryption import Cipher, EncryptionError, generate_key, parse_key
+from support.ce_api import Api, start_api
+
+
+@pytest.fixture
+async def storage(db_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
+    rt = Runtime(make_settings(database_url=db_url), create_plugin_manager(load_entry_points=False))
+    rt.load_cipher()
+    store = SqlStorage(rt, db_url)
+    await store.start()
+    rt.storage = store
+    yield store
+    await store.close()
+
+
+def cipher_of(store: SqlStorage) -> Cipher:
+    assert store.runtime is not None and store.runtime.cipher is not None
+    return store.runtime.cipher
+
+
+async def fill(store: SqlStorage) -> None:
+    """Two accounts (one without password), a tenant with both secrets, one without any,
+    and the key check value."""
+    old = cipher_of(store)
+    await store.save_account(
+        Account(
+            "default", "pw", "smtp.example.com", 587, "u", password_enc=old.encrypt("smtp-secret")
+        )
+    )
+    await store.save_account(Account("default", "nopw", "smtp.example.com", 587))
+    await store.save_tenant(
+        Tenant(
+            "acme", "ACME", client_auth={"method": "bearer", "token": "tok-1"}, sync_secret="sync-1"
+        )
+    )
+    await store.save_tenant(Tenant("plain", "Plain"))
+    await store.put_settings({KEY_CHECK_SETTING: old.encrypt(KEY_CHECK_PLAINTEXT)})
+
+
+async def raw_values(store: SqlStorage) -> dict[str, str | None]:
+    """Every encrypted column as stored, by a readable name."""
+    out: dict[str, str | None] = {}
+    async with store.engine.connect() as conn:
+        for row in await conn.execute(sa.select(t.accounts.c.id, t.accounts.c.password_enc)):
+            out[f"account:{row.id}"] = row.password_enc
+        for tenant in await conn.execute(
+            sa.select(t.tenants.c.id, t.tenants.c.client_auth_enc, t.tenants.c.sync_secret_enc)
+        ):
+            out[f"auth:{tenant.id}"] = tenant.client_auth_enc
+            out[f"secret:{tenant.id}"] = tenant.sync_secret_enc
+        out["check"] = await conn.scalar(
+            sa.select(t.instance_settings.c.value).where(
+                t.instance_settings.c.key == KEY_CHECK_SETTING
+            )
+        )
+    return out
+
+
+PLAINTEXTS = {
+    "account:pw": "smtp-secret",
+    "auth:acme": json.dumps({"method": "bearer", "token": "tok-1"}),
+    "secret:acme": "sync-1",
+    "check": KEY_CHECK_PLAINTEXT,
+}
+EMPTY = ("account:nopw", "auth:default", "secret:default", "auth:plain", "secret:plain")
+
+
+async def test_reencrypt_rewrites_every_encrypted_value(storage: SqlStorage) -> None:
+    await fill(storage)
+    old, new = cipher_of(storage), Cipher(parse_key(generate_key()))
+    changed = await storage.reencrypt_secrets(lambda tok: new.encrypt(old.decrypt(tok)))
+    assert changed == len(PLAINTEXTS)
+    stored = await raw_values(storage)
+    for name, plain in PLAINTEXTS.items():
+        token = stored[name]
+        assert token is not None and new.decrypt(token) == plain, name
+        with pytest.raises(EncryptionError):
+            old.decrypt(token)
+    assert all(stored[name] is None for name in EMPTY)  # nothing invented for empty values
+
+
+async def test_a_failing_value_rolls_everything_back(storage: SqlStorage) -> None:
+    await fill(storage)
+    before = await raw_values(storage)
+    old, new = cipher_of(storage), Cipher(parse_key(generate_key()))
+    seen: list[str] = []
+
+    def transform(token: str) -> str:
+        seen.append(token)
+        if len(seen) == len(PLAINTEXTS):  # the last value, after all the others
+            raise EncryptionError("boom")
+        return new.encrypt(old.decrypt(token))
+
+    with pytest.raises(EncryptionError):
+        await storage.reencrypt_secrets(transform)
+    assert len(seen) == len(PLAINTEXTS)
+    assert await raw_values(storage) == before
+
+
+async def test_an_identity_transform_changes_nothing(storage: SqlStorage) -> None:
+    await fill(storage)
+    before = await raw_values(storage)
+    assert await storage.reencrypt_secrets(lambda tok: tok) == 0
+    assert await raw_values(storage) == before
+
+
+async def test_runtime_rotate_key_swaps_the_cipher_and_keeps_old_tokens_readable(
+    storage: SqlStorage,
+) -> None:
+    await fill(storage)
+    rt = storage.runtime
+    assert rt is not None and rt.cipher is not None
+    old = rt.cipher
+    cached = await storage.get_account("default", "pw")
+    assert cached is not None and cached.password_enc is not None  # read before the rotation
+    new_key = parse_key(generate_key())
+
+    assert await rt.rotate_key(new_key) == len(PLAINTEXTS)
+    assert rt.cipher is not old
+    # a token read before the swap (the dispatcher caches accounts) still decrypts here...
+    assert rt.decrypt(cached.password_enc) == "smtp-secret"
+    # ...but the database holds only values of the new key
+    stored = await raw_values(storage)
+    fresh = Cipher(new_key)
+    assert all(fresh.decrypt(stored[n] or "") == p for n, p in PLAINTEXTS.items())
+    tenant = await storage.get_tenant("acme")
+    assert tenant is not None and tenant.sync_secret == "sync-1"
+    assert tenant.client_auth == {"method": "bearer", "token": "tok-1"}
+    # new secrets are encrypted with the new key
+    assert fresh.decrypt(rt.encrypt("later")) == "later"
+
+
+async def test_runtime_rotate_key_refuses_a_database_it_cannot_decrypt(
+    storage: SqlStorage,
+) -> None:
+    await fill(storage)
+    foreign = Cipher(parse_key(generate_key()))
+    await storage.save_account(
+        Account("default", "alien", "smtp.example.com", 587, "u", password_enc=foreign.encrypt("x"))
+    )
+    rt = storage.runtime
+    assert rt is not None
+    old = rt.cipher
+    before = await raw_values(storage)
+    with pytest.raises(EncryptionError):
+        await rt.rotate_key(parse_key(generate_key()))
+    assert rt.cipher is old
+    assert await raw_values(storage) == before
+
+
+# -- the route ----------------------------------------------------------------------------------
+@pytest.fixture
+async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
+    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+
+
+async def test_route_rotates_and_never_echoes_the_key(api: Api) -> None:
+    await api.add_account("main", password="smtp-secret")
+    rt = api.runtime
+    old = rt.cipher
+    new_key = generate_key()
+    answer = await api.post("/instance/rotate-key", {"new_key": new_key})
+    assert answer["ok"] is True and answer["reencrypted"] == 2  # password + key check
+    assert answer["key_source"] == "MAIL_PROXY_ENCRYPTION_KEY"
+    assert new_key not in json.dumps(answer)
+
+    account = await rt.storage.get_account("default", "main")
+    fresh = Cipher(parse_key(new_key))
+    assert fresh.decrypt(account.password_enc) == "smtp-secret"
+    with pytest.raises(EncryptionError):
+        old.decrypt(account.password_enc)
+
+    log = await api.get("/command-log")
+    entry = next(e for e in log["entries"] if e["path"] == "/instance/rotate-key")
+    assert entry["status"] == 200 and entry["summary"] == {"reencrypted": 2}
+    assert new_key not in json.dumps(log)
+    # rotating again works from the new key
+    again = await api.post("/instance/rotate-key", {"new_key": generate_key()})
+    assert again["reencrypted"] == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["not base64!", base64.b64encode(b"short").decode(), base64.b64encode(b"x" * 33).decode()],
+)
+async def test_route_invalid_key_is_400_and_not_echoed(api: Api, bad: str) -> None:
+    await api.add_account("main", password="smtp-secret")
+    before = (await api.runtime.storage.get_account("default", "main")).password_enc
+    answer = await api.post("/instance/rotate-key", {"new_key": bad}, expect=400)
+    assert answer["code"] == "invalid_key"
+    assert bad not in json.dumps(answer)
+    assert (await api.runtime.storage.get_account("default", "main")).password_enc == before
+
+
+async def test_route_body_is_validated_and_admin_only(api: Api) -> None:
+    missing = await api.post("/instance/rotate-key", {}, expect=400)
+    assert missing["code"] == "validation_error"
+    extra = await api.post("/instance/rotate-key", {"new_key": generate_key(), "x": 1}, expect=400)
+    assert extra["code"] == "validation_error"
+    anonymous = await api.call(
+        "POST",
+        "/instance/rotate-key",
+        {"new_key": generate_key()},
+        headers={"X-API-Token": "wrong"},
+        expect=401,
+    )
+    assert anonymous["code"] == "invalid_token"
+
+
+async def test_route_key_mismatch_is_409_and_changes_nothing(api: Api) -> None:
+    await api.add_account("main", password="smtp-secret")
+    foreign = Cipher(parse_key(generate_key()))
+    await api.runtime.storage.save_account(
+        Account("default", "alien", "smtp.example.com", 587, "u", password_enc=foreign.encrypt("x"))
+    )
+    old = api.runtime.cipher
+    answer = await api.post("/instance/rotate-key", {"new_key": generate_key()}, expect=409)
+    assert answer["code"] == "key_mismatch"
+    assert api.runtime.cipher is old
+    account = await api.runtime.storage.get_account("default", "main")
+    assert old.decrypt(account.password_enc) == "smtp-secret"
