@@ -18,10 +18,18 @@ def build(**headers: str) -> EmailMessage:
 
 
 def test_addresses_subject_headers_and_alternative_bodies() -> None:
-    m = build(From="Désiré <d@example.com>", To="a@example.com, \"Bee, B.\" <b@example.com>",
-              Cc="c@example.com", Bcc="hidden@example.com", Reply_To="r@example.com",
-              Subject="Prix: 10 €", Message_ID="<abc@host.example>", X_Campaign="spring",
-              Date="Mon, 1 Jan 2024 00:00:00 +0000", Received="from relay by mx")
+    m = build(
+        From="Désiré <d@example.com>",
+        To='a@example.com, "Bee, B." <b@example.com>',
+        Cc="c@example.com",
+        Bcc="hidden@example.com",
+        Reply_To="r@example.com",
+        Subject="Prix: 10 €",
+        Message_ID="<abc@host.example>",
+        X_Campaign="spring",
+        Date="Mon, 1 Jan 2024 00:00:00 +0000",
+        Received="from relay by mx",
+    )
     m["Return-Path"] = "<bounce@example.com>"
     m.set_content("plain €")
     m.add_alternative("<p>html €</p>", subtype="html")
@@ -61,8 +69,12 @@ def test_attachments_become_base64_entries() -> None:
     m.add_attachment(inner)
     out = message_from_eml(bytes(m))
     first, second = out["attachments"]
-    assert first == {"filename": "raw.bin", "storage_path": base64.b64encode(data).decode(),
-                     "fetch_mode": "base64", "mime_type": "application/octet-stream"}
+    assert first == {
+        "filename": "raw.bin",
+        "storage_path": base64.b64encode(data).decode(),
+        "fetch_mode": "base64",
+        "mime_type": "application/octet-stream",
+    }
     assert second["mime_type"] == "message/rfc822"
     assert b"inner body" in base64.b64decode(second["storage_path"])
     assert second["filename"] == "attachment-2"
@@ -84,6 +96,10 @@ def test_files_that_cannot_be_sent(raw: bytes, reason: str) -> None:
 
 def test_minimal_file_and_message_id_to_id() -> None:
     out = message_from_eml(b"From: f@example.com\nTo: t@example.com\n\nhello\n")
-    assert out == {"from": "f@example.com", "to": ["t@example.com"], "subject": "",
-                   "body": "hello\n"}
+    assert out == {
+        "from": "f@example.com",
+        "to": ["t@example.com"],
+        "subject": "",
+        "body": "hello\n",
+    }
     assert message_id_to_id(" <abc@host> ") == "abc@host"

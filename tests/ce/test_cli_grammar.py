@@ -36,9 +36,26 @@ def _one_line_error(result: object) -> str:
 def test_help_lists_all_levels_and_plugin_commands(cli: Cli) -> None:
     result = cli.ok("--help")
     out = result.out
-    for name in ("start", "stop", "restart", "list", "plugins", "keygen", "serve", "use",
-                 "info", "token", "logs", "accounts", "messages", "send", "run-now",
-                 "suspend", "activate", "hello"):
+    for name in (
+        "start",
+        "stop",
+        "restart",
+        "list",
+        "plugins",
+        "keygen",
+        "serve",
+        "use",
+        "info",
+        "token",
+        "logs",
+        "accounts",
+        "messages",
+        "send",
+        "run-now",
+        "suspend",
+        "activate",
+        "hello",
+    ):
         assert f" {name} " in out, name
     assert "Instance commands: mail-proxy NAME COMMAND" in out
     assert "Tenant commands: mail-proxy NAME [TENANT] COMMAND" in out
@@ -53,7 +70,10 @@ def test_help_imports_no_database_smtp_imap_or_server_code(tmp_path: Path) -> No
         "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=clean_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
@@ -69,8 +89,9 @@ def test_help_imports_no_database_smtp_imap_or_server_code(tmp_path: Path) -> No
 
     # the core CLI itself never imports the Community Edition: only the `ce` plugin does
     env = clean_env(tmp_path, GMP_DISABLED_PLUGINS="ce,multitenancy")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     modules = set(json.loads(proc.stdout.splitlines()[-1])["modules"])
     assert not [m for m in modules if m.startswith("mail_proxy.ce")]
@@ -114,8 +135,15 @@ def test_usage_errors_exit_2_with_one_line(cli: Cli, args: list[str], expected: 
 
 @pytest.mark.parametrize(
     "args",
-    [["nosuch", "info"], ["nosuch", "accounts", "list"], ["nosuch", "acme", "messages", "list"],
-     ["stop", "nosuch"], ["restart", "nosuch"], ["nosuch", "token"], ["use", "nosuch"]],
+    [
+        ["nosuch", "info"],
+        ["nosuch", "accounts", "list"],
+        ["nosuch", "acme", "messages", "list"],
+        ["stop", "nosuch"],
+        ["restart", "nosuch"],
+        ["nosuch", "token"],
+        ["use", "nosuch"],
+    ],
 )
 def test_unknown_instance_exit_1(cli: Cli, args: list[str]) -> None:
     result = cli(*args)

@@ -51,8 +51,13 @@ def _token_from(output: str) -> str:
 def test_two_instances_start_list_stop_restart(cli: Cli) -> None:
     port_a, port_b = free_port(), free_port()
     # side by side, started at the same time
-    beta = subprocess.Popen([MAIL_PROXY, "start", "beta", "--port", str(port_b)], env=cli.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    beta = subprocess.Popen(
+        [MAIL_PROXY, "start", "beta", "--port", str(port_b)],
+        env=cli.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     first = cli.ok("start", "alpha", "--port", str(port_a))
     assert beta.wait(60) == 0, beta.communicate()
     assert "Created instance 'alpha'" in first.out
@@ -234,17 +239,28 @@ def test_wrong_token_is_refused_with_exit_1(running: Cli) -> None:
 def test_plugin_route_answers_on_a_running_instance(running: Cli) -> None:
     url = f"{running.url('main')}/hello-plugin"
     assert http("GET", url, running.token("main")) == (
-        200, {"ok": True, "hello": "plugin", "principal": "admin"}
+        200,
+        {"ok": True, "hello": "plugin", "principal": "admin"},
     )
     assert http("GET", url)[0] == 401
 
 
 def test_serve_runs_in_the_foreground_from_the_environment(tmp_path: Path) -> None:
     port = free_port()
-    env = clean_env(tmp_path / "unused-home", GMP_API_TOKEN="serve-token-0123456789",
-                    GMP_PORT=str(port), GMP_DB_PATH=str(tmp_path / "serve.db"))
-    proc = subprocess.Popen([MAIL_PROXY, "serve"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = clean_env(
+        tmp_path / "unused-home",
+        GMP_API_TOKEN="serve-token-0123456789",
+        GMP_PORT=str(port),
+        GMP_DB_PATH=str(tmp_path / "serve.db"),
+    )
+    proc = subprocess.Popen(
+        [MAIL_PROXY, "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not http_alive(port):
@@ -266,8 +282,9 @@ def test_serve_runs_in_the_foreground_from_the_environment(tmp_path: Path) -> No
 
 def test_serve_without_token_is_a_configuration_error(tmp_path: Path) -> None:
     env = clean_env(tmp_path, GMP_PORT=str(free_port()), GMP_DB_PATH=str(tmp_path / "x.db"))
-    proc = subprocess.run([MAIL_PROXY, "serve"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [MAIL_PROXY, "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "GMP_API_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -275,7 +292,10 @@ def test_serve_without_token_is_a_configuration_error(tmp_path: Path) -> None:
 def test_server_module_refuses_a_missing_instance(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mail_proxy.core.serve", "--instance-dir", str(tmp_path / "none")],
-        env=clean_env(tmp_path), capture_output=True, text=True, timeout=60,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     log = (tmp_path / "none" / "logs" / "mail-proxy.log").read_text()
@@ -287,10 +307,15 @@ def test_a_second_server_of_a_running_instance_refuses_to_run(running: Cli) -> N
     pid = running.pid("main")
     proc = subprocess.run(
         [sys.executable, "-m", "mail_proxy.core.serve", "--instance-dir", str(idir)],
-        env=running.env, capture_output=True, text=True, timeout=60,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
-    assert "another server of this instance is running" in (idir / "logs" / "mail-proxy.log"
-                                                             ).read_text()
+    assert (
+        "another server of this instance is running"
+        in (idir / "logs" / "mail-proxy.log").read_text()
+    )
     assert running.pid("main") == pid  # the pid file still names the running server
     assert running.ok("list", "--json").json()["instances"][0]["state"] == "running"

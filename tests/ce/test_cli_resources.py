@@ -27,8 +27,17 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     cli = Cli(tmp_path_factory.mktemp("home"))
     cli.ok("start", "main", "--port", str(free_port()))
     outbox = cli.home / OUTBOX
-    cli.ok("main", "accounts", "add", "files", "--transport", "file",
-           "--option", f"directory={outbox}", "--default")
+    cli.ok(
+        "main",
+        "accounts",
+        "add",
+        "files",
+        "--transport",
+        "file",
+        "--option",
+        f"directory={outbox}",
+        "--default",
+    )
     yield cli
     cli.cleanup()
 
@@ -54,8 +63,9 @@ def eml(path: Path, msg_id: str | None, *, attach: bool = False, html_only: bool
         m.set_content("plain text body")
         m.add_alternative("<p>html body</p>", subtype="html")
     if attach:
-        m.add_attachment(b"%PDF-1.4 test", maintype="application", subtype="pdf",
-                         filename="report.pdf")
+        m.add_attachment(
+            b"%PDF-1.4 test", maintype="application", subtype="pdf", filename="report.pdf"
+        )
     path.write_bytes(bytes(m))
     return path
 
@@ -72,9 +82,26 @@ def wait_for(predicate: Any, timeout: float = 15.0) -> None:
 # -- accounts --------------------------------------------------------------------------------
 def test_accounts_add_with_every_option_never_prompts(srv: Cli) -> None:
     result = srv.ok(
-        "main", "accounts", "add", "smtp1", "--host", "smtp.example.com", "--port", "2525",
-        "--user", "mailer", "--password", "pw-secret", "--starttls", "--timeout", "12",
-        "--limit-per-minute", "30", "--limit-behavior", "reject", "--json",
+        "main",
+        "accounts",
+        "add",
+        "smtp1",
+        "--host",
+        "smtp.example.com",
+        "--port",
+        "2525",
+        "--user",
+        "mailer",
+        "--password",
+        "pw-secret",
+        "--starttls",
+        "--timeout",
+        "12",
+        "--limit-per-minute",
+        "30",
+        "--limit-behavior",
+        "reject",
+        "--json",
     )  # stdin is not a terminal: a prompt would fail the command with exit 2
     account = result.json()["account"]
     assert account["id"] == "smtp1" and account["port"] == 2525 and account["user"] == "mailer"
@@ -97,9 +124,15 @@ def test_missing_values_without_a_terminal_are_usage_errors(srv: Cli) -> None:
 
 def test_accounts_add_asks_for_missing_values_on_a_terminal(srv: Cli) -> None:
     code, output = run_in_pty(
-        [MAIL_PROXY, "main", "accounts", "add"], srv.env,
-        [("Account id:", "tty1"), ("SMTP host:", "smtp.tty.example"), ("SMTP port [587]:", ""),
-         ("SMTP user (Enter for none):", "alice"), ("SMTP password (Enter for none):", "s3cret")],
+        [MAIL_PROXY, "main", "accounts", "add"],
+        srv.env,
+        [
+            ("Account id:", "tty1"),
+            ("SMTP host:", "smtp.tty.example"),
+            ("SMTP port [587]:", ""),
+            ("SMTP user (Enter for none):", "alice"),
+            ("SMTP password (Enter for none):", "s3cret"),
+        ],
     )
     assert code == 0, output
     assert "account 'tty1' saved" in output
@@ -131,21 +164,22 @@ def test_send_eml_files_and_read_them_back(srv: Cli, tmp_path: Path) -> None:
     (tmp_path / "3.eml").write_bytes(b"Subject: no sender\n\nbody\n")
     (tmp_path / "notes.txt").write_text("not an eml")
 
-    result = srv("main", "send", str(tmp_path), "--batch", "spring", "--priority", "high",
-                 "--json")
+    result = srv("main", "send", str(tmp_path), "--batch", "spring", "--priority", "high", "--json")
     assert result.code == 1, result  # one file could not be queued
     answer = result.json()
     assert answer["queued"] == 2 and answer["ok"] is False
-    assert answer["rejected"] == [{"id": None, "file": str(tmp_path / "3.eml"),
-                                   "reason": "no From header"}]
+    assert answer["rejected"] == [
+        {"id": None, "file": str(tmp_path / "3.eml"), "reason": "no From header"}
+    ]
     assert "1 message(s) not queued" in result.err
 
     srv.ok("main", "run-now")
     outbox = srv.home / OUTBOX
     wait_for(lambda: len(list(outbox.glob("*.eml"))) >= 2)
 
-    delivered = message_from_bytes((outbox / "first_example.com.eml").read_bytes(),
-                                   policy=policy.default)
+    delivered = message_from_bytes(
+        (outbox / "first_example.com.eml").read_bytes(), policy=policy.default
+    )
     assert str(delivered["Subject"]) == "Subject of 1 è"
     assert str(delivered["To"]) == "a@example.com, Bee <b@example.com>"
     assert str(delivered["X-Campaign"]) == "spring"
@@ -155,8 +189,12 @@ def test_send_eml_files_and_read_them_back(srv: Cli, tmp_path: Path) -> None:
     assert attachment.get_content() == b"%PDF-1.4 test"
     assert delivered.get_body(("html",)).get_content().strip() == "<p>html body</p>"
 
-    wait_for(lambda: all(m["status"] == "sent"
-                         for m in rest(srv, "GET", "/messages?batch_code=spring")["messages"]))
+    wait_for(
+        lambda: all(
+            m["status"] == "sent"
+            for m in rest(srv, "GET", "/messages?batch_code=spring")["messages"]
+        )
+    )
     listed = srv.ok("main", "messages", "list", "--batch", "spring", "--json").json()
     assert listed == rest(srv, "GET", "/messages?batch_code=spring")
     assert {m["priority"] for m in listed["messages"]} == {1}
@@ -182,8 +220,7 @@ def test_suspend_keeps_messages_that_can_then_be_deleted(srv: Cli, tmp_path: Pat
         result = srv("main", "messages", "delete", "held@example.com")
         assert result.code == 1 and "held@example.com" in result.err
     finally:
-        assert srv.ok("main", "activate", "--json").json() == {"ok": True,
-                                                               "scheduler_active": True}
+        assert srv.ok("main", "activate", "--json").json() == {"ok": True, "scheduler_active": True}
 
 
 def test_suspend_and_activate_one_batch_of_a_tenant(srv: Cli) -> None:

@@ -25,12 +25,25 @@ async def test_accepted_messages_survive_kill_9_right_after_the_answer(tmp_path:
     svc = await ServiceProcess(env, tmp_path / "svc.log").start()
     accepted: list[str] = []
     try:
-        await svc.call("POST", "/account", json={"id": "a", "host": "127.0.0.1", "port": 9, "default": True})
+        await svc.call(
+            "POST", "/account", json={"id": "a", "host": "127.0.0.1", "port": 9, "default": True}
+        )
 
         async def send(i: int) -> None:
-            body = {"messages": [{"id": f"d{i}", "from": "s@example.com", "to": ["r@example.com"], "subject": "x"}]}
+            body = {
+                "messages": [
+                    {
+                        "id": f"d{i}",
+                        "from": "s@example.com",
+                        "to": ["r@example.com"],
+                        "subject": "x",
+                    }
+                ]
+            }
             async with aiohttp.ClientSession() as session:
-                async with session.post(svc.url + "/commands/add-messages", json=body, headers=svc.headers) as resp:
+                async with session.post(
+                    svc.url + "/commands/add-messages", json=body, headers=svc.headers
+                ) as resp:
                     if resp.status == 200 and (await resp.json())["queued"] == 1:
                         accepted.append(f"d{i}")
 

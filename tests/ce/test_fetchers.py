@@ -88,8 +88,12 @@ async def test_base64_exact_bytes_with_and_without_prefix(runtime: Any) -> None:
     atts = [
         {"filename": "a.bin", "storage_path": "base64:" + encoded},
         {"filename": "b.bin", "storage_path": encoded, "fetch_mode": "base64"},
-        {"filename": "c.bin", "storage_path": "base64:" + encoded, "fetch_mode": "base64",
-         "mime_type": "application/x-test"},
+        {
+            "filename": "c.bin",
+            "storage_path": "base64:" + encoded,
+            "fetch_mode": "base64",
+            "mime_type": "application/x-test",
+        },
     ]
     assert validate_attachments(atts, rt) is None
     result = await get_resolver(rt).resolve(Tenant(id="t1"), atts)
@@ -101,8 +105,10 @@ async def test_base64_exact_bytes_with_and_without_prefix(runtime: Any) -> None:
 @pytest.mark.parametrize("payload", ["base64:@@@@", "base64:QUJD!", "base64:QUI", "base64:QU=JD"])
 async def test_base64_invalid_is_rejected_at_enqueue(runtime: Any, payload: str) -> None:
     rt = runtime()
-    atts = [{"filename": "ok.txt", "storage_path": "base64:QUJD"},
-            {"filename": "bad.txt", "storage_path": payload}]
+    atts = [
+        {"filename": "ok.txt", "storage_path": "base64:QUJD"},
+        {"filename": "bad.txt", "storage_path": payload},
+    ]
     assert validate_attachments(atts, rt) == "attachment 2: invalid base64 content"
     with fails("attachment 'bad.txt': invalid base64"):
         await get_resolver(rt).resolve(Tenant(id="t1"), atts)
@@ -163,8 +169,11 @@ async def test_filesystem_paths_refused_at_enqueue_and_at_fetch(
     runtime: Any, base_dir: Path, path: str, reason: str
 ) -> None:
     rt = runtime(attachment_base_dirs=[str(base_dir)])
-    att = {"filename": "x", "storage_path": path.format(tmp=base_dir.parent),
-           "fetch_mode": "filesystem"}
+    att = {
+        "filename": "x",
+        "storage_path": path.format(tmp=base_dir.parent),
+        "fetch_mode": "filesystem",
+    }
     problem = validate_attachments([att], rt)
     assert problem is not None and reason in problem
     with fails("attachment 'x'"):
@@ -241,8 +250,11 @@ async def test_endpoint_tenant_url_with_bearer_auth(runtime: Any, servers: Any) 
     srv.files["doc_id=123"] = ALL_BYTES
     srv.required_auth = "Bearer tenant-token"
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    tenant = Tenant(id="t1", client_base_url=srv.url + "/",
-                    client_auth={"method": "bearer", "token": "tenant-token"})
+    tenant = Tenant(
+        id="t1",
+        client_base_url=srv.url + "/",
+        client_auth={"method": "bearer", "token": "tenant-token"},
+    )
     att = {"filename": "report.pdf", "storage_path": "doc_id=123"}  # inferred: endpoint
     assert validate_attachments([att], rt) is None
     assert await fetch_one(rt, att, tenant) == ALL_BYTES
@@ -256,16 +268,27 @@ async def test_endpoint_basic_auth_and_custom_path(runtime: Any, servers: Any) -
     srv.files["k"] = b"basic content"
     srv.required_auth = "Basic " + base64.b64encode(b"u:p w").decode()
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    tenant = Tenant(id="t1", client_base_url=srv.url, client_attachment_path="/api/att",
-                    client_auth={"method": "basic", "user": "u", "password": "p w"})
+    tenant = Tenant(
+        id="t1",
+        client_base_url=srv.url,
+        client_attachment_path="/api/att",
+        client_auth={"method": "basic", "user": "u", "password": "p w"},
+    )
     assert await fetch_one(rt, {"filename": "f", "storage_path": "k"}, tenant) == b"basic content"
-    bad = Tenant(id="t1", client_base_url=srv.url, client_attachment_path="/api/att",
-                 client_auth={"method": "basic", "user": "u", "password": "wrong"})
+    bad = Tenant(
+        id="t1",
+        client_base_url=srv.url,
+        client_attachment_path="/api/att",
+        client_auth={"method": "basic", "user": "u", "password": "wrong"},
+    )
     with fails("attachment 'f': HTTP 401"):
         await fetch_one(rt, {"filename": "f", "storage_path": "k"}, bad)
     # The attachment's own auth replaces the tenant's.
-    own = {"filename": "f", "storage_path": "k",
-           "auth": {"method": "basic", "user": "u", "password": "p w"}}
+    own = {
+        "filename": "f",
+        "storage_path": "k",
+        "auth": {"method": "basic", "user": "u", "password": "p w"},
+    }
     assert await fetch_one(rt, own, bad) == b"basic content"
 
 
@@ -295,8 +318,11 @@ async def test_endpoint_without_any_url_and_http_errors(runtime: Any, servers: A
         await fetch_one(rt, {"filename": "f", "storage_path": "doc"})
     srv = await servers(FileServer())
     with fails("attachment 'f': HTTP 404"):
-        await fetch_one(rt, {"filename": "f", "storage_path": "missing"},
-                        Tenant(id="t1", client_base_url=srv.url))
+        await fetch_one(
+            rt,
+            {"filename": "f", "storage_path": "missing"},
+            Tenant(id="t1", client_base_url=srv.url),
+        )
 
 
 # -- http_url ----------------------------------------------------------------------------------
@@ -306,8 +332,11 @@ async def test_http_url_exact_bytes_and_attachment_auth(runtime: Any, servers: A
     srv = await servers(FileServer())
     srv.files["a.bin"] = ALL_BYTES
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    att = {"filename": "a.bin", "storage_path": f"{srv.url}/files/a.bin",
-           "auth": {"method": "bearer", "token": "per-attachment"}}
+    att = {
+        "filename": "a.bin",
+        "storage_path": f"{srv.url}/files/a.bin",
+        "auth": {"method": "bearer", "token": "per-attachment"},
+    }
     assert validate_attachments([att], rt) is None
     assert await fetch_one(rt, att) == ALL_BYTES
     assert srv.requests[0]["headers"]["Authorization"] == "Bearer per-attachment"
@@ -321,8 +350,9 @@ async def test_tenant_auth_goes_only_to_the_tenants_own_origin(runtime: Any, ser
     other = await servers(FileServer("127.0.0.2"))
     own.files["f"] = other.files["f"] = b"data"
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    tenant = Tenant(id="t1", client_base_url=own.url,
-                    client_auth={"method": "bearer", "token": "tenant-secret"})
+    tenant = Tenant(
+        id="t1", client_base_url=own.url, client_auth={"method": "bearer", "token": "tenant-secret"}
+    )
     await fetch_one(rt, {"filename": "f", "storage_path": f"{own.url}/files/f"}, tenant)
     await fetch_one(rt, {"filename": "f", "storage_path": f"{other.url}/files/f"}, tenant)
     assert own.requests[0]["headers"].get("Authorization") == "Bearer tenant-secret"
@@ -417,8 +447,11 @@ async def test_redirect_to_loopback_is_refused(runtime: Any, servers: Any) -> No
     srv = await servers(FileServer("127.0.0.2"))
     canary = await servers(Canary("127.0.0.1"))
     rt = runtime(fetch_allow_networks=["127.0.0.2/32"])
-    for target in (f"http://127.0.0.1:{canary.port}/x", f"http://localhost:{canary.port}/x",
-                   f"http://2130706433:{canary.port}/x"):
+    for target in (
+        f"http://127.0.0.1:{canary.port}/x",
+        f"http://localhost:{canary.port}/x",
+        f"http://2130706433:{canary.port}/x",
+    ):
         url = f"{srv.url}/redirect?to={target}"
         with pytest.raises(FetchError, match="refused by the address policy"):
             await fetch_one(rt, {"filename": "f", "storage_path": url})
@@ -445,8 +478,11 @@ async def test_cross_origin_redirect_drops_credentials(runtime: Any, servers: An
     second = await servers(FileServer("127.0.0.2"))
     second.files["f"] = b"elsewhere"
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    att = {"filename": "f", "storage_path": f"{first.url}/redirect?to={second.url}/files/f",
-           "auth": {"method": "bearer", "token": "only-for-first"}}
+    att = {
+        "filename": "f",
+        "storage_path": f"{first.url}/redirect?to={second.url}/files/f",
+        "auth": {"method": "bearer", "token": "only-for-first"},
+    }
     assert await fetch_one(rt, att) == b"elsewhere"
     assert first.requests[0]["headers"]["Authorization"] == "Bearer only-for-first"
     assert "Authorization" not in second.requests[0]["headers"]
@@ -517,8 +553,11 @@ async def test_corrupted_disk_entry_is_detected_and_refetched(
     content = os.urandom(8192)
     srv = await servers(FileServer())
     srv.files["big"] = content
-    rt = runtime(fetch_allow_networks=LOOPBACK, cache_memory_item_max_kb=1,
-                 cache_disk_dir=str(tmp_path / "cache"))
+    rt = runtime(
+        fetch_allow_networks=LOOPBACK,
+        cache_memory_item_max_kb=1,
+        cache_disk_dir=str(tmp_path / "cache"),
+    )
     tenant = Tenant(id="t1", client_base_url=srv.url)
     key = md5(content)
     att = {"filename": f"big_{{MD5:{key}}}.bin", "storage_path": "big"}
@@ -600,8 +639,10 @@ async def test_one_failed_attachment_fails_the_message(runtime: Any, servers: An
     srv = await servers(FileServer())
     srv.files["ok"] = b"fine"
     rt = runtime(fetch_allow_networks=LOOPBACK)
-    atts = [{"filename": "ok.txt", "storage_path": "ok"},
-            {"filename": "missing.txt", "storage_path": "nope"}]
+    atts = [
+        {"filename": "ok.txt", "storage_path": "ok"},
+        {"filename": "missing.txt", "storage_path": "nope"},
+    ]
     with fails("attachment 'missing.txt': HTTP 404"):
         await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), atts)
 
@@ -618,8 +659,11 @@ async def test_vault_plugin_is_discovered_and_fetches(
     rt = runtime()
     assert "vault" in rt.fetchers and rt.fetchers.owner("vault") == "vault"
     assert "vault" in rt.plugins.names()
-    att = {"filename": f"c_{{MD5:{md5(ALL_BYTES)}}}.pdf", "storage_path": "contracts/2024-17",
-           "fetch_mode": "vault"}
+    att = {
+        "filename": f"c_{{MD5:{md5(ALL_BYTES)}}}.pdf",
+        "storage_path": "contracts/2024-17",
+        "fetch_mode": "vault",
+    }
     assert validate_attachments([att], rt) is None
     [result] = await get_resolver(rt).resolve(Tenant(id="t1"), [att])
     assert (result.filename, result.content) == ("c.pdf", ALL_BYTES)

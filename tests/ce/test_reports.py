@@ -73,8 +73,15 @@ async def test_each_outcome_is_pushed_once_with_exactly_the_api_fields(
     t0 = time.time() - 10
     await record_outcome(rt, "m1", "sent", ts=t0)
     await record_outcome(rt, "m2", "error", ts=t0 + 1, error="554 5.7.1 rejected")
-    await record_outcome(rt, "m3", "deferred", ts=t0 + 2, deferred_ts=t0 + 60,
-                         deferred_reason="451 4.3.0 later", error="451 4.3.0 later")
+    await record_outcome(
+        rt,
+        "m3",
+        "deferred",
+        ts=t0 + 2,
+        deferred_ts=t0 + 60,
+        deferred_reason="451 4.3.0 later",
+        error="451 4.3.0 later",
+    )
     await record_outcome(rt, "m3", "sent", ts=t0 + 3, enqueue=False)
     items = await rc.wait_items(4)
     assert items == [
@@ -114,8 +121,7 @@ async def test_batches_respect_the_batch_size_and_follow_each_other_at_once(
     start_app: Any, report_client: ReportClient
 ) -> None:
     rc = report_client
-    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600,
-                                 report_batch_size=2)
+    _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600, report_batch_size=2)
     await rc.wait_requests(1)  # the start-up heartbeat
     for i in range(5):
         await record_outcome(rt, f"b{i}", "sent", wake=False)
@@ -148,22 +154,48 @@ async def test_bounce_and_pec_events_map_to_their_fields(
     await rc.wait_requests(1)
     t0 = time.time() - 100
     await record_outcome(rt, "pb", "sent", ts=t0, wake=False)
-    added = await rt.storage.add_events([
-        NewEvent("default", "pb", "bounce", t0 + 5, "mailbox unknown",
-                 {"bounce_type": "hard", "bounce_code": "5.1.1", "bounce_reason": "no user"}),
-        NewEvent("default", "pb", "pec_acceptance", t0 + 6, None,
-                 {"pec_details": {"from": "posta-certificata@pec.example"},
-                  "pec_acceptance_ts": t0 + 6}),
-        NewEvent("default", "nobody", "bounce", t0, None, {}),  # unknown message: ignored
-    ])
+    added = await rt.storage.add_events(
+        [
+            NewEvent(
+                "default",
+                "pb",
+                "bounce",
+                t0 + 5,
+                "mailbox unknown",
+                {"bounce_type": "hard", "bounce_code": "5.1.1", "bounce_reason": "no user"},
+            ),
+            NewEvent(
+                "default",
+                "pb",
+                "pec_acceptance",
+                t0 + 6,
+                None,
+                {
+                    "pec_details": {"from": "posta-certificata@pec.example"},
+                    "pec_acceptance_ts": t0 + 6,
+                },
+            ),
+            NewEvent("default", "nobody", "bounce", t0, None, {}),  # unknown message: ignored
+        ]
+    )
     assert added == 2
     rt.wake_reporter()
     items = await rc.wait_items(3)
     assert items[1:] == [
-        {"id": "pb", "bounce_ts": t0 + 5, "bounce_type": "hard", "bounce_code": "5.1.1",
-         "bounce_reason": "no user"},
-        {"id": "pb", "pec_event": "pec_acceptance", "pec_ts": t0 + 6,
-         "pec_details": {"from": "posta-certificata@pec.example"}, "pec_acceptance_ts": t0 + 6},
+        {
+            "id": "pb",
+            "bounce_ts": t0 + 5,
+            "bounce_type": "hard",
+            "bounce_code": "5.1.1",
+            "bounce_reason": "no user",
+        },
+        {
+            "id": "pb",
+            "pec_event": "pec_acceptance",
+            "pec_ts": t0 + 6,
+            "pec_details": {"from": "posta-certificata@pec.example"},
+            "pec_acceptance_ts": t0 + 6,
+        },
     ]
 
 
@@ -174,20 +206,27 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
 ) -> None:
     async with ReportClient() as bad, ReportClient() as good:
         bad.mode = mode
-        client, rt = await start_app(client_sync_url=good.url, sync_timeout=0.5,
-                                     fetch_allow_networks=["127.0.0.0/8"])
+        client, rt = await start_app(
+            client_sync_url=good.url, sync_timeout=0.5, fetch_allow_networks=["127.0.0.0/8"]
+        )
         await rt.storage.save_tenant(Tenant("acme", client_base_url=bad.base_url))
         await record_outcome(rt, "a1", "sent", tenant_id="acme", wake=False)
-        await record_outcome(rt, "a2", "error", tenant_id="acme", error="550 no such user",
-                             wake=False)
+        await record_outcome(
+            rt, "a2", "error", tenant_id="acme", error="550 no such user", wake=False
+        )
         await record_outcome(rt, "d1", "sent")  # wakes the reporter: a1 and a2 go together
         # acme is retried with backoff; each attempt carries the same two events ...
-        await bad.wait_for(lambda: sum(1 for r in bad.requests if r.items) >= 2, timeout=15)
+        # (Under load the periodic outbox scan may catch a1 alone once: wait for two
+        # attempts that carry both.)
+        def full(r: Any) -> bool:
+            return [i["id"] for i in r.items] == ["a1", "a2"]
+
+        await bad.wait_for(lambda: sum(1 for r in bad.requests if full(r)) >= 2, timeout=20)
         # ... while the default tenant's report went through.
         assert [i["id"] for i in await good.wait_items(1)] == ["d1"]
-        attempts = [r for r in bad.requests if r.items]
+        attempts = [r for r in bad.requests if full(r)]
         assert attempts[1].at - attempts[0].at >= 0.4  # backoff (1 s, jitter 50-100 %)
-        assert all([i["id"] for i in r.items] == ["a1", "a2"] for r in attempts)
+        assert all({i["id"] for i in r.items} <= {"a1", "a2"} for r in bad.requests)
         assert len({r.headers["webhook-id"] for r in attempts}) == 1  # a resend keeps its id
         assert not any(r.accepted for r in bad.requests)
         assert await backlog(rt, "acme") == 2
@@ -199,9 +238,21 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
 
         # Dispatch is not held up either: a real message of the default tenant goes out.
         await rt.storage.save_account(_file_account(tmp_path))
-        resp = await client.post("/commands/add-messages", headers=client.admin_headers, json={
-            "messages": [{"id": "live", "from": "a@example.com", "to": ["b@example.com"],
-                          "subject": "hi", "body": "x"}]})
+        resp = await client.post(
+            "/commands/add-messages",
+            headers=client.admin_headers,
+            json={
+                "messages": [
+                    {
+                        "id": "live",
+                        "from": "a@example.com",
+                        "to": ["b@example.com"],
+                        "subject": "hi",
+                        "body": "x",
+                    }
+                ]
+            },
+        )
         assert resp.status == 200, await resp.text()
         rt.scheduler_active = True
         rt.wake_dispatcher()
@@ -223,15 +274,24 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
 def _file_account(tmp_path: Any) -> Any:
     from mail_proxy.core.model import Account
 
-    return Account("default", "files", transport="file", default=True,
-                   options={"directory": str(tmp_path / "out")})
+    return Account(
+        "default",
+        "files",
+        transport="file",
+        default=True,
+        options={"directory": str(tmp_path / "out")},
+    )
 
 
 async def test_a_hanging_client_does_not_delay_another_tenant(start_app: Any) -> None:
     async with ReportClient() as slow, ReportClient() as fast:
         slow.mode = "hang"
-        _client, rt = await start_app(client_sync_url=fast.url, sync_timeout=60,
-                                     sync_interval=3600, fetch_allow_networks=["127.0.0.0/8"])
+        _client, rt = await start_app(
+            client_sync_url=fast.url,
+            sync_timeout=60,
+            sync_interval=3600,
+            fetch_allow_networks=["127.0.0.0/8"],
+        )
         await rt.storage.save_tenant(Tenant("slow", client_base_url=slow.base_url))
         await record_outcome(rt, "s1", "sent", tenant_id="slow")
         await slow.wait_for(lambda: slow.in_flight == 1)
@@ -260,7 +320,9 @@ async def test_reports_survive_a_restart_while_the_client_is_down(
     rt2 = second.app[RUNTIME]
     items = await rc.wait_items(2, timeout=15)
     assert [(i["id"], sorted(i)) for i in items] == [
-        ("r1", ["id", "sent_ts"]), ("r2", ["error", "error_ts", "id"])]
+        ("r1", ["id", "sent_ts"]),
+        ("r2", ["error", "error_ts", "id"]),
+    ]
     await wait_until(lambda: _zero(backlog(rt2)), what="acknowledged after restart")
     rt2.wake_reporter()
     await asyncio.sleep(0.3)
@@ -297,7 +359,7 @@ def _metric(text: str, name: str, tenant: str = "default") -> float:
     prefix = f'{name}{{tenant_id="{tenant}"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
-            return float(line[len(prefix):])
+            return float(line[len(prefix) :])
     raise AssertionError(f"{prefix!r} not in /metrics")
 
 
@@ -342,8 +404,7 @@ async def test_next_sync_after_holds_heartbeats_but_not_reports_and_tenant_run_n
     await asyncio.sleep(0.5)
     assert len(rc.requests) == 2  # the admin's run-now respects the tenant's DND
 
-    resp = await client.post("/commands/run-now", json={},
-                             headers={"X-API-Token": TENANT_TOKEN})
+    resp = await client.post("/commands/run-now", json={}, headers={"X-API-Token": TENANT_TOKEN})
     assert resp.status == 200, await resp.text()
     await rc.wait_requests(3)  # the tenant's own run-now calls it at once ...
     assert rc.requests[2].items == []
@@ -352,8 +413,13 @@ async def test_next_sync_after_holds_heartbeats_but_not_reports_and_tenant_run_n
 
 
 # -- signing, auth, address policy ----------------------------------------------------------------
-def independent_verify(secret: str, headers: dict[str, str], body: bytes,
-                       now: float | None = None, tolerance: float = 300) -> bool:
+def independent_verify(
+    secret: str,
+    headers: dict[str, str],
+    body: bytes,
+    now: float | None = None,
+    tolerance: float = 300,
+) -> bool:
     """What a client writes from the docs (no import of the proxy's signing module)."""
     import hashlib
     import hmac
@@ -391,11 +457,15 @@ async def test_requests_are_signed_with_the_global_or_the_tenant_secret(
     tenant_secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     docs_verify = _docs_verifier()
     async with ReportClient() as glob, ReportClient() as own:
-        _client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
-                                     client_sync_secret="global-s3cret",
-                                     fetch_allow_networks=["127.0.0.0/8"])
+        _client, rt = await start_app(
+            client_sync_url=glob.url,
+            sync_interval=3600,
+            client_sync_secret="global-s3cret",
+            fetch_allow_networks=["127.0.0.0/8"],
+        )
         await rt.storage.save_tenant(
-            Tenant("acme", client_base_url=own.base_url, sync_secret=tenant_secret))
+            Tenant("acme", client_base_url=own.base_url, sync_secret=tenant_secret)
+        )
         await record_outcome(rt, "g1", "sent")
         await record_outcome(rt, "t1", "sent", tenant_id="acme")
         await glob.wait_items(1)
@@ -437,15 +507,27 @@ async def test_auth_headers_come_from_client_auth_or_the_global_settings(
     start_app: Any,
 ) -> None:
     async with ReportClient() as glob, ReportClient() as bearer, ReportClient() as basic:
-        _client, rt = await start_app(client_sync_url=glob.url, sync_interval=3600,
-                                     client_sync_token="glob-token",
-                                     fetch_allow_networks=["127.0.0.0/8"])
-        await rt.storage.save_tenant(Tenant("b1", client_base_url=bearer.base_url + "/app/",
-                                            client_sync_path="hooks/sync",
-                                            client_auth={"method": "bearer", "token": "tk1"}))
-        await rt.storage.save_tenant(Tenant("b2", client_base_url=basic.base_url,
-                                            client_auth={"method": "basic", "user": "u",
-                                                         "password": "p:w"}))
+        _client, rt = await start_app(
+            client_sync_url=glob.url,
+            sync_interval=3600,
+            client_sync_token="glob-token",
+            fetch_allow_networks=["127.0.0.0/8"],
+        )
+        await rt.storage.save_tenant(
+            Tenant(
+                "b1",
+                client_base_url=bearer.base_url + "/app/",
+                client_sync_path="hooks/sync",
+                client_auth={"method": "bearer", "token": "tk1"},
+            )
+        )
+        await rt.storage.save_tenant(
+            Tenant(
+                "b2",
+                client_base_url=basic.base_url,
+                client_auth={"method": "basic", "user": "u", "password": "p:w"},
+            )
+        )
         await record_outcome(rt, "g", "sent")
         await record_outcome(rt, "x", "sent", tenant_id="b1")
         await record_outcome(rt, "y", "sent", tenant_id="b2")
@@ -470,13 +552,16 @@ async def test_tenant_urls_obey_the_address_policy(
     await record_outcome(rt, "p1", "sent", tenant_id="acme")
 
     async def failed() -> bool:
-        return any(e["tenant_id"] == "acme" and e["failures"] >= 1
-                   for e in reporter_of(rt).sync_status())
+        return any(
+            e["tenant_id"] == "acme" and e["failures"] >= 1 for e in reporter_of(rt).sync_status()
+        )
 
     await wait_until(failed, what="refused sync")
     entry = status_of(rt, "acme")
-    assert "address policy" in entry["last_error"] and "GMP_FETCH_ALLOW_NETWORKS" in (
-        entry["last_error"])
+    assert (
+        "address policy" in entry["last_error"]
+        and "GMP_FETCH_ALLOW_NETWORKS" in (entry["last_error"])
+    )
     assert rc.requests == [] and await backlog(rt, "acme") == 1
 
 
@@ -485,8 +570,9 @@ async def test_sync_status_reports_each_tenant(start_app: Any, report_client: Re
     rc.answers = [{"next_sync_after": FAR}]
     _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
     await rc.wait_requests(1)
-    await wait_until(lambda: _true(status_of(rt)["last_success_ts"] is not None
-                                   and not status_of(rt)["syncing"]))
+    await wait_until(
+        lambda: _true(status_of(rt)["last_success_ts"] is not None and not status_of(rt)["syncing"])
+    )
     entry = status_of(rt)
     assert entry["sink"] == "http" and entry["url"] == rc.url
     assert entry["dnd"] is True and entry["next_due_ts"] == FAR

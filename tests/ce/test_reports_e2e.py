@@ -30,17 +30,30 @@ async def rc() -> Any:
 
 
 async def test_sent_error_and_deferred_outcomes_reach_the_client(
-    db_url: str, aiohttp_client_factory: Any, make_settings: Any, smtp: SmtpTestServer,
+    db_url: str,
+    aiohttp_client_factory: Any,
+    make_settings: Any,
+    smtp: SmtpTestServer,
     rc: ReportClient,
 ) -> None:
-    client = await aiohttp_client_factory(make_settings(
-        client_sync_url=rc.url, sync_interval=3600, retry_delays=[0.3], database_url=db_url))
+    client = await aiohttp_client_factory(
+        make_settings(
+            client_sync_url=rc.url, sync_interval=3600, retry_delays=[0.3], database_url=db_url
+        )
+    )
     await add_account(client, smtp, default=True)
-    smtp.script_rcpt = {"bad@example.com": "550 5.1.1 no such user",
-                        "tmp@example.com": "450 4.2.0 mailbox busy"}
-    await enqueue(client, [message(id="ok", to="ok@example.com"),
-                           message(id="bad", to="bad@example.com"),
-                           message(id="tmp", to="tmp@example.com")])
+    smtp.script_rcpt = {
+        "bad@example.com": "550 5.1.1 no such user",
+        "tmp@example.com": "450 4.2.0 mailbox busy",
+    }
+    await enqueue(
+        client,
+        [
+            message(id="ok", to="ok@example.com"),
+            message(id="bad", to="bad@example.com"),
+            message(id="tmp", to="tmp@example.com"),
+        ],
+    )
     await wait_status(client, "tmp", "deferred")
     smtp.script_rcpt = {"bad@example.com": "550 5.1.1 no such user"}
     await wait_status(client, "tmp", "sent")
@@ -65,13 +78,17 @@ async def test_sent_error_and_deferred_outcomes_reach_the_client(
 
 
 async def test_a_client_submitting_from_its_sync_handler_gets_one_burst(
-    aiohttp_client_factory: Any, make_settings: Any, smtp: SmtpTestServer, rc: ReportClient,
+    aiohttp_client_factory: Any,
+    make_settings: Any,
+    smtp: SmtpTestServer,
+    rc: ReportClient,
 ) -> None:
     """The classic flow: the proxy calls, the client submits mail and answers queued > 0,
     the proxy calls again at once; the mail is sent and reported without a heartbeat."""
     client = await aiohttp_client_factory(
         make_settings(client_sync_url=rc.url, sync_interval=3600),
-        plugins=plugins_with_tenant_tokens())
+        plugins=plugins_with_tenant_tokens(),
+    )
     await add_account(client, smtp, default=True)
     outbox = [[message(id="q1"), message(id="q2")], [message(id="q3")]]
 

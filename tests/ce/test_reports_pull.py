@@ -30,8 +30,9 @@ async def app(db_url: str, aiohttp_client_factory: Any, make_settings: Any) -> A
     return await aiohttp_client_factory(settings, plugins=plugins_with_tenant_tokens())
 
 
-async def get(client: Any, path: str, status: int = 200, token: str | None = None,
-              **params: Any) -> dict[str, Any]:
+async def get(
+    client: Any, path: str, status: int = 200, token: str | None = None, **params: Any
+) -> dict[str, Any]:
     headers = {"X-API-Token": token} if token else client.admin_headers
     resp = await client.get(path, params=params, headers=headers)
     data: dict[str, Any] = await resp.json()
@@ -40,8 +41,9 @@ async def get(client: Any, path: str, status: int = 200, token: str | None = Non
 
 
 async def ack(client: Any, cursor: str, status: int = 200, **extra: Any) -> dict[str, Any]:
-    resp = await client.post("/reports/ack", json={"cursor": cursor, **extra},
-                             headers=client.admin_headers)
+    resp = await client.post(
+        "/reports/ack", json={"cursor": cursor, **extra}, headers=client.admin_headers
+    )
     data: dict[str, Any] = await resp.json()
     assert resp.status == status, data
     return data
@@ -66,7 +68,8 @@ async def test_pull_pages_in_order_resume_exactly_and_ack_up_to_a_cursor(app: An
     # Same items as a push would carry, plus their cursor.
     stripped = [{k: v for k, v in i.items() if k != "cursor"} for i in items]
     assert stripped == [{"id": f"p{i}", "sent_ts": t0 + i} for i in range(4)] + [
-        {"id": "p4", "error_ts": t0 + 4, "error": "550 unknown user"}]
+        {"id": "p4", "error_ts": t0 + 4, "error": "550 unknown user"}
+    ]
     empty = await get(app, "/reports", after=third["next_cursor"])
     assert empty["delivery_report"] == [] and empty["next_cursor"] == third["next_cursor"]
 
@@ -102,8 +105,11 @@ async def test_pull_is_tenant_scoped_and_refuses_bad_cursors(app: Any) -> None:
     assert refused["code"] == "tenant_scope"
 
     # acme acknowledging with a cursor that lies beyond default's event touches only acme.
-    resp = await app.post("/reports/ack", json={"cursor": own["next_cursor"]},
-                          headers={"X-API-Token": "tenant-token:acme"})
+    resp = await app.post(
+        "/reports/ack",
+        json={"cursor": own["next_cursor"]},
+        headers={"X-API-Token": "tenant-token:acme"},
+    )
     assert (await resp.json())["acknowledged"] == 1
     assert [i["id"] for i in (await get(app, "/reports"))["delivery_report"]] == ["d1"]
 
@@ -126,14 +132,16 @@ async def test_retention_purges_old_acknowledged_messages_only(app: Any) -> None
     acked = await record_outcome(rt, "old-acked", "sent", ts=old)
     await record_outcome(rt, "old-unacked", "error", ts=old, error="550 gone")
     recent = await record_outcome(rt, "recent-acked", "sent")
-    await record_outcome(rt, "old-deferred", "deferred", ts=old, deferred_ts=old + 60,
-                         deferred_reason="451 later")
+    await record_outcome(
+        rt, "old-deferred", "deferred", ts=old, deferred_ts=old + 60, deferred_reason="451 later"
+    )
     for tenant_events in (await storage.fetch_unreported("default", 100),):
         pks = [e.pk for e in tenant_events if e.message_pk in (acked, recent)]
         assert len(pks) == 2
         await storage.acknowledge_events("default", pks, time.time())
-    deferred_events = [e for e in await storage.fetch_unreported("default", 100)
-                       if e.message_id == "old-deferred"]
+    deferred_events = [
+        e for e in await storage.fetch_unreported("default", 100) if e.message_id == "old-deferred"
+    ]
     await storage.acknowledge_events("default", [e.pk for e in deferred_events], time.time())
 
     [job] = [s for s in rt.services if isinstance(s, Housekeeping)]
@@ -166,22 +174,43 @@ async def test_report_item_shapes_for_every_event_type() -> None:
     assert report_item(ev("sent", None, attempts=2)) == {"id": "m", "sent_ts": 100.0}
     assert report_item(ev("error", "boom")) == {"id": "m", "error_ts": 100.0, "error": "boom"}
     assert report_item(ev("deferred", "busy", deferred_ts=160.0)) == {
-        "id": "m", "deferred_ts": 160.0, "deferred_reason": "busy"}
+        "id": "m",
+        "deferred_ts": 160.0,
+        "deferred_reason": "busy",
+    }
     assert report_item(ev("bounce", "no such user", bounce_type="hard", bounce_code="5.1.1")) == {
-        "id": "m", "bounce_ts": 100.0, "bounce_type": "hard", "bounce_code": "5.1.1",
-        "bounce_reason": "no such user"}
-    assert report_item(ev("pec_delivery", None, pec_details={"to": "x"}, pec_delivery_ts=100.0,
-                          pec_acceptance_ts=90.0)) == {
-        "id": "m", "pec_event": "pec_delivery", "pec_ts": 100.0, "pec_details": {"to": "x"},
-        "pec_acceptance_ts": 90.0, "pec_delivery_ts": 100.0}
+        "id": "m",
+        "bounce_ts": 100.0,
+        "bounce_type": "hard",
+        "bounce_code": "5.1.1",
+        "bounce_reason": "no such user",
+    }
+    assert report_item(
+        ev(
+            "pec_delivery",
+            None,
+            pec_details={"to": "x"},
+            pec_delivery_ts=100.0,
+            pec_acceptance_ts=90.0,
+        )
+    ) == {
+        "id": "m",
+        "pec_event": "pec_delivery",
+        "pec_ts": 100.0,
+        "pec_details": {"to": "x"},
+        "pec_acceptance_ts": 90.0,
+        "pec_delivery_ts": 100.0,
+    }
 
 
 async def test_pull_and_push_never_deliver_an_acknowledged_event_twice(
-    aiohttp_client_factory: Any, make_settings: Any,
+    aiohttp_client_factory: Any,
+    make_settings: Any,
 ) -> None:
     async with ReportClient() as rc:
-        client = await aiohttp_client_factory(make_settings(
-            scheduler_active=False, client_sync_url=rc.url, sync_interval=3600))
+        client = await aiohttp_client_factory(
+            make_settings(scheduler_active=False, client_sync_url=rc.url, sync_interval=3600)
+        )
         rt = client.app[RUNTIME]
         await record_outcome(rt, "x1", "sent")
         await rc.wait_items(1)

@@ -60,8 +60,13 @@ def build(p: dict[str, Any], mail_id: str = "m1", attachments: list[Attachment] 
     return email, sender, rcpts
 
 
-async def send(transport: SmtpTransport, account: Account, p: dict[str, Any] | None = None,
-               mail_id: str = "m1", attachments: list[Attachment] | None = None):  # type: ignore[no-untyped-def]
+async def send(
+    transport: SmtpTransport,
+    account: Account,
+    p: dict[str, Any] | None = None,
+    mail_id: str = "m1",
+    attachments: list[Attachment] | None = None,
+):  # type: ignore[no-untyped-def]
     email, sender, rcpts = build(p or payload(), mail_id, attachments)
     return await transport.send(account, email, sender, rcpts)
 
@@ -99,15 +104,24 @@ async def test_delivers_headers_envelope_and_attachments(
         headers={"X-Campaign": "spring"},
     )
     mid = new_message_id(p["from"])
-    email = build_email(p, message_id=mid, mail_id="client-42", attachments=[
-        Attachment("résumé été.pdf", binary, None),
-        Attachment("dati.csv", text_file, "text/csv"),
-    ])
+    email = build_email(
+        p,
+        message_id=mid,
+        mail_id="client-42",
+        attachments=[
+            Attachment("résumé été.pdf", binary, None),
+            Attachment("dati.csv", text_file, "text/csv"),
+        ],
+    )
     sender, rcpts = envelope(p)
     result = await transport.send(account_for(smtp_server), email, sender, rcpts)
 
-    assert result.accepted == ["a@example.com", "b@example.com", "c@example.com",
-                               "hidden@example.com"]
+    assert result.accepted == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "hidden@example.com",
+    ]
     assert not result.temp_failed and not result.perm_failed
     assert result.response
     [got] = smtp_server.messages
@@ -150,7 +164,8 @@ async def test_pool_reuses_one_connection(
 
 
 async def test_idle_connections_are_closed_after_idle_timeout(
-    smtp_server: SmtpTestServer, smtp_runtime: Callable[..., Runtime],
+    smtp_server: SmtpTestServer,
+    smtp_runtime: Callable[..., Runtime],
     smtp_transport_factory: Callable[..., SmtpTransport],
 ) -> None:
     transport = smtp_transport_factory(smtp_runtime(smtp_idle_timeout=0.2))
@@ -164,7 +179,8 @@ async def test_idle_connections_are_closed_after_idle_timeout(
 
 
 async def test_noop_checks_a_connection_idle_for_a_while(
-    smtp_server: SmtpTestServer, rt: Runtime,
+    smtp_server: SmtpTestServer,
+    rt: Runtime,
     smtp_transport_factory: Callable[..., SmtpTransport],
 ) -> None:
     transport = smtp_transport_factory(rt, noop_after=0.0)
@@ -177,7 +193,8 @@ async def test_noop_checks_a_connection_idle_for_a_while(
 
 
 async def test_connection_closed_by_server_is_replaced(
-    smtp_server: SmtpTestServer, rt: Runtime,
+    smtp_server: SmtpTestServer,
+    rt: Runtime,
     smtp_transport_factory: Callable[..., SmtpTransport],
 ) -> None:
     transport = smtp_transport_factory(rt, noop_after=0.0)
@@ -192,15 +209,14 @@ async def test_connection_closed_by_server_is_replaced(
 
 
 async def test_at_most_max_sends_per_account_connections(
-    smtp_server: SmtpTestServer, smtp_runtime: Callable[..., Runtime],
+    smtp_server: SmtpTestServer,
+    smtp_runtime: Callable[..., Runtime],
     smtp_transport_factory: Callable[..., SmtpTransport],
 ) -> None:
     transport = smtp_transport_factory(smtp_runtime(max_sends_per_account=2))
     smtp_server.data_delay = 0.1
     account = account_for(smtp_server)
-    results = await asyncio.gather(
-        *(send(transport, account, mail_id=f"m{i}") for i in range(6))
-    )
+    results = await asyncio.gather(*(send(transport, account, mail_id=f"m{i}") for i in range(6)))
     assert all(r.accepted == ["a@example.com"] for r in results)
     assert len(smtp_server.messages) == 6
     assert smtp_server.connection_count == 2
@@ -224,9 +240,7 @@ async def test_accounts_have_separate_pools_and_an_edit_starts_a_new_one(
     assert [a.success for a in server.auth_attempts] == [True, True, True]
 
 
-async def test_close_quits_pooled_connections(
-    smtp_server: SmtpTestServer, rt: Runtime
-) -> None:
+async def test_close_quits_pooled_connections(smtp_server: SmtpTestServer, rt: Runtime) -> None:
     transport = SmtpTransport(rt)
     await send(transport, account_for(smtp_server))
     await transport.close()
@@ -253,9 +267,7 @@ async def test_data_4xx_is_temporary_and_the_connection_is_kept(
     assert smtp_server.connection_count == 1
 
 
-async def test_data_5xx_is_permanent(
-    smtp_server: SmtpTestServer, transport: SmtpTransport
-) -> None:
+async def test_data_5xx_is_permanent(smtp_server: SmtpTestServer, transport: SmtpTransport) -> None:
     smtp_server.data_replies.append("554 5.6.0 message content rejected")
     with pytest.raises(TransportError) as err:
         await send(transport, account_for(smtp_server))
@@ -367,8 +379,7 @@ async def test_account_without_host_is_permanent(transport: SmtpTransport) -> No
 async def test_auth_over_starttls(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
-    server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD),
-                                       auth_required=True)
+    server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD), auth_required=True)
     account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD))
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
@@ -379,7 +390,9 @@ async def test_auth_over_starttls(
 
 
 async def test_auth_failure_is_permanent_and_the_password_never_shows(
-    smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport,
+    smtp_server_factory: Callable[..., Any],
+    rt: Runtime,
+    transport: SmtpTransport,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -400,15 +413,13 @@ async def test_required_starttls_not_offered_fails_before_auth(
 ) -> None:
     # The server even advertises AUTH in clear text: the client must not take the bait.
     server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD),
-                          starttls=True)
+    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD), starttls=True)
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
     assert "STARTTLS" in str(err.value)
     assert server.auth_attempts == []
-    assert all("AUTH" not in c.commands and "MAIL" not in c.commands
-               for c in server.connections)
+    assert all("AUTH" not in c.commands and "MAIL" not in c.commands for c in server.connections)
     assert server.messages == []
 
 
@@ -425,8 +436,7 @@ async def test_implicit_tls_with_a_private_ca(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(implicit_tls=True, auth=("user", PASSWORD))
-    account = account_for(server, use_tls=True, user="user",
-                          password_enc=rt.encrypt(PASSWORD))
+    account = account_for(server, use_tls=True, user="user", password_enc=rt.encrypt(PASSWORD))
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
     assert server.messages[0].tls is True
@@ -452,8 +462,9 @@ async def test_starttls_untrusted_certificate_is_permanent_and_sends_no_auth(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD))
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD),
-                          options={"tls_ca_file": None})
+    account = account_for(
+        server, user="user", password_enc=rt.encrypt(PASSWORD), options={"tls_ca_file": None}
+    )
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
@@ -466,8 +477,7 @@ async def test_tls_verification_can_be_disabled_explicitly(
     smtp_server_factory: Callable[..., Any], transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(implicit_tls=True)
-    account = account_for(server, use_tls=True,
-                          options={"tls_ca_file": None, "tls_verify": False})
+    account = account_for(server, use_tls=True, options={"tls_ca_file": None, "tls_verify": False})
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
 
@@ -476,8 +486,9 @@ async def test_missing_ca_file_is_permanent(
     smtp_server_factory: Callable[..., Any], transport: SmtpTransport, tmp_path: Path
 ) -> None:
     server = await smtp_server_factory(implicit_tls=True)
-    account = account_for(server, use_tls=True,
-                          options={"tls_ca_file": str(tmp_path / "missing.pem")})
+    account = account_for(
+        server, use_tls=True, options={"tls_ca_file": str(tmp_path / "missing.pem")}
+    )
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
@@ -498,8 +509,9 @@ def test_register_adds_smtp_and_file(rt: Runtime) -> None:
 async def test_file_transport_writes_a_parseable_eml(rt: Runtime, tmp_path: Path) -> None:
     transport = FileTransport(rt)
     outdir = tmp_path / "out"
-    account = Account(tenant_id="default", id="files", transport="file",
-                      options={"directory": str(outdir)})
+    account = Account(
+        tenant_id="default", id="files", transport="file", options={"directory": str(outdir)}
+    )
     p = payload(to=["a@example.com"], bcc=["hidden@example.com"])
     content = b"\x00\x01binary\xff"
     email, sender, rcpts = build(p, "mail/../42", [Attachment("x.bin", content, None)])

@@ -140,15 +140,29 @@ def test_content_md5_and_keys() -> None:
         ({"filename": "f", "storage_path": "p", "mime_type": "a/b\r\nX: y"}, "invalid mime_type"),
         ({"filename": "f", "storage_path": "p", "content_md5": "abc"}, "invalid content_md5"),
         ({"filename": "f", "storage_path": "p", "content_md5": "g" * 32}, "invalid content_md5"),
-        ({"filename": f"f_{{MD5:{'a' * 32}}}", "storage_path": "p", "content_md5": "b" * 32},
-         "marker and content_md5 differ"),
+        (
+            {"filename": f"f_{{MD5:{'a' * 32}}}", "storage_path": "p", "content_md5": "b" * 32},
+            "marker and content_md5 differ",
+        ),
         ({"filename": "f", "storage_path": "p", "auth": "token"}, "auth must be an object"),
         ({"filename": "f", "storage_path": "p", "auth": {"method": "digest"}}, "auth method"),
         ({"filename": "f", "storage_path": "p", "auth": {"method": "bearer"}}, "needs a token"),
-        ({"filename": "f", "storage_path": "p",
-          "auth": {"method": "bearer", "token": "a\r\nX-Evil: 1"}}, "needs a token"),
-        ({"filename": "f", "storage_path": "p",
-          "auth": {"method": "basic", "user": "a:b", "password": "c"}}, "needs a user"),
+        (
+            {
+                "filename": "f",
+                "storage_path": "p",
+                "auth": {"method": "bearer", "token": "a\r\nX-Evil: 1"},
+            },
+            "needs a token",
+        ),
+        (
+            {
+                "filename": "f",
+                "storage_path": "p",
+                "auth": {"method": "basic", "user": "a:b", "password": "c"},
+            },
+            "needs a user",
+        ),
     ],
 )
 def test_parse_spec_rejections(att: Any, reason: str) -> None:
@@ -179,16 +193,17 @@ def test_validate_attachments_reasons(runtime: Callable[..., Runtime]) -> None:
     assert validate_attachments([], rt) is None
     assert validate_attachments([ok, ok], rt) is None
     assert validate_attachments("nope", rt) == "attachments must be a list"
-    assert validate_attachments(
-        [ok, {"filename": "b", "storage_path": "x", "fetch_mode": "foo"}], rt
-    ) == "attachment 2: unknown fetch_mode 'foo'"
-    assert validate_attachments(
-        [{"filename": "a\r\nb", "storage_path": "x"}], rt
-    ) == "attachment 1: filename contains CR, LF, NUL or another control character"
-    assert validate_attachments(
-        [ok, ok, {"filename": "c", "storage_path": "/etc/passwd"}], rt
-    ) == ("attachment 3: filesystem fetch mode is disabled "
-          "(no GMP_ATTACHMENT_BASE_DIRS configured)")
+    assert (
+        validate_attachments([ok, {"filename": "b", "storage_path": "x", "fetch_mode": "foo"}], rt)
+        == "attachment 2: unknown fetch_mode 'foo'"
+    )
+    assert (
+        validate_attachments([{"filename": "a\r\nb", "storage_path": "x"}], rt)
+        == "attachment 1: filename contains CR, LF, NUL or another control character"
+    )
+    assert validate_attachments([ok, ok, {"filename": "c", "storage_path": "/etc/passwd"}], rt) == (
+        "attachment 3: filesystem fetch mode is disabled (no GMP_ATTACHMENT_BASE_DIRS configured)"
+    )
 
 
 async def test_resolver_is_one_per_runtime(runtime: Callable[..., Runtime]) -> None:
@@ -307,8 +322,12 @@ async def test_disk_tier_ttl_cap_and_restart(tmp_path: Path) -> None:
 
     # A new process over the same directory finds the entries (the TTL uses file mtimes).
     reborn = AttachmentCache(
-        memory_max_bytes=1000, memory_item_max_bytes=300, memory_ttl=60.0,
-        disk_dir=str(tmp_path / "cache"), disk_max_bytes=2500, disk_ttl=600.0,
+        memory_max_bytes=1000,
+        memory_item_max_bytes=300,
+        memory_ttl=60.0,
+        disk_dir=str(tmp_path / "cache"),
+        disk_max_bytes=2500,
+        disk_ttl=600.0,
     )
     assert await reborn.get("t", "k2") == b"\x02" * 1000
 

@@ -31,11 +31,15 @@ def payload(**kw: Any) -> dict[str, Any]:
     return base
 
 
-def roundtrip(p: dict[str, Any], attachments: list[Attachment] | None = None,
-              message_id: str = "<fixed@example.com>", mail_id: str = "m1",
-              ) -> tuple[bytes, EmailMessage]:
-    raw = build_email(p, message_id=message_id, mail_id=mail_id,
-                      attachments=attachments or []).as_bytes()
+def roundtrip(
+    p: dict[str, Any],
+    attachments: list[Attachment] | None = None,
+    message_id: str = "<fixed@example.com>",
+    mail_id: str = "m1",
+) -> tuple[bytes, EmailMessage]:
+    raw = build_email(
+        p, message_id=message_id, mail_id=mail_id, attachments=attachments or []
+    ).as_bytes()
     parsed = cast(EmailMessage, message_from_bytes(raw, policy=email_policy.default))
     return raw, parsed
 
@@ -46,8 +50,9 @@ def headers_of(raw: bytes) -> bytes:
 
 # -- headers -----------------------------------------------------------------------------------
 def test_standard_headers() -> None:
-    raw, msg = roundtrip(payload(cc="c@example.com", reply_to="Replies <r@example.com>"),
-                         mail_id="client-7")
+    raw, msg = roundtrip(
+        payload(cc="c@example.com", reply_to="Replies <r@example.com>"), mail_id="client-7"
+    )
     assert msg["From"] == "Sender <sender@example.com>"
     assert msg["To"] == "a@example.com"
     assert msg["Cc"] == "c@example.com"
@@ -80,15 +85,19 @@ def test_bcc_and_return_path_never_in_headers() -> None:
 
 
 def test_extra_headers_cannot_replace_structural_ones() -> None:
-    raw, msg = roundtrip(payload(headers={
-        "X-Campaign": "spring",
-        "In-Reply-To": "<parent@example.com>",
-        "Bcc": "injected@example.com",
-        "From": "evil@example.com",
-        "message-id": "<other@example.com>",
-        "X-Genro-Mail-ID": "spoof",
-        "Content-Type": "text/html",
-    }))
+    raw, msg = roundtrip(
+        payload(
+            headers={
+                "X-Campaign": "spring",
+                "In-Reply-To": "<parent@example.com>",
+                "Bcc": "injected@example.com",
+                "From": "evil@example.com",
+                "message-id": "<other@example.com>",
+                "X-Genro-Mail-ID": "spoof",
+                "Content-Type": "text/html",
+            }
+        )
+    )
     assert msg["X-Campaign"] == "spring"
     assert msg["In-Reply-To"] == "<parent@example.com>"
     assert b"injected@example.com" not in raw
@@ -99,8 +108,9 @@ def test_extra_headers_cannot_replace_structural_ones() -> None:
 
 
 @pytest.mark.parametrize("bad", ["a\r\nBcc: x@example.com", "a\nb", "a\rb", "a\x00b"])
-@pytest.mark.parametrize("where", ["subject", "header_value", "header_name", "from",
-                                   "to", "filename", "mail_id"])
+@pytest.mark.parametrize(
+    "where", ["subject", "header_value", "header_name", "from", "to", "filename", "mail_id"]
+)
 def test_cr_lf_nul_refused_everywhere(bad: str, where: str) -> None:
     p = payload()
     attachments: list[Attachment] = []
@@ -126,13 +136,19 @@ def test_cr_lf_nul_refused_everywhere(bad: str, where: str) -> None:
 
 def test_invalid_header_name_refused() -> None:
     with pytest.raises(MimeError):
-        build_email(payload(headers={"Bad Name": "v"}), message_id="<x@y>", mail_id="m",
-                    attachments=[])
+        build_email(
+            payload(headers={"Bad Name": "v"}), message_id="<x@y>", mail_id="m", attachments=[]
+        )
 
 
 def test_non_ascii_subject_and_display_names_roundtrip() -> None:
-    p = payload(**{"from": "José Müller <jose@example.com>", "subject": "Caffè ☕ pronto",
-                   "to": ["Zoë <zoe@example.com>", "b@example.com"]})
+    p = payload(
+        **{
+            "from": "José Müller <jose@example.com>",
+            "subject": "Caffè ☕ pronto",
+            "to": ["Zoë <zoe@example.com>", "b@example.com"],
+        }
+    )
     raw, msg = roundtrip(p)
     assert headers_of(raw).isascii()
     assert msg["Subject"] == "Caffè ☕ pronto"
@@ -188,10 +204,13 @@ def test_no_body_is_an_empty_text_part() -> None:
 def test_attachments_make_a_mixed_message_with_exact_bytes() -> None:
     binary = bytes(range(256)) * 50
     text = "id;nome\n1;Zoë\r\n".encode()
-    _, msg = roundtrip(payload(body="b", body_html="<i>h</i>"), attachments=[
-        Attachment("image.png", binary, "image/png"),
-        Attachment("data.csv", text, "text/csv; charset=utf-8"),
-    ])
+    _, msg = roundtrip(
+        payload(body="b", body_html="<i>h</i>"),
+        attachments=[
+            Attachment("image.png", binary, "image/png"),
+            Attachment("data.csv", text, "text/csv; charset=utf-8"),
+        ],
+    )
     assert msg.get_content_type() == "multipart/mixed"
     first = next(msg.iter_parts())
     assert first.get_content_type() == "multipart/alternative"
@@ -211,16 +230,19 @@ def test_non_ascii_filename_uses_rfc2231_and_roundtrips() -> None:
     assert att.get_content_type() == "application/pdf"
 
 
-@pytest.mark.parametrize(("filename", "mime_type", "expected"), [
-    ("report.pdf", None, "application/pdf"),
-    ("photo.JPG", None, "image/jpeg"),
-    ("notes.unknownext", None, "application/octet-stream"),
-    ("noextension", None, "application/octet-stream"),
-    ("report.pdf", "not a type", "application/pdf"),
-    ("x.bin", "Application/X-Custom", "application/x-custom"),
-    ("mail.eml", None, "application/octet-stream"),
-    ("mail.eml", "message/rfc822", "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    ("filename", "mime_type", "expected"),
+    [
+        ("report.pdf", None, "application/pdf"),
+        ("photo.JPG", None, "image/jpeg"),
+        ("notes.unknownext", None, "application/octet-stream"),
+        ("noextension", None, "application/octet-stream"),
+        ("report.pdf", "not a type", "application/pdf"),
+        ("x.bin", "Application/X-Custom", "application/x-custom"),
+        ("mail.eml", None, "application/octet-stream"),
+        ("mail.eml", "message/rfc822", "application/octet-stream"),
+    ],
+)
 def test_attachment_mime_types(filename: str, mime_type: str | None, expected: str) -> None:
     _, msg = roundtrip(payload(), attachments=[Attachment(filename, b"data", mime_type)])
     [att] = list(msg.iter_attachments())
@@ -240,8 +262,12 @@ def test_envelope_recipients_deduplicated_in_order() -> None:
         cc=["B@Example.com", "c@example.com"],
         bcc=["hidden@example.com", "A@EXAMPLE.COM"],
     )
-    assert envelope(p)[1] == ["a@example.com", "b@example.com", "c@example.com",
-                              "hidden@example.com"]
+    assert envelope(p)[1] == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "hidden@example.com",
+    ]
 
 
 def test_envelope_without_cc_or_bcc() -> None:

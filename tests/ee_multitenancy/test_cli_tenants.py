@@ -24,16 +24,27 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     cli.cleanup()
 
 
-def rest(srv: Cli, method: str, path: str, token: str | None = None, body: Any = None,
-         expect: int = 200) -> Any:
+def rest(
+    srv: Cli, method: str, path: str, token: str | None = None, body: Any = None, expect: int = 200
+) -> Any:
     status, answer = http(method, srv.url("main") + path, token or srv.token("main"), body)
     assert status == expect, (status, answer)
     return answer
 
 
 def test_add_as_in_the_faq_prints_the_key_once(srv: Cli) -> None:
-    out = srv.ok("main", "tenants", "add", "acme", "--name", "ACME Corp", "--base-url",
-                 "https://acme.com", "--sync-path", "/mail-proxy/sync").out
+    out = srv.ok(
+        "main",
+        "tenants",
+        "add",
+        "acme",
+        "--name",
+        "ACME Corp",
+        "--base-url",
+        "https://acme.com",
+        "--sync-path",
+        "/mail-proxy/sync",
+    ).out
     assert "tenant 'acme' created" in out
     key = KEY_LINE.search(out).group(1)  # type: ignore[union-attr]
     secret = SECRET_LINE.search(out).group(1)  # type: ignore[union-attr]
@@ -54,8 +65,20 @@ def test_add_as_in_the_faq_prints_the_key_once(srv: Cli) -> None:
 
 def test_update_changes_only_what_is_given(srv: Cli) -> None:
     srv.ok("main", "tenants", "add", "upd", "--per-minute", "10", "--per-day", "500")
-    srv.ok("main", "tenants", "update", "upd", "--per-minute", "20", "--auth", "bearer",
-           "--auth-token", "tok-cli-sentinel", "--name", "Updated")
+    srv.ok(
+        "main",
+        "tenants",
+        "update",
+        "upd",
+        "--per-minute",
+        "20",
+        "--auth",
+        "bearer",
+        "--auth-token",
+        "tok-cli-sentinel",
+        "--name",
+        "Updated",
+    )
     tenant = rest(srv, "GET", "/tenant/upd")["tenant"]
     assert tenant["rate_limits"] == {"per_minute": 20, "per_hour": None, "per_day": 500}
     assert tenant["client_auth"] == {"method": "bearer", "has_secret": True}
@@ -64,8 +87,14 @@ def test_update_changes_only_what_is_given(srv: Cli) -> None:
     tenant = rest(srv, "GET", "/tenant/upd")["tenant"]
     assert tenant["client_auth"] is None and tenant["name"] is None
     assert tenant["rate_limits"]["per_day"] == 500
-    srv.ok("main", "tenants", "update", "upd", "--large-file-config",
-           '{"enabled": true, "max_size_mb": 2, "action": "reject"}')
+    srv.ok(
+        "main",
+        "tenants",
+        "update",
+        "upd",
+        "--large-file-config",
+        '{"enabled": true, "max_size_mb": 2, "action": "reject"}',
+    )
     assert rest(srv, "GET", "/tenant/upd")["tenant"]["large_file_config"]["action"] == "reject"
 
     nothing = srv("main", "tenants", "update", "upd")
@@ -114,11 +143,16 @@ def test_delete_and_errors(srv: Cli) -> None:
 
 def test_add_asks_for_missing_values_on_a_terminal(srv: Cli, tmp_path: Path) -> None:
     code, output = run_in_pty(
-        [MAIL_PROXY, "main", "tenants", "add"], srv.env,
-        [("Tenant id:", "tty"), ("Name (Enter for none):", "Tty Corp"),
-         ("Base URL of the tenant's application (Enter for none):", "https://tty.example.com"),
-         ("Delivery-report path", ""), ("Auth to the tenant", "bearer"),
-         ("Bearer token:", "tty-secret-token")],
+        [MAIL_PROXY, "main", "tenants", "add"],
+        srv.env,
+        [
+            ("Tenant id:", "tty"),
+            ("Name (Enter for none):", "Tty Corp"),
+            ("Base URL of the tenant's application (Enter for none):", "https://tty.example.com"),
+            ("Delivery-report path", ""),
+            ("Auth to the tenant", "bearer"),
+            ("Bearer token:", "tty-secret-token"),
+        ],
     )
     assert code == 0, output
     assert "tenant 'tty' created" in output and "tty-secret-token" not in output

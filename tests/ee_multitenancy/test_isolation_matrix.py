@@ -66,13 +66,22 @@ async def build_world(api: Api, tmp_path: Path) -> World:
     # the same account id and the same message ids in both tenants
     await add_file_account(api, a, "shared", str(tmp_path / "out-a"))
     await add_file_account(api, b, "shared", str(tmp_path / f"out-{MARK}"))
-    await add_file_account(api, b, f"{ID_MARK}-acct", str(tmp_path / f"out2-{MARK}"),
-                           default=False)
+    await add_file_account(api, b, f"{ID_MARK}-acct", str(tmp_path / f"out2-{MARK}"), default=False)
     held = {"deferred_ts": FAR_FUTURE}
-    await as_tenant(api, a, "POST", "/commands/add-messages", {"messages": [
-        message("m-1", **held), message("m-2", **held), message("a-only", **held)]})
-    await as_tenant(api, b, "POST", "/commands/add-messages", {"messages": [
-        message(f"{ID_MARK}-sent", subject=f"sent {MARK}")]})
+    await as_tenant(
+        api,
+        a,
+        "POST",
+        "/commands/add-messages",
+        {"messages": [message("m-1", **held), message("m-2", **held), message("a-only", **held)]},
+    )
+    await as_tenant(
+        api,
+        b,
+        "POST",
+        "/commands/add-messages",
+        {"messages": [message(f"{ID_MARK}-sent", subject=f"sent {MARK}")]},
+    )
     await as_tenant(api, b, "POST", "/commands/run-now", {})
     for _ in range(200):
         got = await as_tenant(api, b, "GET", f"/messages/{ID_MARK}-sent")
@@ -81,9 +90,18 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         await asyncio.sleep(0.02)
     else:
         raise AssertionError(f"B's message was not delivered: {got}")
-    await as_tenant(api, b, "POST", "/commands/add-messages", {"messages": [
-        message(m, subject=f"subject {MARK}", batch_code=f"batch-{MARK}", **held)
-        for m in ("m-1", "m-2", f"{ID_MARK}-msg")]})
+    await as_tenant(
+        api,
+        b,
+        "POST",
+        "/commands/add-messages",
+        {
+            "messages": [
+                message(m, subject=f"subject {MARK}", batch_code=f"batch-{MARK}", **held)
+                for m in ("m-1", "m-2", f"{ID_MARK}-msg")
+            ]
+        },
+    )
     reports = await as_tenant(api, b, "GET", "/reports")
     assert reports["delivery_report"], reports
 
@@ -97,7 +115,12 @@ async def build_world(api: Api, tmp_path: Path) -> World:
     await api.call("DELETE", "/tenant/tenant-revoked/api-key")
 
     world = World(
-        api, a, b, expired.api_key, rotated.api_key, deleted.api_key,
+        api,
+        a,
+        b,
+        expired.api_key,
+        rotated.api_key,
+        deleted.api_key,
         b_ids={"id": f"{ID_MARK}-msg", "account_id": f"{ID_MARK}-acct"},
         b_cursor=reports["delivery_report"][-1]["cursor"],
     )
@@ -108,8 +131,11 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         ("POST", "/commands/activate"): {},
         ("POST", "/commands/delete-messages"): {"ids": [f"{ID_MARK}-msg", "m-1"]},
         ("POST", "/commands/cleanup-messages"): {"older_than_seconds": 0},
-        ("POST", "/account"): {"id": "intruder", "transport": "file",
-                               "options": {"directory": str(tmp_path / "intruder")}},
+        ("POST", "/account"): {
+            "id": "intruder",
+            "transport": "file",
+            "options": {"directory": str(tmp_path / "intruder")},
+        },
         ("PUT", "/tenant/{id}"): {"name": "hijacked"},
         ("POST", "/reports/ack"): {"cursor": world.b_cursor},
         ("POST", "/tenant/{id}/api-key"): {},
@@ -163,11 +189,14 @@ async def test_every_route_refuses_missing_bad_expired_and_revoked_tokens(world:
     api, failures = world.api, []
     routes = world.routes
     assert len(routes) >= 20, [f"{r.method} {r.path}" for r in routes]
-    garbled = [("missing", None, "missing_token"), ("garbled", "garbled!", "invalid_token"),
-               ("key-shaped", "A" * 43, "invalid_token"),
-               ("expired", world.expired, "token_expired"),
-               ("rotated", world.rotated, "invalid_token"),
-               ("revoked", world.deleted, "invalid_token")]
+    garbled = [
+        ("missing", None, "missing_token"),
+        ("garbled", "garbled!", "invalid_token"),
+        ("key-shaped", "A" * 43, "invalid_token"),
+        ("expired", world.expired, "token_expired"),
+        ("rotated", world.rotated, "invalid_token"),
+        ("revoked", world.deleted, "invalid_token"),
+    ]
     for spec in routes:
         path = fill(spec.path, world.b_ids, spec.tenant_param, world.b.id)
         sample = world.samples.get((spec.method, spec.path))
@@ -190,8 +219,9 @@ async def test_tenant_key_on_admin_routes_is_403(world: World) -> None:
         for target in (world.a.id, world.b.id):  # its own tenant and another one
             path = fill(spec.path, world.b_ids, spec.tenant_param, target)
             sample = world.samples.get((spec.method, spec.path))
-            status, answer = await raw(api, world.a.api_key, spec.method, path,
-                                       **_body_kw(spec, sample))
+            status, answer = await raw(
+                api, world.a.api_key, spec.method, path, **_body_kw(spec, sample)
+            )
             if status != 403 or answer.get("code") != "admin_only" or MARK in json.dumps(answer):
                 failures.append(f"{spec.method} {spec.path} ({target}): {status} {answer}")
     assert not failures, "\n".join(failures)
@@ -240,13 +270,16 @@ async def test_ids_of_another_tenant_look_like_missing_ids(world: World) -> None
             answers = []
             for ids, tenant in (
                 (world.b_ids, world.b.id),
-                ({k: f"{v}-nowhere-{uuid.uuid4().hex[:6]}" for k, v in world.b_ids.items()},
-                 f"nowhere-{uuid.uuid4().hex[:6]}"),
+                (
+                    {k: f"{v}-nowhere-{uuid.uuid4().hex[:6]}" for k, v in world.b_ids.items()},
+                    f"nowhere-{uuid.uuid4().hex[:6]}",
+                ),
             ):
                 path = fill(spec.path, ids, spec.tenant_param, tenant)
                 params = {"tenant_id": world.b.id} if tenant_named else {}
-                status, answer = await raw(api, world.a.api_key, spec.method, path,
-                                           params=params, **_body_kw(spec, sample))
+                status, answer = await raw(
+                    api, world.a.api_key, spec.method, path, params=params, **_body_kw(spec, sample)
+                )
                 text = json.dumps(answer)
                 for value in [*ids.values(), tenant]:
                     text = text.replace(value, "<ID>")

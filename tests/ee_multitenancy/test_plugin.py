@@ -19,8 +19,9 @@ SRC = PACKAGE / "src" / "mail_proxy"
 
 
 def test_registered_through_the_entry_point_only() -> None:
-    eps = [e for e in importlib.metadata.entry_points(group="mail_proxy")
-           if e.name == "multitenancy"]
+    eps = [
+        e for e in importlib.metadata.entry_points(group="mail_proxy") if e.name == "multitenancy"
+    ]
     assert len(eps) == 1 and eps[0].value == "mail_proxy.ee.multitenancy.plugin"
     assert eps[0].dist is not None and eps[0].dist.name == "genro-mail-proxy-ee-multitenancy"
     meta = importlib.metadata.metadata("genro-mail-proxy-ee-multitenancy")
@@ -42,8 +43,9 @@ def test_plugin_module_is_light_to_import() -> None:
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "", out.stdout
 
 
@@ -51,19 +53,32 @@ async def test_disabled_plugin_means_single_tenant(
     db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     key = generate_key()  # both instances decrypt the same database
-    on = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                         encryption_key=key)
+    on = await start_api(
+        aiohttp_client_factory, make_settings, db_url, tmp_path, encryption_key=key
+    )
     assert "multitenancy" in (await on.get("/status"))["plugins"]
     acme = await create_tenant(on, "acme")
     await as_tenant(on, acme, "GET", "/tenant/acme")
 
-    off = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                          disabled_plugins=["multitenancy"], encryption_key=key)
+    off = await start_api(
+        aiohttp_client_factory,
+        make_settings,
+        db_url,
+        tmp_path,
+        disabled_plugins=["multitenancy"],
+        encryption_key=key,
+    )
     assert "multitenancy" not in (await off.get("/status"))["plugins"]
-    for method, path in (("POST", "/tenant"), ("GET", "/tenants"), ("GET", "/tenant/acme"),
-                         ("PUT", "/tenant/acme"), ("DELETE", "/tenant/acme"),
-                         ("GET", "/tenants/sync-status"), ("POST", "/tenant/acme/api-key"),
-                         ("DELETE", "/tenant/acme/api-key")):
+    for method, path in (
+        ("POST", "/tenant"),
+        ("GET", "/tenants"),
+        ("GET", "/tenant/acme"),
+        ("PUT", "/tenant/acme"),
+        ("DELETE", "/tenant/acme"),
+        ("GET", "/tenants/sync-status"),
+        ("POST", "/tenant/acme/api-key"),
+        ("DELETE", "/tenant/acme/api-key"),
+    ):
         answer = await off.call(method, path, {} if method != "GET" else None, expect=404)
         assert answer["code"] == "not_found" and answer["ok"] is False
     refused = await as_tenant(off, acme, "GET", "/messages", expect=401)
@@ -78,10 +93,12 @@ async def test_rotation_revocation_and_deactivation_reach_every_instance(
     db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     key = generate_key()
-    one = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                          encryption_key=key)
-    two = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                          encryption_key=key)
+    one = await start_api(
+        aiohttp_client_factory, make_settings, db_url, tmp_path, encryption_key=key
+    )
+    two = await start_api(
+        aiohttp_client_factory, make_settings, db_url, tmp_path, encryption_key=key
+    )
     acme = await create_tenant(one, "acme")
     await as_tenant(two, acme, "GET", "/messages")
 
@@ -96,7 +113,9 @@ async def test_rotation_revocation_and_deactivation_reach_every_instance(
     await as_tenant(two, new_key, "GET", "/messages")
 
     await one.call("DELETE", "/tenant/acme/api-key")
-    assert (await as_tenant(two, new_key, "GET", "/messages", expect=401))["code"] == "invalid_token"
+    assert (await as_tenant(two, new_key, "GET", "/messages", expect=401))[
+        "code"
+    ] == "invalid_token"
 
 
 async def test_openapi_documents_the_tenant_routes(
@@ -106,8 +125,14 @@ async def test_openapi_documents_the_tenant_routes(
     resp = await api.client.get("/openapi.json")
     doc = await resp.json()
     paths = doc["paths"]
-    for path in ("/tenant", "/tenants", "/tenants/sync-status", "/tenant/{id}",
-                 "/tenant/{id}/api-key", "/tenant/{id}/sync-secret"):
+    for path in (
+        "/tenant",
+        "/tenants",
+        "/tenants/sync-status",
+        "/tenant/{id}",
+        "/tenant/{id}/api-key",
+        "/tenant/{id}/sync-secret",
+    ):
         assert path in paths, path
     assert {"get", "put", "delete"} <= set(paths["/tenant/{id}"])
     text = str(doc)

@@ -26,8 +26,13 @@ IDS = ["m-1", "m-2", "m-3"]
 
 @pytest.fixture
 async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                           fetch_allow_networks=["127.0.0.0/8"])
+    return await start_api(
+        aiohttp_client_factory,
+        make_settings,
+        db_url,
+        tmp_path,
+        fetch_allow_networks=["127.0.0.0/8"],
+    )
 
 
 @pytest.fixture
@@ -36,16 +41,17 @@ async def smtp_pair() -> AsyncIterator[tuple[SmtpTestServer, SmtpTestServer]]:
         yield one, two
 
 
-async def smtp_account(api: Api, tenant: TenantHandle, server: SmtpTestServer,
-                       account_id: str = "main", **fields: Any) -> None:
-    body = {"id": account_id, "host": "127.0.0.1", "port": server.port, "default": True,
-            **fields}
+async def smtp_account(
+    api: Api, tenant: TenantHandle, server: SmtpTestServer, account_id: str = "main", **fields: Any
+) -> None:
+    body = {"id": account_id, "host": "127.0.0.1", "port": server.port, "default": True, **fields}
     await as_tenant(api, tenant, "POST", "/account", body)
 
 
 async def send(api: Api, tenant: TenantHandle, *messages: dict[str, Any]) -> None:
-    answer = await as_tenant(api, tenant, "POST", "/commands/add-messages",
-                             {"messages": list(messages)})
+    answer = await as_tenant(
+        api, tenant, "POST", "/commands/add-messages", {"messages": list(messages)}
+    )
     assert answer["queued"] == len(messages), answer
 
 
@@ -54,8 +60,9 @@ async def statuses(api: Api, tenant: TenantHandle) -> dict[str, str]:
     return {m["id"]: m["status"] for m in listed["messages"]}
 
 
-async def wait_statuses(api: Api, tenant: TenantHandle, wanted: dict[str, str],
-                        timeout: float = 10.0) -> None:
+async def wait_statuses(
+    api: Api, tenant: TenantHandle, wanted: dict[str, str], timeout: float = 10.0
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         got = await statuses(api, tenant)
@@ -92,8 +99,7 @@ async def test_same_account_and_message_ids_do_not_collide(
         assert [e["event_type"] for e in events["events"]] == ["queued", "sent"]
     # deleting A's m-2 (already sent: refused) and re-queuing A's ids leaves B's alone
     await send(api, a, message("m-4"))
-    removed = await as_tenant(api, a, "POST", "/commands/delete-messages",
-                              {"ids": ["m-4", "m-1"]})
+    removed = await as_tenant(api, a, "POST", "/commands/delete-messages", {"ids": ["m-4", "m-1"]})
     assert removed["removed"] == 1 and removed["unauthorized"] == ["m-1"]
     assert sorted(await statuses(api, b)) == IDS
 
@@ -127,8 +133,14 @@ async def test_tenant_quota_applies_across_its_accounts(
     await smtp_account(api, a, server_a, "one")
     await smtp_account(api, a, server_a, "two", default=False)
     await smtp_account(api, other, server_b)
-    await send(api, a, message("x1", account_id="one"), message("x2", account_id="two"),
-               message("x3", account_id="one"), message("x4", account_id="two"))
+    await send(
+        api,
+        a,
+        message("x1", account_id="one"),
+        message("x2", account_id="two"),
+        message("x3", account_id="one"),
+        message("x4", account_id="two"),
+    )
     await send(api, other, *[message(i) for i in IDS])
     await as_tenant(api, a, "POST", "/commands/run-now", {})
     await wait_statuses(api, other, dict.fromkeys(IDS, "sent"))  # not limited by A's quota
@@ -141,8 +153,7 @@ async def test_tenant_quota_applies_across_its_accounts(
         await asyncio.sleep(0.03)
     assert len(server_a.messages) == 2 and len(server_b.messages) == 3
     # the quota is the admin's: the tenant cannot lift it
-    lifted = await as_tenant(api, a, "PUT", "/tenant/tenant-a", {"rate_limits": None},
-                             expect=403)
+    lifted = await as_tenant(api, a, "PUT", "/tenant/tenant-a", {"rate_limits": None}, expect=403)
     assert lifted["code"] == "admin_only_field"
 
 
@@ -182,11 +193,13 @@ async def test_tenant_tokens_run_now_suspend_and_activate_their_own_tenant_only(
 
     answer = await as_tenant(api, a, "POST", "/commands/suspend", {})
     assert answer["tenant_id"] == "tenant-a" and answer["suspended_batches"] == ["*"]
-    refused = await as_tenant(api, a, "POST", "/commands/suspend", {"tenant_id": "tenant-b"},
-                              expect=403)
+    refused = await as_tenant(
+        api, a, "POST", "/commands/suspend", {"tenant_id": "tenant-b"}, expect=403
+    )
     assert refused["code"] == "tenant_scope"
-    refused = await as_tenant(api, a, "POST", "/commands/activate",
-                              params={"tenant_id": "tenant-b"}, json={}, expect=403)
+    refused = await as_tenant(
+        api, a, "POST", "/commands/activate", params={"tenant_id": "tenant-b"}, json={}, expect=403
+    )
     assert refused["code"] == "tenant_scope"
     batch = await as_tenant(api, b, "POST", "/commands/suspend", {"batch_code": "promo"})
     assert batch["suspended_batches"] == ["promo"]
@@ -216,12 +229,19 @@ async def test_reports_go_to_each_tenants_endpoint_with_its_auth_and_signature(
     server_a, server_b = smtp_pair
     sink_a, sink_b = await SyncReceiver().start(), await SyncReceiver().start()
     try:
-        a = await create_tenant(api, "tenant-a", client_base_url=sink_a.url,
-                                client_sync_path="/hooks/a",
-                                client_auth={"method": "bearer", "token": "token-of-a"})
-        b = await create_tenant(api, "tenant-b", client_base_url=sink_b.url,
-                                client_auth={"method": "basic", "user": "bee",
-                                             "password": "password-of-b"})
+        a = await create_tenant(
+            api,
+            "tenant-a",
+            client_base_url=sink_a.url,
+            client_sync_path="/hooks/a",
+            client_auth={"method": "bearer", "token": "token-of-a"},
+        )
+        b = await create_tenant(
+            api,
+            "tenant-b",
+            client_base_url=sink_b.url,
+            client_auth={"method": "basic", "user": "bee", "password": "password-of-b"},
+        )
         await smtp_account(api, a, server_a)
         await smtp_account(api, b, server_b)
         # The reporter picks up new tenants at its periodic refresh (5 s); shorten it here
@@ -231,8 +251,12 @@ async def test_reports_go_to_each_tenants_endpoint_with_its_auth_and_signature(
         await send(api, a, *[message(i) for i in IDS])
         await send(api, b, *[message(i) for i in IDS], message("b-only"))
         await api.post("/commands/run-now", {})
-        await _until(lambda: set(sink_a.reported_ids()) == set(IDS)
-                     and set(sink_b.reported_ids()) == {*IDS, "b-only"})
+        await _until(
+            lambda: (
+                set(sink_a.reported_ids()) == set(IDS)
+                and set(sink_b.reported_ids()) == {*IDS, "b-only"}
+            )
+        )
 
         import base64
 
@@ -277,16 +301,24 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
 
 
 async def test_shared_operator_endpoints_are_told_which_tenant(
-    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path,
+    db_url: str,
+    aiohttp_client_factory: Any,
+    make_settings: Any,
+    tmp_path: Path,
     smtp_pair: tuple[SmtpTestServer, SmtpTestServer],
 ) -> None:
     """Tenants without their own URLs share GMP_CLIENT_SYNC_URL and GMP_ATTACHMENT_BASE_URL:
     every request says which tenant it is for, so equal message ids do not collide there."""
     operator = await SyncReceiver().start()
     try:
-        api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                              client_sync_url=operator.url + "/sync",
-                              attachment_base_url=operator.url)
+        api = await start_api(
+            aiohttp_client_factory,
+            make_settings,
+            db_url,
+            tmp_path,
+            client_sync_url=operator.url + "/sync",
+            attachment_base_url=operator.url,
+        )
         server_a, server_b = smtp_pair
         a = await create_tenant(api, "tenant-a")
         b = await create_tenant(api, "tenant-b")
@@ -303,12 +335,16 @@ async def test_shared_operator_endpoints_are_told_which_tenant(
                 data = json.loads(body)
                 if path == "/sync" and data["delivery_report"]:
                     got.setdefault(data.get("tenant_id"), []).extend(
-                        i["id"] for i in data["delivery_report"])
+                        i["id"] for i in data["delivery_report"]
+                    )
             return got
 
         await _until(lambda: reports() == {"tenant-a": ["m-1"], "tenant-b": ["m-1"]})
-        fetches = sorted(json.loads(body)["tenant_id"] for path, _, body in operator.requests
-                         if path == "/mail-proxy/attachments")
+        fetches = sorted(
+            json.loads(body)["tenant_id"]
+            for path, _, body in operator.requests
+            if path == "/mail-proxy/attachments"
+        )
         assert fetches == ["tenant-a", "tenant-b"]
     finally:
         await operator.stop()

@@ -27,8 +27,13 @@ FULL = {
     "client_attachment_path": "/files",
     "client_auth": {"method": "bearer", "token": TOKEN},
     "rate_limits": {"per_minute": 10, "per_hour": 100},
-    "large_file_config": {"enabled": True, "max_size_mb": 5, "storage_url": "s3://bucket/mail",
-                          "public_base_url": "https://files.example.com", "action": "rewrite"},
+    "large_file_config": {
+        "enabled": True,
+        "max_size_mb": 5,
+        "storage_url": "s3://bucket/mail",
+        "public_base_url": "https://files.example.com",
+        "action": "rewrite",
+    },
 }
 
 
@@ -41,7 +46,7 @@ async def test_create_returns_secrets_once_and_never_again(api: Api) -> None:
     acme = await create_tenant(api, "acme", **FULL)
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", acme.api_key)
     assert acme.sync_secret.startswith("whsec_")
-    assert len(base64.b64decode(acme.sync_secret[len("whsec_"):])) == 32
+    assert len(base64.b64decode(acme.sync_secret[len("whsec_") :])) == 32
     tenant = acme.answer["tenant"]
     assert tenant["id"] == "acme" and tenant["name"] == "ACME Corp" and tenant["active"] is True
     assert tenant["client_base_url"] == "https://acme.example.com"  # trailing '/' dropped
@@ -76,16 +81,28 @@ async def test_secrets_are_not_in_the_database_file(
 ) -> None:
     db = tmp_path / "gmp.db"
     api = await start_api(aiohttp_client_factory, make_settings, f"sqlite:///{db}", tmp_path)
-    one = await create_tenant(api, "one", client_base_url="https://one.example.com",
-                              client_auth={"method": "basic", "user": "u", "password": PASSWORD})
+    one = await create_tenant(
+        api,
+        "one",
+        client_base_url="https://one.example.com",
+        client_auth={"method": "basic", "user": "u", "password": PASSWORD},
+    )
     two = await create_tenant(api, "two", client_auth={"method": "bearer", "token": TOKEN})
     rotated = await api.post("/tenant/two/api-key")
     secret = await api.post("/tenant/one/sync-secret")
     await as_tenant(api, one, "GET", "/tenant/one")
     raw = await asyncio.to_thread(_files_bytes, tmp_path, "gmp.db*")
     assert raw, "no database file"
-    for clear in (one.api_key, two.api_key, rotated["api_key"], one.sync_secret,
-                  two.sync_secret, secret["sync_secret"], TOKEN, PASSWORD):
+    for clear in (
+        one.api_key,
+        two.api_key,
+        rotated["api_key"],
+        one.sync_secret,
+        two.sync_secret,
+        secret["sync_secret"],
+        TOKEN,
+        PASSWORD,
+    ):
         assert clear.encode() not in raw, clear
     # the hash is what is stored
     assert hashlib.sha256(rotated["api_key"].encode()).hexdigest().encode() in raw
@@ -117,16 +134,23 @@ async def test_update_changes_only_given_fields_and_null_clears(api: Api) -> Non
     await api.call("PUT", "/tenant/acme", {"client_auth": {"method": "bearer", "token": "new"}})
     assert (await api.runtime.storage.get_tenant("acme")).client_auth["token"] == "new"
     # switching to basic needs the password; then none; then cleared
-    bad = await api.call("PUT", "/tenant/acme", {"client_auth": {"method": "basic", "user": "u"}},
-                         expect=400)
-    assert bad["code"] == "validation_error" and bad["details"][0]["field"].startswith("client_auth")
-    ok = await api.call("PUT", "/tenant/acme",
-                        {"client_auth": {"method": "basic", "user": "u", "password": PASSWORD}})
+    bad = await api.call(
+        "PUT", "/tenant/acme", {"client_auth": {"method": "basic", "user": "u"}}, expect=400
+    )
+    assert bad["code"] == "validation_error" and bad["details"][0]["field"].startswith(
+        "client_auth"
+    )
+    ok = await api.call(
+        "PUT",
+        "/tenant/acme",
+        {"client_auth": {"method": "basic", "user": "u", "password": PASSWORD}},
+    )
     assert ok["tenant"]["client_auth"] == {"method": "basic", "user": "u", "has_secret": True}
     await api.call("PUT", "/tenant/acme", {"client_auth": {"method": "basic", "user": "u"}})
     assert (await api.runtime.storage.get_tenant("acme")).client_auth["password"] == PASSWORD
-    await api.call("PUT", "/tenant/acme", {"client_auth": {"method": "basic", "user": "v"}},
-                   expect=400)  # another user does not inherit the password
+    await api.call(
+        "PUT", "/tenant/acme", {"client_auth": {"method": "basic", "user": "v"}}, expect=400
+    )  # another user does not inherit the password
     ok = await api.call("PUT", "/tenant/acme", {"client_auth": None})
     assert ok["tenant"]["client_auth"] is None
     assert (await api.runtime.storage.get_tenant("acme")).client_auth is None
@@ -136,12 +160,20 @@ async def test_update_changes_only_given_fields_and_null_clears(api: Api) -> Non
 
 async def test_tenant_may_change_its_endpoints_but_not_its_quotas(api: Api) -> None:
     acme = await create_tenant(api, "acme", **FULL)
-    for field, value in (("active", False), ("rate_limits", {"per_minute": 10**6}),
-                         ("large_file_config", {"enabled": False})):
+    for field, value in (
+        ("active", False),
+        ("rate_limits", {"per_minute": 10**6}),
+        ("large_file_config", {"enabled": False}),
+    ):
         answer = await as_tenant(api, acme, "PUT", "/tenant/acme", {field: value}, expect=403)
         assert answer["code"] == "admin_only_field" and answer["fields"] == [field]
-    answer = await as_tenant(api, acme, "PUT", "/tenant/acme",
-                             {"name": "mine", "client_base_url": "https://new.example.com"})
+    answer = await as_tenant(
+        api,
+        acme,
+        "PUT",
+        "/tenant/acme",
+        {"name": "mine", "client_base_url": "https://new.example.com"},
+    )
     assert answer["tenant"]["name"] == "mine"
     tenant = (await api.get("/tenant/acme"))["tenant"]
     assert tenant["rate_limits"]["per_minute"] == 10 and tenant["active"] is True
@@ -211,9 +243,14 @@ async def test_conflicts_and_missing_tenants(api: Api) -> None:
     # the default tenant can be shown and configured
     await api.call("PUT", "/tenant/default", {"client_base_url": "https://app.example.com"})
     assert (await api.get("/tenant/default"))["tenant"]["client_base_url"]
-    for method, path in (("GET", "/tenant/nope"), ("PUT", "/tenant/nope"),
-                         ("DELETE", "/tenant/nope"), ("POST", "/tenant/nope/api-key"),
-                         ("DELETE", "/tenant/nope/api-key"), ("POST", "/tenant/nope/sync-secret")):
+    for method, path in (
+        ("GET", "/tenant/nope"),
+        ("PUT", "/tenant/nope"),
+        ("DELETE", "/tenant/nope"),
+        ("POST", "/tenant/nope/api-key"),
+        ("DELETE", "/tenant/nope/api-key"),
+        ("POST", "/tenant/nope/sync-secret"),
+    ):
         answer = await api.call(method, path, {} if method != "GET" else None, expect=404)
         assert answer["code"] == "tenant_not_found", (method, path)
 
@@ -275,7 +312,8 @@ async def test_sync_secret_rotation(api: Api) -> None:
     assert answer["sync_secret"].startswith("whsec_") and answer["sync_secret"] != acme.sync_secret
     assert (await api.runtime.storage.get_tenant("acme")).sync_secret == answer["sync_secret"]
     assert (await as_tenant(api, acme, "POST", "/tenant/acme/sync-secret", {}, expect=403))[
-        "code"] == "admin_only"
+        "code"
+    ] == "admin_only"
 
 
 async def test_list_is_paginated(api: Api) -> None:
@@ -298,8 +336,9 @@ async def test_list_is_paginated(api: Api) -> None:
 
 
 async def test_sync_status_shows_targets_and_backlog(api: Api, tmp_path: Path) -> None:
-    acme = await create_tenant(api, "acme", client_base_url="https://acme.example.com",
-                               client_sync_path="/hooks/mail")
+    acme = await create_tenant(
+        api, "acme", client_base_url="https://acme.example.com", client_sync_path="/hooks/mail"
+    )
     await add_file_account(api, acme, "main", str(tmp_path / "out"))
     await as_tenant(api, acme, "POST", "/commands/add-messages", {"messages": [message("m1")]})
     await as_tenant(api, acme, "POST", "/commands/run-now", {})
@@ -325,8 +364,13 @@ async def _wait_sent(api: Api, tenant: Any, msg_id: str) -> None:
 async def test_creating_a_tenant_needs_an_encryption_key(
     aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
-    api = await start_api(aiohttp_client_factory, make_settings, f"sqlite:///{tmp_path}/x.db",
-                          tmp_path, encryption_key=None)
+    api = await start_api(
+        aiohttp_client_factory,
+        make_settings,
+        f"sqlite:///{tmp_path}/x.db",
+        tmp_path,
+        encryption_key=None,
+    )
     answer = await api.post("/tenant", {"id": "acme"}, expect=400)
     assert answer["code"] == "encryption_key_missing"
     assert [t["id"] for t in (await api.get("/tenants"))["tenants"]] == ["default"]
@@ -335,24 +379,40 @@ async def test_creating_a_tenant_needs_an_encryption_key(
 async def test_delete_removes_everything_of_the_tenant_only(
     db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
-    api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path,
-                          cache_memory_item_max_kb=1.0, cache_disk_dir=str(tmp_path / "cache"))
+    api = await start_api(
+        aiohttp_client_factory,
+        make_settings,
+        db_url,
+        tmp_path,
+        cache_memory_item_max_kb=1.0,
+        cache_disk_dir=str(tmp_path / "cache"),
+    )
     rt = api.runtime
     small, large = b"small attachment", b"L" * 4096
     md5s = [hashlib.md5(small).hexdigest(), hashlib.md5(large).hexdigest()]
     atts = [
-        {"filename": f"s_{{MD5:{md5s[0]}}}.txt", "storage_path": base64.b64encode(small).decode(),
-         "fetch_mode": "base64"},
-        {"filename": f"l_{{MD5:{md5s[1]}}}.txt", "storage_path": base64.b64encode(large).decode(),
-         "fetch_mode": "base64"},
+        {
+            "filename": f"s_{{MD5:{md5s[0]}}}.txt",
+            "storage_path": base64.b64encode(small).decode(),
+            "fetch_mode": "base64",
+        },
+        {
+            "filename": f"l_{{MD5:{md5s[1]}}}.txt",
+            "storage_path": base64.b64encode(large).decode(),
+            "fetch_mode": "base64",
+        },
     ]
     gone = await create_tenant(api, "t_1")  # '_' is a LIKE wildcard: 'tx1' must survive
     keep = await create_tenant(api, "tx1")
     for tenant in (gone, keep):
-        await add_file_account(api, tenant, "main", str(tmp_path / tenant.id),
-                               limit_per_day=1000)
-        await as_tenant(api, tenant, "POST", "/commands/add-messages",
-                        {"messages": [message("m1", attachments=atts), message("m2")]})
+        await add_file_account(api, tenant, "main", str(tmp_path / tenant.id), limit_per_day=1000)
+        await as_tenant(
+            api,
+            tenant,
+            "POST",
+            "/commands/add-messages",
+            {"messages": [message("m1", attachments=atts), message("m2")]},
+        )
         await as_tenant(api, tenant, "POST", "/commands/run-now", {})
         await _wait_sent(api, tenant, "m1")
         await _wait_sent(api, tenant, "m2")
@@ -383,6 +443,7 @@ async def test_delete_removes_everything_of_the_tenant_only(
     assert len((await as_tenant(api, keep, "GET", "/accounts"))["accounts"]) == 1
     assert await cache.get("tx1", md5s[0]) == small and await cache.get("tx1", md5s[1]) == large
     # its rate-limit history too: 2 of the 1000 sends of the day are used
-    granted = await storage.reserve_sends("acct:tx1:main", 1000, time.time(),
-                                          RateLimits(per_day=1000))
+    granted = await storage.reserve_sends(
+        "acct:tx1:main", 1000, time.time(), RateLimits(per_day=1000)
+    )
     assert granted.granted == 998

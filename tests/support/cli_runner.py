@@ -35,7 +35,8 @@ def free_port() -> int:
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("GMP_", "MAIL_PROXY_")) and k != "PYTHONWARNINGS"
     }
     env["GMP_HOME"] = str(home)
@@ -159,8 +160,14 @@ def run_in_pty(
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = subprocess.Popen(
-        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
-        preexec_fn=make_controlling_tty, close_fds=True,
+        argv,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+        preexec_fn=make_controlling_tty,
+        close_fds=True,
     )
     os.close(slave)
     output = b""

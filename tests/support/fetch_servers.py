@@ -119,8 +119,13 @@ class FileServer:
                 body = raw
         path = request.path
         self.requests.append(
-            {"method": request.method, "path": path, "headers": dict(request.headers),
-             "json": body, "query": dict(request.query)}
+            {
+                "method": request.method,
+                "path": path,
+                "headers": dict(request.headers),
+                "json": body,
+                "query": dict(request.query),
+            }
         )
         if self.required_auth is not None and request.headers.get("Authorization") != (
             self.required_auth
@@ -130,7 +135,7 @@ class FileServer:
             name = body.get("storage_path") if isinstance(body, dict) else None
             return await self._file(name)
         if path.startswith("/files/"):
-            return await self._file(path[len("/files/"):])
+            return await self._file(path[len("/files/") :])
         if path == "/redirect":
             status = int(request.query.get("status", "302"))
             return web.Response(status=status, headers={"Location": request.query["to"]})

@@ -94,7 +94,11 @@ class _Handler:
         self.owner = owner
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
@@ -103,7 +107,11 @@ class _Handler:
         return responses
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         mail_options: list[str],
     ) -> str:
         if self.owner.mail_reply:
@@ -113,7 +121,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         scripted = self.owner.script_rcpt.get(address) or self.owner.script_rcpt.get(
@@ -160,7 +172,6 @@ class _Handler:
         else:
             owner.refused_data.append(raw)
         return reply
-
 
     async def handle_exception(self, error: Exception) -> str:
         """Record session errors (e.g. a client refusing our certificate) instead of logging."""

@@ -39,8 +39,13 @@ log = logging.getLogger(__name__)
 KEY_CHECK_SETTING = "encryption_key_check"
 KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
 #: Settings ``PUT /instance`` may change while running; stored values win over the config.
-LIVE_SETTINGS = ("instance_name", "send_loop_interval", "max_retries", "retry_delays",
-                 "sync_interval")
+LIVE_SETTINGS = (
+    "instance_name",
+    "send_loop_interval",
+    "max_retries",
+    "retry_delays",
+    "sync_interval",
+)
 
 
 class StorageFactory(Protocol):

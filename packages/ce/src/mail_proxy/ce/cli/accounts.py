@@ -14,9 +14,16 @@ from mail_proxy.core.cli_support.target import current
 
 app = App(name="accounts", help="SMTP accounts of a tenant.")
 
-COLUMNS = [("id", "ID"), ("transport", "TRANSPORT"), ("host", "HOST"), ("port", "PORT"),
-           ("user", "USER"),
-           ("default", "DEFAULT"), ("limits", "LIMITS m/h/d"), ("limit_behavior", "OVER LIMIT")]
+COLUMNS = [
+    ("id", "ID"),
+    ("transport", "TRANSPORT"),
+    ("host", "HOST"),
+    ("port", "PORT"),
+    ("user", "USER"),
+    ("default", "DEFAULT"),
+    ("limits", "LIMITS m/h/d"),
+    ("limit_behavior", "OVER LIMIT"),
+]
 
 
 @app.command(name="list")
@@ -115,11 +122,21 @@ def add(
             password = optional(None, "SMTP password", secret=True)
     body: dict[str, Any] = {"id": account_id}
     values = {
-        "host": host, "transport": transport, "options": options or None, "port": port,
-        "user": user, "password": password, "use_tls": use_tls, "starttls": starttls,
-        "timeout": timeout, "batch_size": batch_size, "limit_per_minute": limit_per_minute,
-        "limit_per_hour": limit_per_hour, "limit_per_day": limit_per_day,
-        "limit_behavior": limit_behavior, "default": default,
+        "host": host,
+        "transport": transport,
+        "options": options or None,
+        "port": port,
+        "user": user,
+        "password": password,
+        "use_tls": use_tls,
+        "starttls": starttls,
+        "timeout": timeout,
+        "batch_size": batch_size,
+        "limit_per_minute": limit_per_minute,
+        "limit_per_hour": limit_per_hour,
+        "limit_per_day": limit_per_day,
+        "limit_behavior": limit_behavior,
+        "default": default,
     }
     body.update({k: v for k, v in values.items() if v is not None})
     if target.tenant:
@@ -130,8 +147,9 @@ def add(
         return 0
     account = answer.get("account") or {}
     print(f"account {account.get('id', account_id)!r} saved")
-    print_fields(account, [k for k in ("tenant_id", "host", "port", "user", "default")
-                           if k in account])
+    print_fields(
+        account, [k for k in ("tenant_id", "host", "port", "user", "default") if k in account]
+    )
     return 0
 
 

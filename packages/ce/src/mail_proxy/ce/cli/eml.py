@@ -19,8 +19,19 @@ from typing import Any, cast
 
 #: Headers mapped to message fields or rebuilt by the proxy, never copied into ``headers``.
 NOT_COPIED = {
-    "from", "to", "cc", "bcc", "reply-to", "subject", "message-id", "date", "mime-version",
-    "return-path", "received", "delivered-to", "x-original-to",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "message-id",
+    "date",
+    "mime-version",
+    "return-path",
+    "received",
+    "delivered-to",
+    "x-original-to",
 }
 
 
@@ -94,12 +105,14 @@ def attachments(msg: EmailMessage) -> list[dict[str, Any]]:
             data = inner.as_bytes() if hasattr(inner, "as_bytes") else b""
         else:
             data = part.get_payload(decode=True) or b""
-        out.append({
-            "filename": part.get_filename() or f"attachment-{index}",
-            "storage_path": base64.b64encode(data).decode("ascii"),
-            "fetch_mode": "base64",
-            "mime_type": part.get_content_type(),
-        })
+        out.append(
+            {
+                "filename": part.get_filename() or f"attachment-{index}",
+                "storage_path": base64.b64encode(data).decode("ascii"),
+                "fetch_mode": "base64",
+                "mime_type": part.get_content_type(),
+            }
+        )
     return out
 
 

@@ -16,8 +16,13 @@ from mail_proxy.core.cli_support.output import print_fields, print_json
 from mail_proxy.core.cli_support.rest import Client
 from mail_proxy.core.cli_support.target import current
 
-HIDDEN_CONFIG = {"api_token", "encryption_key", "client_sync_password", "client_sync_token",
-                 "client_sync_secret"}
+HIDDEN_CONFIG = {
+    "api_token",
+    "encryption_key",
+    "client_sync_password",
+    "client_sync_token",
+    "client_sync_secret",
+}
 
 
 def use(context: str | None = None, /, *, clear: bool = False) -> int:
@@ -36,8 +41,11 @@ def use(context: str | None = None, /, *, clear: bool = False) -> int:
         return 0
     if context is None:
         saved = read_context()
-        print("(no default: set one with mail-proxy use NAME[/TENANT])" if saved is None
-              else "/".join(p for p in saved if p))
+        print(
+            "(no default: set one with mail-proxy use NAME[/TENANT])"
+            if saved is None
+            else "/".join(p for p in saved if p)
+        )
         return 0
     name, _, tenant = context.partition("/")
     Instance.named(name).require()
@@ -58,8 +66,13 @@ def info(*, json: bool = False) -> int:
     pid = inst.running_pid()
     config = {k: v for k, v in inst.config().items() if k not in HIDDEN_CONFIG}
     data: dict[str, Any] = {
-        "name": inst.name, "dir": str(inst.dir), "state": "running" if pid else "stopped",
-        "pid": pid, "url": inst.url, "config": config, "status": None,
+        "name": inst.name,
+        "dir": str(inst.dir),
+        "state": "running" if pid else "stopped",
+        "pid": pid,
+        "url": inst.url,
+        "config": config,
+        "status": None,
     }
     if pid is not None:
         data["status"] = Client(inst.url, inst.token, name=inst.name, timeout=10).get("/status")

@@ -130,14 +130,25 @@ def list_instances(*, json: bool = False) -> int:
         if pid is not None:
             state = "running" if healthy(inst.url, 1.0) else "unresponsive"
         rows.append(
-            {"name": inst.name, "state": state, "port": inst.port, "pid": pid, "url": inst.url,
-             "dir": str(inst.dir)}
+            {
+                "name": inst.name,
+                "state": state,
+                "port": inst.port,
+                "pid": pid,
+                "url": inst.url,
+                "dir": str(inst.dir),
+            }
         )
     if json:
         print_json({"instances": rows})
     else:
-        cols = [("name", "NAME"), ("state", "STATE"), ("port", "PORT"), ("pid", "PID"),
-                ("url", "URL")]
+        cols = [
+            ("name", "NAME"),
+            ("state", "STATE"),
+            ("port", "PORT"),
+            ("pid", "PID"),
+            ("url", "URL"),
+        ]
         print_table(rows, cols, empty="(no instances: create one with mail-proxy start NAME)")
     return 0
 

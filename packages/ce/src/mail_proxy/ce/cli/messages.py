@@ -16,11 +16,33 @@ from mail_proxy.core.cli_support.target import current
 
 app = App(name="messages", help="Messages of a tenant: queued, sent, failed.")
 
-COLUMNS = [("id", "ID"), ("status", "STATUS"), ("priority", "PRI"), ("account_id", "ACCOUNT"),
-           ("attempts", "TRIES"), ("created", "CREATED"), ("error", "ERROR")]
-SHOW_KEYS = ["id", "tenant_id", "status", "priority", "account_id", "batch_code", "from", "to",
-             "subject", "attachments", "attempts", "created_at", "deferred_ts", "sent_ts",
-             "error_ts", "error"]
+COLUMNS = [
+    ("id", "ID"),
+    ("status", "STATUS"),
+    ("priority", "PRI"),
+    ("account_id", "ACCOUNT"),
+    ("attempts", "TRIES"),
+    ("created", "CREATED"),
+    ("error", "ERROR"),
+]
+SHOW_KEYS = [
+    "id",
+    "tenant_id",
+    "status",
+    "priority",
+    "account_id",
+    "batch_code",
+    "from",
+    "to",
+    "subject",
+    "attachments",
+    "attempts",
+    "created_at",
+    "deferred_ts",
+    "sent_ts",
+    "error_ts",
+    "error",
+]
 
 
 @app.command(name="list")
@@ -51,8 +73,13 @@ def list_messages(
         Print the GET /messages answer.
     """
     target = current()
-    query: dict[str, Any] = {**target.tenant_query(), "status": status, "batch_code": batch,
-                             "limit": limit, "cursor": cursor}
+    query: dict[str, Any] = {
+        **target.tenant_query(),
+        "status": status,
+        "batch_code": batch,
+        "limit": limit,
+        "cursor": cursor,
+    }
     if active:
         query["active_only"] = True
     answer = target.client().get("/messages", query)
@@ -92,8 +119,9 @@ def show(message_id: str, /, *, json: bool = False) -> int:
     if events:
         print()
         rows = [{**e, "when": fmt_ts(e.get("event_ts"))} for e in events]
-        print_table(rows, [("when", "WHEN"), ("event_type", "EVENT"),
-                           ("description", "DESCRIPTION")])
+        print_table(
+            rows, [("when", "WHEN"), ("event_type", "EVENT"), ("description", "DESCRIPTION")]
+        )
     return 0
 
 

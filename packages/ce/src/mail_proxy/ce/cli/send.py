@@ -53,8 +53,11 @@ def send(
         raise UsageError(f"invalid --priority {priority!r}: use 0-3, immediate, high, medium, low")
     target = current()
     client = target.client()
-    common: dict[str, Any] = {"account_id": account, "batch_code": batch,
-                              "tenant_id": target.tenant}
+    common: dict[str, Any] = {
+        "account_id": account,
+        "batch_code": batch,
+        "tenant_id": target.tenant,
+    }
     if priority is not None:
         common["priority"] = int(priority) if priority.isdigit() else priority
     common = {k: v for k, v in common.items() if v is not None}
@@ -65,13 +68,15 @@ def send(
             rejected += local
             if chunk:
                 try:
-                    answer = client.post("/commands/add-messages", {"messages": chunk},
-                                         target.tenant_query())
+                    answer = client.post(
+                        "/commands/add-messages", {"messages": chunk}, target.tenant_query()
+                    )
                 except CliError as exc:
                     raise CliError(f"{exc.message} ({queued} message(s) queued before)") from None
                 queued += int(answer.get("queued", 0))
-                rejected += [{**r, "file": names.get(str(r.get("id")))}
-                             for r in answer.get("rejected") or []]
+                rejected += [
+                    {**r, "file": names.get(str(r.get("id")))} for r in answer.get("rejected") or []
+                ]
             progress.advance(len(chunk) + len(local))
     finally:
         progress.close()

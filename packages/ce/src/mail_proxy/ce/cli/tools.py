@@ -60,8 +60,13 @@ def plugins(*, json: bool = False) -> int:
         return 0
     for row in rows:
         row["adds_text"] = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["adds"].items())
-    cols = [("name", "NAME"), ("distribution", "DISTRIBUTION"), ("version", "VERSION"),
-            ("edition", "EDITION"), ("hooks", "HOOKS")]
+    cols = [
+        ("name", "NAME"),
+        ("distribution", "DISTRIBUTION"),
+        ("version", "VERSION"),
+        ("edition", "EDITION"),
+        ("hooks", "HOOKS"),
+    ]
     print_table(rows, cols)
     for row in rows:
         if row["adds_text"]:

@@ -24,7 +24,7 @@ _WHITESPACE = re.compile(r"[ \t\r\n]+")
 
 def decode(storage_path: str, max_bytes: int) -> bytes:
     """Decode ``storage_path`` (with or without the prefix); ``ValueError`` says why not."""
-    text = storage_path[len(PREFIX):] if storage_path.startswith(PREFIX) else storage_path
+    text = storage_path[len(PREFIX) :] if storage_path.startswith(PREFIX) else storage_path
     text = _WHITESPACE.sub("", text)
     if len(text) // 4 * 3 > max_bytes + 2:
         raise ValueError(f"base64 content too large (limit {max_bytes} bytes)")

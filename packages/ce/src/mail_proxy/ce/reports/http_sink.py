@@ -79,14 +79,18 @@ def sync_target(tenant: Tenant, runtime: Runtime) -> SyncTarget | None:
             headers = auth_headers(tenant.client_auth)
         except FetchError as exc:
             raise ValueError(f"client_auth: {exc}") from None
-        return SyncTarget(tenant.client_base_url.rstrip("/") + path, False, headers,
-                          tenant.sync_secret)
+        return SyncTarget(
+            tenant.client_base_url.rstrip("/") + path, False, headers, tenant.sync_secret
+        )
     if s.client_sync_url:
         if s.client_sync_token:
             auth: dict[str, Any] | None = {"method": "bearer", "token": s.client_sync_token}
         elif s.client_sync_user:
-            auth = {"method": "basic", "user": s.client_sync_user,
-                    "password": s.client_sync_password or ""}
+            auth = {
+                "method": "basic",
+                "user": s.client_sync_user,
+                "password": s.client_sync_password or "",
+            }
         else:
             auth = None
         try:
@@ -114,7 +118,7 @@ def parse_answer(status: int, raw: bytes) -> SinkAnswer:
     except (ValueError, RecursionError):
         return SinkAnswer(False, error=f"HTTP {status} with an answer that is not JSON")
     if not isinstance(data, dict) or data.get("ok") is not True:
-        return SinkAnswer(False, error=f"HTTP {status} without \"ok\": true in the answer")
+        return SinkAnswer(False, error=f'HTTP {status} without "ok": true in the answer')
     queued = data.get("queued")
     if isinstance(queued, bool) or not isinstance(queued, int) or queued < 0:
         queued = 0

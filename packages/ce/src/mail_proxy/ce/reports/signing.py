@@ -37,7 +37,7 @@ def signing_key(secret: str) -> bytes:
     Raises ``ValueError`` for a ``whsec_`` secret that is not valid base64 or is empty.
     """
     if secret.startswith(WHSEC_PREFIX):
-        raw = secret[len(WHSEC_PREFIX):]
+        raw = secret[len(WHSEC_PREFIX) :]
         try:
             key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
         except (binascii.Error, ValueError):

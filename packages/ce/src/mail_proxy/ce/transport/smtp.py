@@ -413,9 +413,7 @@ class SmtpTransport(Transport):
             )
         except Exception as exc:
             if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not str(exc):
-                exc = TimeoutError(
-                    f"connect/TLS/AUTH took longer than {self._connect_timeout:g}s"
-                )
+                exc = TimeoutError(f"connect/TLS/AUTH took longer than {self._connect_timeout:g}s")
             raise _classify(exc, where, secret[0] if secret else None) from None
         self.connections_opened += 1
         log.debug("%s: new SMTP connection", where)
