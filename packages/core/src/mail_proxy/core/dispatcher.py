@@ -117,7 +117,7 @@ class Dispatcher(Service):
         self.rt = runtime
         self.policy = RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
         self.writer = OutcomeWriter(runtime)
-        self._capacity = asyncio.Semaphore(s.max_concurrent_sends)
+        self._attachment_slots = asyncio.Semaphore(s.max_concurrent_attachment_messages)
         self._inflight = 0
         self._slot_freed = asyncio.Event()
         self._account_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
@@ -321,6 +321,14 @@ class Dispatcher(Service):
         await self._finish(rec, outcome)
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
+        if not rec.payload.get("attachments"):
+            return await self._attempt_now(rec, account, tenant)
+        # A message with attachments holds several copies of them while it is built and sent
+        # (raw, base64, flattened): few at a time keeps memory bounded by design.
+        async with self._attachment_slots:
+            return await self._attempt_now(rec, account, tenant)
+
+    async def _attempt_now(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
         from .mime import MimeError, build_email, envelope
 
         rt = self.rt
@@ -334,6 +342,7 @@ class Dispatcher(Service):
             email = build_email(
                 payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments
             )
+            del attachments  # the MIME message holds the content now
         except (FetchError, MimeError) as exc:
             return self._error(rec, str(exc))
         rt.plugins.hook.prepare_message(email=email, record=rec, account=account, runtime=rt)
