@@ -276,7 +276,7 @@ def test_envelope_without_cc_or_bcc() -> None:
 
 def test_new_message_id() -> None:
     first = new_message_id("Someone <someone@Mail.Example.COM>")
-    assert re.fullmatch(r"<[0-9a-f]{32}@mail\.example\.com>", first)
+    assert re.fullmatch(r"<[0-9a-f]+\.[0-9a-f]{16}\.[0-9a-f]+@mail\.example\.com>", first)
     assert new_message_id("someone@mail.example.com") != first
     assert new_message_id("a@bücher.example").endswith("@xn--bcher-kva.example>")
     assert new_message_id("no address").endswith("@genro-mail-proxy.invalid>")

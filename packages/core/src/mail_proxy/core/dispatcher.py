@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 2.0
+#: How long the outcome writer gathers outcomes before committing them together.
+BATCH_WINDOW = 0.005
 
 
 @dataclass
@@ -67,7 +69,9 @@ class OutcomeWriter:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            await asyncio.sleep(0)  # let outcomes completing in this tick join the batch
+            # Let outcomes completing in the next few milliseconds join the batch: one
+            # transaction per batch instead of one per message.
+            await asyncio.sleep(BATCH_WINDOW)
             await self.flush()
 
     async def flush(self, retry: bool = True) -> None:
@@ -118,6 +122,8 @@ class Dispatcher(Service):
         self.policy = RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
         self.writer = OutcomeWriter(runtime)
         self._attachment_slots = asyncio.Semaphore(s.max_concurrent_attachment_messages)
+        # Claim again only when a useful number of slots is free (not one by one).
+        self._claim_threshold = max(1, min(16, s.max_concurrent_sends // 4))
         self._inflight = 0
         self._slot_freed = asyncio.Event()
         self._account_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
@@ -167,16 +173,26 @@ class Dispatcher(Service):
                 log.exception("dispatch round failed")
                 claimed = 0
                 await asyncio.sleep(min(5.0, s.send_loop_interval * 4))
-            if claimed and self._free() > 0:
+            if claimed and self._free() >= self._claim_threshold:
                 continue  # more may be ready: claim again at once
-            if claimed or self._free() <= 0:
-                # Busy: wait for a free slot (or a wake-up) rather than polling.
-                self._slot_freed.clear()
-                await self._wait_any(self._slot_freed, wake, s.send_loop_interval)
+            if claimed or self._free() < self._claim_threshold:
+                await self._wait_for_slots(s.send_loop_interval)
             elif s.test_mode:
                 await wake.wait()  # idle in test mode: wait for the next run-now
             else:
                 await self._wait_any(wake, None, s.send_loop_interval)
+
+    async def _wait_for_slots(self, timeout: float) -> None:
+        """Busy: wait until enough slots are free to claim a useful batch (or a wake-up)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wake = self.rt.dispatch_wakeup
+        while self._free() < self._claim_threshold and not wake.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            await self._wait_any(self._slot_freed, wake, remaining)
 
     @staticmethod
     async def _wait_any(a: asyncio.Event, b: asyncio.Event | None, timeout: float) -> None:

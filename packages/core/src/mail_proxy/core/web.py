@@ -211,7 +211,7 @@ def _audit(request: web.Request, rt: Runtime, status: int) -> None:
 class AuditWriter:
     """Buffers command-log entries and writes them in batches off the request path."""
 
-    def __init__(self, rt: Runtime, interval: float = 0.25) -> None:
+    def __init__(self, rt: Runtime, interval: float = 0.05) -> None:
         self.rt = rt
         self.interval = interval
         self._buffer: list[CommandLogEntry] = []

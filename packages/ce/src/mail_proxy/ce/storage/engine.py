@@ -44,7 +44,13 @@ def make_engine(url: str) -> tuple[AsyncEngine, str, str | None]:
         if schema:
             connect_args["server_settings"] = {"search_path": schema}
         engine = create_async_engine(
-            parsed, connect_args=connect_args, pool_size=10, max_overflow=10, pool_pre_ping=True
+            # No pre-ping (a round trip before every transaction): connections are recycled
+            # and a dropped one fails its statement (503), which invalidates the pool.
+            parsed,
+            connect_args=connect_args,
+            pool_size=10,
+            max_overflow=10,
+            pool_recycle=300,
         )
         return engine, "postgresql", schema
     raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
