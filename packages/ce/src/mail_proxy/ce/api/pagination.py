@@ -19,25 +19,26 @@ class _Row(Protocol):
 RowT = TypeVar("RowT", bound=_Row)
 
 
-def encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(f"{_PREFIX}{pk}".encode()).decode().rstrip("=")
+def encode_cursor(pk: int, prefix: str = _PREFIX) -> str:
+    """An opaque cursor for position ``pk``; ``prefix`` keeps kinds of cursors apart."""
+    return base64.urlsafe_b64encode(f"{prefix}{pk}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> int | None:
+def decode_cursor(
+    cursor: str | None, prefix: str = _PREFIX, origin: str = "this server"
+) -> int | None:
     """The ``pk`` a cursor stands for (None for the first page); 400 ``invalid_cursor``."""
     if not cursor:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith(_PREFIX):
+        if not text.startswith(prefix):
             raise ValueError(text)
-        pk = int(text[len(_PREFIX) :])
+        pk = int(text[len(prefix) :])
         if pk < 0:
             raise ValueError(text)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(
-            400, "invalid_cursor", "the cursor is not one this server returned"
-        ) from None
+        raise ApiError(400, "invalid_cursor", f"the cursor is not one {origin} returned") from None
     return pk
 
 

@@ -18,14 +18,13 @@ Cursors are opaque strings (distinct from the ``/messages`` page cursors).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from mail_proxy.ce.api import pagination
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.reporter import report_item
 from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of, tenant_of
@@ -55,22 +54,14 @@ class AckBody(BaseModel):
 
 
 def encode_cursor(pk: int) -> str:
-    return base64.urlsafe_b64encode(f"{_PREFIX}{pk}".encode()).decode().rstrip("=")
+    return pagination.encode_cursor(pk, _PREFIX)
 
 
 def decode_cursor(cursor: str) -> int:
     """The event position a report cursor stands for; 400 ``invalid_cursor`` otherwise."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith(_PREFIX):
-            raise ValueError(text)
-        pk = int(text[len(_PREFIX) :])
-        if pk < 0:
-            raise ValueError(text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(
-            400, "invalid_cursor", "the cursor is not one GET /reports returned"
-        ) from None
+    pk = pagination.decode_cursor(cursor, _PREFIX, "GET /reports")
+    if pk is None:  # an empty cursor names no position
+        raise ApiError(400, "invalid_cursor", "the cursor is not one GET /reports returned")
     return pk
 
 
