@@ -215,6 +215,7 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
             rt, "a2", "error", tenant_id="acme", error="550 no such user", wake=False
         )
         await record_outcome(rt, "d1", "sent")  # wakes the reporter: a1 and a2 go together
+
         # acme is retried with backoff; each attempt carries the same two events ...
         # (Under load the periodic outbox scan may catch a1 alone once: wait for two
         # attempts that carry both.)

@@ -85,30 +85,36 @@ def _guard(spec: RouteSpec):  # type: ignore[no-untyped-def]
     async def guarded(request: web.Request) -> web.StreamResponse:
         rt = request.app[RUNTIME]
         if spec.scope != "public":
-            principal = await _authenticate(request, rt)
-            request[PRINCIPAL] = principal
-            if spec.scope == "admin" and not principal.is_admin:
-                raise ApiError(403, "admin_only", "this route needs the admin token")
-        if spec.query is not None:
-            request[QUERY] = _validate(spec.query, dict(request.query), "query")
-        if spec.body is not None and request.method in STATE_CHANGING:
-            request[BODY] = _validate(spec.body, await _read_json(request), "body")
-        if spec.scope == "tenant":
-            request[TENANT_ID] = await _bind_tenant(request, spec, rt)
+            request[PRINCIPAL] = await _authenticate(request, rt)
         status = 500
         try:
-            response = await spec.handler(request)
+            response = await _checked_call(request, spec, rt)
             status = response.status
             return response
         except ApiError as exc:
             status = exc.status
             raise
         finally:
+            # Every state-changing call of an authenticated caller is audited, refused ones
+            # (403, 400, 409, ...) included.
             if spec.scope != "public" and request.method in STATE_CHANGING:
                 _audit(request, rt, status)
 
     guarded.__name__ = getattr(spec.handler, "__name__", "handler")
     return guarded
+
+
+async def _checked_call(request: web.Request, spec: RouteSpec, rt: Runtime) -> web.StreamResponse:
+    """Scope, query, body and tenant checks, then the handler."""
+    if spec.scope == "admin" and not request[PRINCIPAL].is_admin:
+        raise ApiError(403, "admin_only", "this route needs the admin token")
+    if spec.query is not None:
+        request[QUERY] = _validate(spec.query, dict(request.query), "query")
+    if spec.body is not None and request.method in STATE_CHANGING:
+        request[BODY] = _validate(spec.body, await _read_json(request), "body")
+    if spec.scope == "tenant":
+        request[TENANT_ID] = await _bind_tenant(request, spec, rt)
+    return await spec.handler(request)
 
 
 async def _authenticate(request: web.Request, rt: Runtime) -> Principal:
