@@ -2,7 +2,9 @@
 
 Accounts authenticate to a real SMTP server (AUTH required), so "still sends" means the
 server decrypted the password; the SQLite file is then read directly and every stored
-secret is tried with the old and the new key. CLI calls run in a worker thread: the SMTP
+secret is tried with the old and the new key. It lives with the multitenancy tests because a
+tenant's client_auth secret is among the values rotated; the Community Edition part is
+covered without the plugin by tests/ce/test_key_rotation.py. CLI calls run in a worker thread: the SMTP
 server lives in this test's event loop and must keep answering while a command runs.
 """
 
