@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -216,6 +217,34 @@ def validate_attachments(atts: Any, runtime: Runtime) -> str | None:
         if problem:
             return f"attachment {number}: {problem}"
     return None
+
+
+#: Size assumed, before fetching, for an attachment whose size cannot be known up front
+#: (endpoint and http_url modes, relative filesystem paths).
+UNKNOWN_SIZE_GUESS = 1024 * 1024
+
+
+def estimated_size(atts: list[dict[str, Any]]) -> int:
+    """The attachments' total size as far as it is known without fetching (for the memory
+    budget): base64 from its length, absolute filesystem paths from ``stat``, a guess
+    otherwise. The budget is corrected once the real size is known."""
+    total = 0
+    for att in atts:
+        try:
+            spec = parse_spec(att)
+        except AttachmentError:
+            continue
+        path = spec.storage_path
+        if spec.fetch_mode == "base64":
+            total += len(path.removeprefix("base64:")) * 3 // 4
+        elif spec.fetch_mode == "filesystem" and os.path.isabs(path):
+            try:
+                total += os.stat(path).st_size  # metadata only: no read, no follow-up I/O
+            except OSError:
+                total += UNKNOWN_SIZE_GUESS
+        else:
+            total += UNKNOWN_SIZE_GUESS
+    return total
 
 
 class AttachmentResolver:

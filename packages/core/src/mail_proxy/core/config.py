@@ -249,11 +249,12 @@ class Settings:
     attachment_max_mb: float = setting(
         25.0, "GMP_ATTACHMENT_MAX_MB", "Largest attachment accepted (MB).", _positive(float)
     )
-    max_concurrent_attachment_messages: int = setting(
-        2,
-        "GMP_MAX_CONCURRENT_ATTACHMENT_MESSAGES",
-        "Messages with attachments being built and sent at once (bounds memory).",
-        _positive(int),
+    attachment_memory_budget_mb: float = setting(
+        256.0,
+        "GMP_ATTACHMENT_MEMORY_BUDGET_MB",
+        "Memory reserved for messages with attachments being built and sent (MB); each "
+        "reserves about 10x its attachments' size, large ones take turns.",
+        _positive(float),
     )
     max_concurrent_attachments: int = setting(
         8,

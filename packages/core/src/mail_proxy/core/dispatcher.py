@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .budget import COPIES, ByteBudget, Reservation
 from .fetch import FetchError
 from .model import Account, MessageRecord, Outcome, Tenant
 from .retry import RetryPolicy
@@ -121,7 +122,7 @@ class Dispatcher(Service):
         self.rt = runtime
         self.policy = RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
         self.writer = OutcomeWriter(runtime)
-        self._attachment_slots = asyncio.Semaphore(s.max_concurrent_attachment_messages)
+        self._attachment_budget = ByteBudget(int(s.attachment_memory_budget_mb * 1024 * 1024))
         # Claim again only when a useful number of slots is free (not one by one).
         self._claim_threshold = max(1, min(16, s.max_concurrent_sends // 4))
         self._inflight = 0
@@ -337,14 +338,26 @@ class Dispatcher(Service):
         await self._finish(rec, outcome)
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
-        if not rec.payload.get("attachments"):
-            return await self._attempt_now(rec, account, tenant)
-        # A message with attachments holds several copies of them while it is built and sent
-        # (raw, base64, flattened): few at a time keeps memory bounded by design.
-        async with self._attachment_slots:
-            return await self._attempt_now(rec, account, tenant)
+        atts = rec.payload.get("attachments")
+        if not atts:
+            return await self._attempt_now(rec, account, tenant, None)
+        from .attachments import estimated_size
 
-    async def _attempt_now(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
+        # Reserve memory for the copies of the attachments before fetching them (budget.py).
+        reservation = Reservation(self._attachment_budget)
+        await reservation.ensure(COPIES * estimated_size(atts))
+        try:
+            return await self._attempt_now(rec, account, tenant, reservation)
+        finally:
+            await reservation.release()
+
+    async def _attempt_now(
+        self,
+        rec: MessageRecord,
+        account: Account,
+        tenant: Tenant,
+        reservation: Reservation | None,
+    ) -> Outcome:
         from .mime import MimeError, build_email, envelope
 
         rt = self.rt
@@ -355,6 +368,8 @@ class Dispatcher(Service):
                 from .attachments import get_resolver
 
                 attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
+                if reservation is not None:  # larger than estimated: reserve the real size
+                    await reservation.ensure(COPIES * sum(len(a.content) for a in attachments))
             email = build_email(
                 payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments
             )
