@@ -322,3 +322,41 @@ async def test_report_sync_lease_is_exclusive_until_it_expires(storage: SqlStora
     state = await storage.get_sync_state("default")
     await storage.save_sync_state(state)  # bookkeeping writes leave the lease alone
     assert not await storage.claim_report_sync("default", "b", now + 43, 30)
+
+
+async def test_a_group_that_clashes_with_another_writer_is_retried_call_by_call(
+    pg_url: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Another instance inserts the same (tenant, id) while a group commit is in flight: the
+    group fails on the unique index and its calls are committed one by one."""
+    import asyncio
+
+    import asyncpg
+
+    rt = Runtime(make_settings(database_url=pg_url), create_plugin_manager(load_entry_points=False))
+    store = SqlStorage(rt, pg_url)
+    await store.start()
+    schema = pg_url.rsplit("schema=", 1)[1]
+    other = await asyncpg.connect(pg_url.split("?")[0], server_settings={"search_path": schema})
+    try:
+        now = time.time()
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "INSERT INTO messages (tenant_id, id, account_id, priority, status, payload,"
+            " message_id, created_at, updated_at) VALUES ('default', 'm1', 'acc', 2, 'pending',"
+            " '{}', '<x@y>', $1, $1)",
+            now,
+        )
+        calls = asyncio.gather(store.enqueue([msg(1)], now), store.enqueue([msg(2)], now))
+        await asyncio.sleep(0.5)  # the group's INSERT now waits on the other transaction
+        await tx.commit()
+        results = await asyncio.wait_for(calls, 10)
+        assert [r.queued for r in results] == [1, 1]
+        ids = [m.id for m in await store.list_messages(MessageFilter(tenant_id="default"))]
+        assert sorted(ids) == ["m1", "m2"]
+        rec = await store.get_message("default", "m1")
+        assert rec is not None and rec.payload == {"subject": "s1"}  # replaced the clashing row
+    finally:
+        await other.close()
+        await store.close()

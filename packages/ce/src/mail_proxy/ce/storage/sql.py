@@ -390,17 +390,34 @@ class SqlStorage(Storage):
         while self._enqueue_jobs:
             jobs, self._enqueue_jobs = self._enqueue_jobs, []
             try:
-                results = await self._enqueue_group(jobs)
-            except BaseException as exc:
-                for _, _, future in jobs:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for (_, _, future), result in zip(jobs, results, strict=True):
+                await self._commit_jobs(jobs)
+            except IntegrityError:
+                # One call's rows clashed (another instance inserted the same id a moment ago):
+                # commit the calls one by one, so only a call that still clashes fails.
+                if len(jobs) > 1:
+                    for job in jobs:
+                        with contextlib.suppress(IntegrityError):
+                            await self._commit_jobs([job])
+
+    async def _commit_jobs(
+        self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
+    ) -> None:
+        """Commit ``jobs`` together and answer their callers. An integrity error is raised
+        to the caller only for a single job (a group is retried job by job)."""
+        try:
+            results = await self._enqueue_group(jobs)
+        except BaseException as exc:
+            if isinstance(exc, IntegrityError) and len(jobs) > 1:
+                raise
+            for _, _, future in jobs:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError | IntegrityError):
+                raise
+            return
+        for (_, _, future), result in zip(jobs, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
     async def _enqueue_group(
         self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
