@@ -413,6 +413,20 @@ async def test_next_sync_after_holds_heartbeats_but_not_reports_and_tenant_run_n
     assert status_of(rt)["dnd"] is False
 
 
+async def test_admin_run_now_syncs_tenants_outside_dnd_at_once(
+    start_app: Any, report_client: ReportClient
+) -> None:
+    rc = report_client
+    client, _rt = await start_app(client_sync_url=rc.url, sync_interval=300.0)
+    await rc.wait_requests(1)  # the first heartbeat; the next one would be in 300 s
+    await asyncio.sleep(0.3)
+    assert len(rc.requests) == 1
+    resp = await client.post("/commands/run-now", json={}, headers=client.admin_headers)
+    assert resp.status == 200
+    await rc.wait_requests(2)
+    assert rc.requests[1].items == []  # an empty heartbeat, right away
+
+
 # -- signing, auth, address policy ----------------------------------------------------------------
 def independent_verify(
     secret: str,

@@ -231,7 +231,9 @@ class Reporter(Service):
         rt = self.rt
         now = time.time()
         self._last_cycle = time.monotonic()
-        refresh = now >= self._refreshed + self.refresh_interval
+        requested = set(rt.report_sync_requested)
+        rt.report_sync_requested.difference_update(requested)
+        refresh = bool(requested) or now >= self._refreshed + self.refresh_interval
         if refresh:
             await self._refresh_tenants(now)
         sinks = {tid: self._sink_for(ts.tenant) for tid, ts in self._tenants.items()}
@@ -252,6 +254,10 @@ class Reporter(Service):
                 ts.state.dnd_until = None
                 ts.retry_at = 0.0
                 ts.force = True
+            elif ("*" in requested or tid in requested) and not (
+                ts.state.dnd_until and ts.state.dnd_until > now
+            ):
+                ts.force = True  # admin run-now: a sync (heartbeat if nothing is pending)
             if ts.task is not None:
                 ts.dirty = ts.dirty or woken
                 continue

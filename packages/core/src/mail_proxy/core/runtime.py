@@ -85,6 +85,8 @@ class Runtime:
         self.report_wakeup = asyncio.Event()
         #: Tenants whose do-not-disturb a tenant run-now cleared (read by the reporter).
         self.report_priority_tenants: set[str] = set()
+        #: Tenants (``"*"`` = all) an admin run-now asked to sync now, DND respected.
+        self.report_sync_requested: set[str] = set()
         self.scheduler_active = settings.scheduler_active
         self.started_at = time.time()
 

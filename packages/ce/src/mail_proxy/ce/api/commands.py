@@ -14,11 +14,13 @@ async def run_now(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     principal = principal_of(request)
     tenant_id = tenant_of(request)
+    narrowed = _named_tenant(request) is not None or not principal.is_admin
     if not principal.is_admin:
         rt.report_priority_tenants.add(tenant_id)
+    else:  # sync now (heartbeats included) every tenant, or the named one; DND respected
+        rt.report_sync_requested.add(tenant_id if narrowed else "*")
     rt.wake_dispatcher()
     rt.wake_reporter()
-    narrowed = _named_tenant(request) is not None or not principal.is_admin
     return ok({"tenant_id": tenant_id if narrowed else None})
 
 
