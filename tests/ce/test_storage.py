@@ -110,6 +110,20 @@ async def test_claim_respects_per_account_limit_and_deferred_ts(storage: SqlStor
     assert [m.id for m in later] == ["m2", "m3", "m9"]
 
 
+async def test_an_accounts_batch_size_overrides_the_default_per_account_limit(
+    storage: SqlStorage,
+) -> None:
+    now = time.time()
+    await storage.save_account(Account("default", "small", host="h", port=25, batch_size=2))
+    await storage.enqueue(
+        [msg(i, account_id="small") for i in range(4)]
+        + [msg(i, account_id="big") for i in range(4, 8)],
+        now,
+    )
+    claimed = await storage.claim_messages("i1", now, 100, 600, 3)
+    assert [m.id for m in claimed] == ["m0", "m1", "m4", "m5", "m6"]
+
+
 async def test_expired_lease_is_retaken_and_stale_outcome_is_fenced(storage: SqlStorage) -> None:
     now = time.time()
     await storage.enqueue([msg(1)], now)

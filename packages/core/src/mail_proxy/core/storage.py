@@ -188,7 +188,8 @@ class Storage(abc.ABC):
         per_account_limit: int,
     ) -> list[MessageRecord]:
         """Claim up to ``limit`` ready messages for delivery, in priority order (0 first)
-        and FIFO (``pk``) inside a priority, at most ``per_account_limit`` per account.
+        and FIFO (``pk``) inside a priority, at most ``per_account_limit`` per account (or the
+        account's own ``batch_size`` when it has one).
 
         Ready: status pending/scheduled/deferred with ``deferred_ts`` None or ≤ ``now``, or
         status sending with an expired lease (a dead instance's claim). Skips suspended

@@ -646,8 +646,15 @@ class SqlStorage(Storage):
             .where(t.tenants.c.id == m.tenant_id, t.tenants.c.active.is_(False))
             .exists()
         )
+        a = t.accounts.c
+        account_batch = (
+            sa.select(a.batch_size)
+            .where(a.tenant_id == m.tenant_id, a.id == m.account_id)
+            .scalar_subquery()
+            .label("account_batch")
+        )
         q = (
-            sa.select(m.pk, m.tenant_id, m.account_id)
+            sa.select(m.pk, m.tenant_id, m.account_id, account_batch)
             .where(ACTIVE_LITERAL, ready, ~suspended, ~inactive)
             .order_by(m.priority, m.pk)
             .limit(limit)
@@ -660,7 +667,7 @@ class SqlStorage(Storage):
             chosen: list[int] = []
             for row in candidates:
                 key = (row.tenant_id, row.account_id)
-                if per_account[key] < per_account_limit:
+                if per_account[key] < (row.account_batch or per_account_limit):
                     per_account[key] += 1
                     chosen.append(row.pk)
             if not chosen:
