@@ -107,11 +107,6 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def make_client(aiohttp_client_factory: Any) -> Any:
-    return aiohttp_client_factory
-
-
-@pytest.fixture
 async def aiohttp_client_factory(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Callable[..., Any]]:

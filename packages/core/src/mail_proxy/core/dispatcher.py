@@ -345,7 +345,8 @@ class Dispatcher(Service):
 
         # Reserve memory for the copies of the attachments before fetching them (budget.py).
         reservation = Reservation(self._attachment_budget)
-        await reservation.ensure(COPIES * estimated_size(atts))
+        # (estimated_size may stat a file: off the event loop)
+        await reservation.ensure(COPIES * await asyncio.to_thread(estimated_size, atts))
         try:
             return await self._attempt_now(rec, account, tenant, reservation)
         finally:

@@ -19,22 +19,6 @@ class ApiError(Exception):
         return {"ok": False, "error": self.message, "code": self.code, **self.extra}
 
 
-def bad_request(message: str, code: str = "invalid_request", **extra: Any) -> ApiError:
-    return ApiError(400, code, message, **extra)
-
-
-def not_found(message: str, code: str = "not_found") -> ApiError:
-    return ApiError(404, code, message)
-
-
-def forbidden(message: str, code: str = "forbidden") -> ApiError:
-    return ApiError(403, code, message)
-
-
-def conflict(message: str, code: str = "conflict", **extra: Any) -> ApiError:
-    return ApiError(409, code, message, **extra)
-
-
 class ConfigError(Exception):
     """Invalid configuration: raised at startup, names the offending key."""
 

@@ -14,12 +14,6 @@ DEFAULT_TENANT = "default"
 #: Message states stored in the database. ``scheduled`` is a pending message whose
 #: ``deferred_ts`` lies in the future; ``deferred`` waits for a retry or a rate-limit window.
 MessageStatus = Literal["pending", "scheduled", "deferred", "sending", "sent", "error"]
-ACTIVE_STATUSES: tuple[str, ...] = ("pending", "scheduled", "deferred", "sending")
-FINAL_STATUSES: tuple[str, ...] = ("sent", "error")
-
-#: Event types recorded in the outbox. ``queued`` is informational (never reported).
-REPORTED_EVENT_TYPES: tuple[str, ...] = ("sent", "error", "deferred", "bounce")
-
 PRIORITY_NAMES = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
 
 

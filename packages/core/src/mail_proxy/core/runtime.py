@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..encryption import Cipher, EncryptionError, load_key
 from .errors import ConfigError
@@ -290,6 +290,3 @@ class Runtime:
             if result is not None:
                 return result  # type: ignore[no-any-return]
         return None
-
-    def status_extra(self) -> dict[str, Any]:
-        return {}

@@ -52,31 +52,24 @@ def _whole_scheduler(request: web.Request) -> bool:
 
 async def suspend(request: web.Request) -> web.Response:
     """Stop dispatching a tenant (or one of its batches); admin form: the whole scheduler."""
-    if _whole_scheduler(request):
-        return await _set_scheduler(request, False)
-    rt = runtime_of(request)
-    body: SuspendBody = body_of(request)
-    tenant_id = tenant_of(request)
-    batches = await rt.storage.suspend(tenant_id, body.batch_code)
-    request[AUDIT_SUMMARY] = {"batch_code": body.batch_code or "*"}
-    return ok(
-        {
-            "tenant_id": tenant_id,
-            "suspended_batches": batches,
-            "pending_messages": await rt.storage.count_pending(tenant_id),
-        }
-    )
+    return await _change_suspension(request, suspend=True)
 
 
 async def activate(request: web.Request) -> web.Response:
     """Lift a suspension (a batch, or everything of the tenant); admin form: the scheduler."""
+    return await _change_suspension(request, suspend=False)
+
+
+async def _change_suspension(request: web.Request, *, suspend: bool) -> web.Response:
     if _whole_scheduler(request):
-        return await _set_scheduler(request, True)
+        return await _set_scheduler(request, not suspend)
     rt = runtime_of(request)
     body: SuspendBody = body_of(request)
     tenant_id = tenant_of(request)
-    batches = await rt.storage.activate(tenant_id, body.batch_code)
-    rt.wake_dispatcher()
+    change = rt.storage.suspend if suspend else rt.storage.activate
+    batches = await change(tenant_id, body.batch_code)
+    if not suspend:
+        rt.wake_dispatcher()
     request[AUDIT_SUMMARY] = {"batch_code": body.batch_code or "*"}
     return ok(
         {

@@ -15,7 +15,6 @@ async def status(request: web.Request) -> web.Response:
     pending = await rt.storage.count_pending(None if principal.is_admin else principal.tenant_id)
     return ok(
         {
-            **rt.status_extra(),
             "scheduler_active": rt.scheduler_active,
             "version": __version__,
             "instance": rt.settings.instance_name,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import zlib
 from collections import defaultdict
@@ -145,8 +146,6 @@ class SqlStorage(Storage):
 
     # -- tenants --------------------------------------------------------------------------
     def _tenant(self, row: Any) -> Tenant:
-        import json
-
         auth = self._decrypt(row.client_auth_enc)
         return Tenant(
             id=row.id,
@@ -178,8 +177,6 @@ class SqlStorage(Storage):
         return [self._tenant(r) for r in rows]
 
     async def save_tenant(self, tenant: Tenant) -> Tenant:
-        import json
-
         now = time.time()
         values = {
             "name": tenant.name,
