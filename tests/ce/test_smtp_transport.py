@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from email import message_from_bytes
@@ -148,6 +149,30 @@ async def test_delivers_headers_envelope_and_attachments(
     sha = [hashlib.sha256(a.get_payload(decode=True)).hexdigest() for a in attachments]
     assert sha == [hashlib.sha256(binary).hexdigest(), hashlib.sha256(text_file).hexdigest()]
     assert b"filename*=utf-8''r%C3%A9sum%C3%A9" in got.raw
+
+
+async def test_large_attachment_is_streamed_exactly_with_its_size_announced(
+    smtp_server: SmtpTestServer, transport: SmtpTransport
+) -> None:
+    # 6 MB: several slices of the streamed DATA, more than the socket buffers take at once
+    blob = os.urandom(6 * 1024 * 1024)
+    p = payload(body=".a line starting with a dot\n..and two\n")
+    result = await send(
+        transport, account_for(smtp_server), p, attachments=[Attachment("big.bin", blob, None)]
+    )
+    assert result.accepted == ["a@example.com"]
+    [got] = smtp_server.messages
+    [attachment] = got.message.iter_attachments()
+    assert (
+        hashlib.sha256(attachment.get_payload(decode=True)).digest()
+        == hashlib.sha256(blob).digest()
+    )
+    body = got.message.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert body.get_content().splitlines() == [".a line starting with a dot", "..and two"]
+    # SIZE (RFC 1870) is the octet count on the wire: the content plus one "." per stuffed line
+    [size] = [o for o in got.mail_options if o.upper().startswith("SIZE=")]
+    assert int(size.split("=", 1)[1]) == len(got.raw) + 2
 
 
 # -- the pool ----------------------------------------------------------------------------------

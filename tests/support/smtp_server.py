@@ -62,6 +62,7 @@ class ReceivedMessage:
     connection_id: int
     tls: bool
     authenticated_as: str | None
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -166,6 +167,7 @@ class _Handler:
                     connection_id=proto.conn_id,
                     tls=proto.is_tls,
                     authenticated_as=login,
+                    mail_options=list(envelope.mail_options),
                 )
             )
             owner._received.set()

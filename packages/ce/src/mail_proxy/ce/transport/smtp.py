@@ -31,6 +31,7 @@ never part of an error text or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -38,21 +39,26 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiosmtplib import (
     SMTP,
     SMTPAuthenticationError,
+    SMTPDataError,
     SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
+    SMTPResponse,
     SMTPResponseException,
     SMTPServerDisconnected,
+    SMTPStatus,
     SMTPTimeoutError,
 )
 
 from mail_proxy.core.transport import SendResult, Transport, TransportError
+from mail_proxy.core.wire import DataPieces, data_pieces
 
 if TYPE_CHECKING:
     from mail_proxy.core.model import Account
@@ -203,6 +209,77 @@ def _build_tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
     return context
 
 
+async def _transaction(
+    smtp: SMTP, message: EmailMessage, sender: str, recipients: list[str], timeout: float
+) -> tuple[dict[str, SMTPResponse], str]:
+    """One mail transaction: ``MAIL``, ``RCPT`` per recipient, ``DATA`` streamed.
+
+    The same exchange as aiosmtplib's ``send_message`` (SMTPUTF8 when an address needs it,
+    ``BODY=8BITMIME`` when offered, else 7bit re-encoding, ``SIZE`` when offered, ``RSET``
+    after a refusal, :class:`SMTPRecipientsRefused` when every recipient is refused), except
+    that the content goes out in slices (:mod:`mail_proxy.core.wire`): a message with large
+    attachments is never flattened into one buffer, nor copied again for line ends and
+    dot-stuffing. Returns ``(refused recipients, final reply text)``.
+    """
+    utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+    if utf8 and not smtp.supports_extension("smtputf8"):
+        raise SMTPNotSupported("an address is not ASCII and the server does not offer SMTPUTF8")
+    options = ["SMTPUTF8"] if utf8 else []
+    eight_bit = smtp.supports_extension("8bitmime")
+    if eight_bit:
+        options.append("BODY=8BITMIME")
+    data = data_pieces(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
+    if smtp.supports_extension("size"):
+        options.insert(0, f"SIZE={data.size}")
+    encoding = "utf-8" if utf8 else "ascii"
+    try:
+        await smtp.mail(sender, options=options, encoding=encoding, timeout=timeout)
+        refused: list[SMTPRecipientRefused] = []
+        for rcpt in recipients:
+            try:
+                await smtp.rcpt(rcpt, encoding=encoding, timeout=timeout)
+            except SMTPRecipientRefused as exc:
+                refused.append(exc)
+        if len(refused) == len(recipients):
+            raise SMTPRecipientsRefused(refused)
+        reply = await _send_data(smtp, data, timeout)
+    except (SMTPResponseException, SMTPRecipientsRefused):
+        with contextlib.suppress(ConnectionError, SMTPException):
+            await smtp.rset(timeout=timeout)
+        raise
+    return {r.recipient: SMTPResponse(r.code, r.message) for r in refused}, reply.message
+
+
+async def _send_data(smtp: SMTP, data: DataPieces, timeout: float) -> SMTPResponse:
+    """``DATA``, the content chunk by chunk (waiting for the socket to drain between chunks, so
+    at most one chunk is buffered), the final ``.``, the server's reply."""
+    start = await smtp.execute_command(b"DATA", timeout=timeout)
+    if start.code != SMTPStatus.start_input:
+        raise SMTPDataError(start.code, start.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise SMTPServerDisconnected("connection lost before the message content")
+    transport = cast(asyncio.WriteTransport, protocol.transport)
+    try:
+        for chunk in data.chunks():
+            protocol.write(chunk)
+            if transport.get_write_buffer_size():
+                # aiosmtplib's protocol has the stdlib flow control (pause/resume_writing):
+                # wait until the socket took the chunk below the low-water mark.
+                await asyncio.wait_for(protocol._drain_helper(), timeout)
+        protocol.write(b".\r\n")
+        reply = await protocol.read_response(timeout=timeout)
+    except (asyncio.TimeoutError, SMTPTimeoutError) as exc:
+        smtp.close()
+        raise SMTPTimeoutError("timed out sending the message content") from exc
+    except (SMTPServerDisconnected, ConnectionError) as exc:
+        smtp.close()
+        raise SMTPServerDisconnected(f"connection lost during DATA: {exc}") from exc
+    if reply.code != SMTPStatus.completed:
+        raise SMTPDataError(reply.code, reply.message)
+    return reply
+
+
 class SmtpTransport(Transport):
     """Pooled SMTP delivery (see the module doc). Safe for concurrent ``send`` calls."""
 
@@ -284,8 +361,8 @@ class SmtpTransport(Transport):
         reusable = False
         try:
             try:
-                errors, response = await conn.smtp.send_message(
-                    message, sender=sender, recipients=recipients, timeout=timeout
+                errors, response = await _transaction(
+                    conn.smtp, message, sender, recipients, timeout
                 )
             except SMTPRecipientsRefused as exc:
                 reusable = True
