@@ -457,6 +457,8 @@ class Bench:
         metrics = {
             "peak_rss_mb": round(sampler.peak_mb, 1),
             "baseline_rss_mb": round(baseline, 1),
+            "attachments_sum_mb": count * size_mb,
+            "peak_rss_of_attachments_sum": round(sampler.peak_mb / (count * size_mb), 3),
             "delivered": stats["unique"],
             "total_s": round(total, 3),
             "lost": stats["lost"],

@@ -250,10 +250,10 @@ class Settings:
         25.0, "GMP_ATTACHMENT_MAX_MB", "Largest attachment accepted (MB).", _positive(float)
     )
     attachment_memory_budget_mb: float = setting(
-        256.0,
+        128.0,
         "GMP_ATTACHMENT_MEMORY_BUDGET_MB",
         "Memory reserved for messages with attachments being built and sent (MB); each "
-        "reserves about 10x its attachments' size, large ones take turns.",
+        "reserves about 4x its attachments' size, large ones take turns.",
         _positive(float),
     )
     max_concurrent_attachments: int = setting(

@@ -64,8 +64,10 @@ def run(settings: Settings) -> int:
     error, 1 on any other failure."""
     from aiohttp.web_runner import GracefulExit
 
+    from .allocator import fix_mmap_threshold
     from .web import run_server
 
+    fix_mmap_threshold()
     try:
         asyncio.run(run_server(settings))
     except (GracefulExit, KeyboardInterrupt):

@@ -99,15 +99,19 @@ def read_file(storage_path: str, bases: list[str], max_bytes: int) -> bytes:
         _check_descriptor(fd, real_bases)
         chunks: list[bytes] = []
         total = 0
+        # The first read asks for the whole file (+1 to see growth): usually it is the only
+        # one, and the content is returned without a second copy.
+        want = after.st_size + 1
         while True:
-            chunk = os.read(fd, min(CHUNK, max_bytes + 1 - total))
+            chunk = os.read(fd, min(want, max_bytes + 1 - total))
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
             if total > max_bytes:
                 raise FetchError(f"attachment too large: more than {max_bytes} bytes")
-        return b"".join(chunks)
+            want = CHUNK
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
 
