@@ -263,3 +263,28 @@ async def test_file_transport_writes_eml(app: Any, tmp_path: Any) -> None:
     await wait_status(client, "f1", "sent")
     [eml] = list(out.glob("*.eml"))
     assert b"X-Genro-Mail-ID: f1" in eml.read_bytes()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("max_hold", [1.0, 0.0], ids=["intake-first", "off"])
+async def test_a_busy_intake_holds_new_claims_briefly(
+    app: Any, smtp: SmtpTestServer, max_hold: float
+) -> None:
+    client = await app(intake_priority_max_hold=max_hold)
+    await add_account(client, smtp, default=True)
+    # 20 messages in one request: at least BUSY_MESSAGES being accepted at once = a busy
+    # intake, so the dispatcher woken by this enqueue first waits for the intake to quiet down
+    await enqueue(client, [message(id=f"m{i}") for i in range(20)])
+    assert len(await smtp.wait_for_messages(20)) == 20
+    resp = await client.get("/metrics")
+    held = _metric(await resp.text(), "gmp_dispatch_intake_hold_seconds_total")
+    if max_hold:
+        assert 0.0 < held <= max_hold + 0.5
+    else:
+        assert held == 0.0

@@ -180,6 +180,13 @@ class Settings:
     send_loop_interval: float = setting(
         0.5, "GMP_SEND_LOOP_INTERVAL", "Idle dispatcher poll interval (seconds).", _positive(float)
     )
+    intake_priority_max_hold: float = setting(
+        1.0,
+        "GMP_INTAKE_PRIORITY_MAX_HOLD",
+        "While many messages are being accepted at once, the dispatcher holds new claims for "
+        "at most this long at a time (seconds; 0 = no intake priority).",
+        _non_negative(float),
+    )
     batch_size_per_account: int = setting(
         50,
         "GMP_BATCH_SIZE_PER_ACCOUNT",

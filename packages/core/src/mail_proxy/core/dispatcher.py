@@ -166,6 +166,9 @@ class Dispatcher(Service):
             await wake.wait()  # test mode: nothing moves before the first run-now
         while True:
             wake.clear()
+            if s.intake_priority_max_hold and rt.intake.busy():
+                # intake first (intake.py): hold new claims while clients are queuing
+                rt.metrics.intake_hold.inc(await rt.intake.wait_quiet(s.intake_priority_max_hold))
             try:
                 claimed = await self.run_round()
             except asyncio.CancelledError:

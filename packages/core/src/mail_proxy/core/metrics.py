@@ -35,6 +35,11 @@ class Metrics:
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
+        self.intake_hold = Counter(
+            "gmp_dispatch_intake_hold_seconds",
+            "Time the dispatcher held new claims because the intake was busy (intake.py).",
+            registry=r,
+        )
         self.report_backlog = Gauge(
             "gmp_report_backlog",
             "Delivery-report events not yet acknowledged.",

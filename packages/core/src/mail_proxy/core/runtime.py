@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..encryption import Cipher, EncryptionError, load_key
 from .errors import ConfigError
 from .fetch import Fetcher
+from .intake import IntakePressure
 from .model import Principal
 from .plugins import PluginManager
 from .registry import Registry
@@ -81,6 +82,8 @@ class Runtime:
         self._transports: dict[str, Transport] = {}
         #: Set to wake the dispatcher now (new messages, run-now).
         self.dispatch_wakeup = asyncio.Event()
+        #: Messages being accepted right now; the dispatcher yields to a busy intake.
+        self.intake = IntakePressure()
         #: Set to wake the reporter now (new events, run-now).
         self.report_wakeup = asyncio.Event()
         #: Tenants whose do-not-disturb a tenant run-now cleared (read by the reporter).

@@ -36,15 +36,16 @@ async def add_messages(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     body: AddMessagesBody = body_of(request)
     named = request.query.get("tenant_id") or body.tenant_id
-    result = await enqueue_batch(
-        rt,
-        body.messages,
-        tenant_id=tenant_of(request),
-        entry_tenants=principal_of(request).is_admin and not named,
-        default_priority=(
-            priority_value(body.default_priority) if body.default_priority is not None else None
-        ),
-    )
+    with rt.intake.accepting(len(body.messages)):
+        result = await enqueue_batch(
+            rt,
+            body.messages,
+            tenant_id=tenant_of(request),
+            entry_tenants=principal_of(request).is_admin and not named,
+            default_priority=(
+                priority_value(body.default_priority) if body.default_priority is not None else None
+            ),
+        )
     request[AUDIT_SUMMARY] = {"queued": result.queued, "rejected": len(result.rejected)}
     return ok(result.public())
 
