@@ -166,11 +166,15 @@ class Dispatcher(Service):
             await wake.wait()  # test mode: nothing moves before the first run-now
         while True:
             wake.clear()
+            limit = s.claim_batch_size
             if s.intake_priority_max_hold and rt.intake.busy():
-                # intake first (intake.py): hold new claims while clients are queuing
+                # intake first (intake.py): hold new claims while clients are queuing; if the
+                # intake is still busy after the hold, claim a small round only
                 rt.metrics.intake_hold.inc(await rt.intake.wait_quiet(s.intake_priority_max_hold))
+                if rt.intake.busy():
+                    limit = self._claim_threshold
             try:
-                claimed = await self.run_round()
+                claimed = await self.run_round(limit)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -212,13 +216,14 @@ class Dispatcher(Service):
     def _free(self) -> int:
         return self.rt.settings.max_concurrent_sends - self._inflight
 
-    async def run_round(self) -> int:
-        """Claim and start delivering one batch; returns how many messages were claimed."""
+    async def run_round(self, limit: int) -> int:
+        """Claim (at most ``limit``) and start delivering one batch; returns how many messages
+        were claimed."""
         rt = self.rt
-        s = rt.settings
         if not rt.scheduler_active or self._stopping:
             return 0
-        free = min(self._free(), s.claim_batch_size)
+        s = rt.settings
+        free = min(self._free(), limit)
         if free <= 0:
             return 0
         now = time.time()

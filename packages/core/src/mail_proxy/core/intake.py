@@ -5,8 +5,9 @@ a fraction of what delivering it costs, and a client waiting for its 200 is wait
 while a queued message is already durable. So when many messages are being accepted at once
 (:data:`BUSY_MESSAGES` or more in requests still being handled, or that was the case less
 than :data:`LINGER` seconds ago), the dispatcher holds its next claim until the intake quiets
-down, for at most ``intake_priority_max_hold`` seconds at a time, then claims one round
-anyway, so delivery is slowed under overload, never stopped. Deliveries already started are
+down, for at most ``intake_priority_max_hold`` seconds at a time, then claims one small round
+(the dispatcher's claim threshold) and holds again: delivery is slowed under overload, never
+stopped. Deliveries already started are
 not affected. Ordinary traffic (a request or two in flight) never counts as busy.
 """
 

@@ -261,13 +261,16 @@ async def _send_data(smtp: SMTP, data: DataPieces, timeout: float) -> SMTPRespon
         raise SMTPServerDisconnected("connection lost before the message content")
     transport = cast(asyncio.WriteTransport, protocol.transport)
     try:
+        last = b""
         for chunk in data.chunks():
-            protocol.write(chunk)
-            if transport.get_write_buffer_size():
-                # aiosmtplib's protocol has the stdlib flow control (pause/resume_writing):
-                # wait until the socket took the chunk below the low-water mark.
-                await asyncio.wait_for(protocol._drain_helper(), timeout)
-        protocol.write(b".\r\n")
+            if last:
+                protocol.write(last)
+                if transport.get_write_buffer_size():
+                    # aiosmtplib's protocol has the stdlib flow control (pause/resume_writing):
+                    # wait until the socket took the chunk below the low-water mark.
+                    await asyncio.wait_for(protocol._drain_helper(), timeout)
+            last = chunk
+        protocol.write(last + b".\r\n")  # one write for a small message
         reply = await protocol.read_response(timeout=timeout)
     except (asyncio.TimeoutError, SMTPTimeoutError) as exc:
         smtp.close()
