@@ -69,13 +69,13 @@ def data_pieces(message: EmailMessage, *, utf8: bool = False, cte_type: str = "8
         del message["Bcc"]
         del message["Resent-Bcc"]
     policy = cast(EmailPolicy, message.policy).clone(linesep="\r\n", utf8=utf8, cte_type=cte_type)
-    token = secrets.token_hex(12)
     streamed: list[tuple[Message, str, bytes]] = []
     try:
         for part in message.walk():
             payload = _streamable_payload(part)
             if payload is not None:
-                marker = f"GMP{token}P{len(streamed)}X"
+                # random, so that no message content can contain it (drawn only when needed)
+                marker = f"GMP{secrets.token_hex(12)}X"
                 streamed.append((part, payload, marker.encode("ascii")))
                 part.set_payload(marker)
         out = io.BytesIO()
