@@ -37,8 +37,9 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .model import EventRecord, SyncState, Tenant
 from .services import Service
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .reports import ReportSink, SinkAnswer
     from .runtime import Runtime
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: Report requests in flight at once (all tenants).
@@ -156,12 +158,9 @@ class Reporter(Service):
         for task in tasks:
             task.cancel()
         # A batch cancelled in flight is not acknowledged: it is sent again after a restart.
+        # Each sync task hands its lease back on the way out (see _sync).
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
-        # Hand the sync leases back so another (or the restarted) instance need not wait.
-        for tid in list(self._tenants):
-            with contextlib.suppress(Exception):
-                await self.rt.storage.release_report_sync(tid, self.rt.instance_id)
 
     # -- status (GET /tenants/sync-status) ----------------------------------------------------
     def sync_status(self) -> list[dict[str, Any]]:
@@ -364,9 +363,19 @@ class Reporter(Service):
         rt = self.rt
         tid = ts.tenant.id
         lease = rt.settings.sync_timeout + 30.0
+        # A stop cancels this task at any await. Cancelled while the claim or the release is
+        # in flight, the database work would still be done (or half done) with nobody to hand
+        # the lease back, and the other instances would wait for it to expire: both run to
+        # completion first (_uncancellable), then the cancellation goes on.
         try:
-            if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
+            claimed = await _uncancellable(
+                rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease),
+                undo=lambda: rt.storage.release_report_sync(tid, rt.instance_id),
+            )
+            if not claimed:
                 return  # another instance is pushing this tenant's reports right now
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             log.warning("claiming the report sync of tenant %r failed: %s", tid, exc)
             ts.retry_at = time.time() + self._backoff(ts.state.failures + 1)
@@ -375,7 +384,7 @@ class Reporter(Service):
             await self._sync_batches(ts, sink, force, lease)
         finally:
             with contextlib.suppress(Exception):
-                await rt.storage.release_report_sync(tid, rt.instance_id)
+                await _uncancellable(rt.storage.release_report_sync(tid, rt.instance_id))
 
     async def _sync_batches(
         self, ts: _TenantSync, sink: ReportSink, force: bool, lease: float
@@ -492,3 +501,18 @@ def find_reporter(runtime: Runtime) -> Reporter | None:
         if isinstance(service, Reporter):
             return service
     return None
+
+
+async def _uncancellable(
+    work: Coroutine[Any, Any, T], undo: Callable[[], Coroutine[Any, Any, Any]] | None = None
+) -> T:
+    """Await ``work`` to its end even if the calling task is cancelled meanwhile; then, when
+    it was cancelled, run ``undo`` if ``work`` returned a true value, and re-raise."""
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            if await future and undo is not None:
+                await undo()
+        raise
