@@ -9,6 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
+
+from mail_proxy.ce.storage import schema as t
+from mail_proxy.core.web import RUNTIME
 from support.api import add_account, enqueue, message, wait_status
 from support.fetch_servers import FileServer
 from support.smtp_server import SmtpTestServer
@@ -120,3 +125,64 @@ async def test_unknown_fetch_mode_and_bad_paths_are_rejected_at_enqueue(
     assert "fetch_mode" in reasons["u1"] and "nope" in reasons["u1"]
     assert reasons["u2"].startswith("attachment 1:")
     assert reasons["u3"].startswith("attachment 1:")
+
+
+async def test_attachment_credentials_are_used_but_never_stored_in_clear(
+    aiohttp_client_factory: Any, make_settings: Any
+) -> None:
+    blob = os.urandom(20_000)
+    token = "att-token-5f1c9e"
+    files = await FileServer().start()
+    files.files["private.bin"] = blob
+    files.required_auth = f"Bearer {token}"  # 401 without exactly these credentials
+    try:
+        async with SmtpTestServer() as smtp:
+            client = await aiohttp_client_factory(
+                make_settings(fetch_allow_networks=["127.0.0.0/8"], scheduler_active=False)
+            )
+            await add_account(client, smtp, default=True)
+            att = {
+                "filename": "private.bin",
+                "storage_path": f"{files.url}/files/private.bin",
+                "auth": {"method": "bearer", "token": token},
+            }
+            result = await enqueue(client, [message(id="sealed", attachments=[att])])
+            assert result["queued"] == 1, result
+            rt = client.app[RUNTIME]
+            async with rt.storage.engine.connect() as conn:
+                stored = await conn.scalar(sa.select(sa.cast(t.messages.c.payload, sa.Text)))
+            assert token not in stored and '"auth_enc"' in stored
+            resp = await client.post("/commands/activate", json={}, headers=client.admin_headers)
+            assert resp.status == 200
+            await wait_status(client, "sealed", "sent")
+            assert received_parts(smtp, "sealed") == {"private.bin": blob}
+            assert files.count("/files/private.bin") == 1
+    finally:
+        await files.stop()
+
+
+async def test_attachment_credentials_without_an_encryption_key_are_refused(
+    aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    key_dir = tmp_path / "no-key"
+    key_dir.mkdir()
+    client = await aiohttp_client_factory(
+        make_settings(encryption_key=None, instance_dir=str(key_dir))
+    )
+    if client.app[RUNTIME].cipher is not None:  # a key from /run/secrets on this machine
+        pytest.skip("an encryption key is configured outside the test")
+    account = {"id": "main", "host": "127.0.0.1", "port": 2525, "default": True}
+    resp = await client.post("/account", json=account, headers=client.admin_headers)
+    assert resp.status == 200, await resp.text()
+    att = {
+        "filename": "a.pdf",
+        "storage_path": "https://files.example.com/a.pdf",
+        "auth": {"method": "basic", "user": "u", "password": "pw-in-clear"},
+    }
+    result = await enqueue(client, [message(id="nokey", attachments=[att])])
+    assert result["queued"] == 0
+    [rejected] = result["rejected"]
+    assert rejected["id"] == "nokey"
+    assert rejected["reason"] == (
+        "attachment 1: auth needs an encryption key on the server (MAIL_PROXY_ENCRYPTION_KEY)"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from mail_proxy.ce.storage import schema as t
 from mail_proxy.ce.storage.sql import SqlStorage
-from mail_proxy.core.model import Account, Tenant
+from mail_proxy.core.model import Account, NewMessage, Tenant
 from mail_proxy.core.plugins import create_plugin_manager
 from mail_proxy.core.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
 from mail_proxy.encryption import Cipher, EncryptionError, generate_key, parse_key
@@ -58,6 +59,20 @@ async def fill(store: SqlStorage) -> None:
     )
     await store.save_tenant(Tenant("plain", "Plain"))
     await store.put_settings({KEY_CHECK_SETTING: old.encrypt(KEY_CHECK_PLAINTEXT)})
+    # a queued message whose attachment credentials were sealed at enqueue (seal_auth)
+    sealed = {
+        "filename": "a.pdf",
+        "storage_path": "https://files.example.com/a.pdf",
+        "auth_enc": old.encrypt(ATTACHMENT_AUTH),
+    }
+    unsealed = {"filename": "b.pdf", "storage_path": "https://files.example.com/b.pdf"}
+    payload = {"from": "a@example.com", "to": ["b@example.com"], "attachments": [sealed, unsealed]}
+    await store.enqueue(
+        [NewMessage("default", "queued", "pw", 1, payload, "<queued@example.com>")], time.time()
+    )
+
+
+ATTACHMENT_AUTH = json.dumps({"method": "bearer", "token": "att-1"})
 
 
 async def raw_values(store: SqlStorage) -> dict[str, str | None]:
@@ -71,6 +86,8 @@ async def raw_values(store: SqlStorage) -> dict[str, str | None]:
         ):
             out[f"auth:{tenant.id}"] = tenant.client_auth_enc
             out[f"secret:{tenant.id}"] = tenant.sync_secret_enc
+        payload = await conn.scalar(sa.select(t.messages.c.payload))
+        out["attachment:queued"] = payload["attachments"][0]["auth_enc"]
         out["check"] = await conn.scalar(
             sa.select(t.instance_settings.c.value).where(
                 t.instance_settings.c.key == KEY_CHECK_SETTING
@@ -84,6 +101,7 @@ PLAINTEXTS = {
     "auth:acme": json.dumps({"method": "bearer", "token": "tok-1"}),
     "secret:acme": "sync-1",
     "check": KEY_CHECK_PLAINTEXT,
+    "attachment:queued": ATTACHMENT_AUTH,
 }
 EMPTY = ("account:nopw", "auth:default", "secret:default", "auth:plain", "secret:plain")
 

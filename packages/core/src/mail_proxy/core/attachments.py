@@ -25,6 +25,7 @@ creates it on first use and keeps it as ``runtime.attachments``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..encryption import EncryptionError
 from .attachment_cache import AttachmentCache, CacheStats, md5_hex
 from .fetch import FetchError, FetchRequest
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__ = [
+    "SEALED_AUTH",
     "AttachmentCache",
     "AttachmentError",
     "AttachmentResolver",
@@ -50,7 +53,9 @@ __all__ = [
     "get_resolver",
     "infer_mode",
     "parse_spec",
+    "seal_auth",
     "split_marker",
+    "unseal_auth",
     "validate_attachments",
 ]
 
@@ -194,6 +199,49 @@ def parse_spec(att: Any) -> AttachmentSpec:
     )
 
 
+#: Key of the stored, encrypted form of an attachment's ``auth`` (see :func:`seal_auth`).
+SEALED_AUTH = "auth_enc"
+
+
+def seal_auth(atts: list[dict[str, Any]], runtime: Runtime) -> str | None:
+    """Encrypt each attachment's credentials before the payload is stored (in place).
+
+    An ``auth`` with a secret (``bearer``, ``basic``) is replaced by ``auth_enc``, encrypted
+    with the instance key like account passwords, so the queue never holds it in clear;
+    ``{"method": "none"}`` (no secret: "do not send the tenant's credentials") stays as is.
+    Returns a rejection reason when a secret arrives and no encryption key is configured.
+    """
+    for number, att in enumerate(atts, start=1):
+        auth = att.get("auth")
+        if not auth or auth.get("method", "none") == "none":
+            continue
+        if runtime.cipher is None:
+            return (
+                f"attachment {number}: auth needs an encryption key on the server "
+                "(MAIL_PROXY_ENCRYPTION_KEY)"
+            )
+        del att["auth"]
+        att[SEALED_AUTH] = runtime.cipher.encrypt(json.dumps(auth))
+    return None
+
+
+def unseal_auth(att: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    """The stored attachment with its ``auth`` decrypted again (at fetch time)."""
+    sealed = att.get(SEALED_AUTH)
+    if sealed is None:
+        return att
+    try:
+        auth = json.loads(runtime.decrypt(sealed))
+    except (EncryptionError, ValueError):
+        raise AttachmentError(
+            "its credentials cannot be decrypted (was the encryption key replaced without "
+            "`mail-proxy rotate-key`?)"
+        ) from None
+    opened = {k: v for k, v in att.items() if k != SEALED_AUTH}
+    opened["auth"] = auth
+    return opened
+
+
 def validate_attachments(atts: Any, runtime: Runtime) -> str | None:
     """Enqueue check of a message's attachments: a stable reason for the first bad one.
 
@@ -274,7 +322,7 @@ class AttachmentResolver:
         specs = []
         for number, att in enumerate(atts, start=1):
             try:
-                specs.append(parse_spec(att))
+                specs.append(parse_spec(unseal_auth(att, self.runtime)))
             except AttachmentError as exc:
                 raise FetchError(f"attachment {number}: {exc}") from None
         if len(specs) == 1:

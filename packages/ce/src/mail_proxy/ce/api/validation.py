@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mail_proxy.core.attachments import validate_attachments
+from mail_proxy.core.attachments import seal_auth, validate_attachments
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.mime import RESERVED_HEADERS, new_message_id
 from mail_proxy.core.model import DEFAULT_TENANT, NewMessage
@@ -223,7 +223,9 @@ class MessageValidator:
 
         if msg.attachments:
             attachments = [a.model_dump(exclude_none=True) for a in msg.attachments]
-            problem = validate_attachments(attachments, self.runtime)
+            problem = validate_attachments(attachments, self.runtime) or seal_auth(
+                attachments, self.runtime
+            )
             if problem:
                 raise Rejected(problem)
             payload["attachments"] = attachments

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mail_proxy.core.attachments import SEALED_AUTH
 from mail_proxy.core.errors import StorageUnavailable
 from mail_proxy.core.model import (
     DEFAULT_TENANT,
@@ -1084,6 +1085,7 @@ class SqlStorage(Storage):
                     ),
                     tenant_rows,
                 )
+            changed += await self._reencrypt_attachment_auth(conn, transform)
             if new_check is not None and new_check != stored_check:
                 await conn.execute(
                     t.instance_settings.update()
@@ -1091,6 +1093,41 @@ class SqlStorage(Storage):
                     .values(value=new_check)
                 )
                 changed += 1
+        return changed
+
+    async def _reencrypt_attachment_auth(
+        self, conn: AsyncConnection, transform: Callable[[str], str]
+    ) -> int:
+        """Key rotation of the attachment credentials sealed in message payloads
+        (``core.attachments.seal_auth``); only payloads that mention one are read."""
+        m = t.messages.c
+        query = sa.select(m.pk, m.payload).where(
+            sa.cast(m.payload, sa.Text).like(f'%"{SEALED_AUTH}"%')
+        )
+        if self._pg:
+            query = query.with_for_update()
+        rows = []
+        changed = 0
+        for row in await conn.execute(query):
+            payload = dict(row.payload)
+            attachments = [dict(att) for att in payload.get("attachments") or []]
+            moved = 0
+            for att in attachments:
+                sealed = att.get(SEALED_AUTH)
+                if isinstance(sealed, str):
+                    att[SEALED_AUTH] = transform(sealed)
+                    moved += att[SEALED_AUTH] != sealed
+            if moved:
+                payload["attachments"] = attachments
+                rows.append({"b_pk": row.pk, "b_payload": payload})
+                changed += moved
+        if rows:
+            await conn.execute(
+                t.messages.update()
+                .where(m.pk == sa.bindparam("b_pk"))
+                .values(payload=sa.bindparam("b_payload")),
+                rows,
+            )
         return changed
 
     async def log_commands(self, entries: Sequence[CommandLogEntry]) -> None:
