@@ -7,8 +7,8 @@ while a queued message is already durable. So when many messages are being accep
 than :data:`LINGER` seconds ago), the dispatcher holds its next claim until the intake quiets
 down, for at most ``intake_priority_max_hold`` seconds at a time, then claims one small round
 (the dispatcher's claim threshold) and holds again: delivery is slowed under overload, never
-stopped. Deliveries already started are
-not affected. Ordinary traffic (a request or two in flight) never counts as busy.
+stopped. Deliveries already started are not affected. Ordinary traffic (a request or two in
+flight) never counts as busy.
 """
 
 from __future__ import annotations
