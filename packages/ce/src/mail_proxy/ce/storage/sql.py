@@ -417,6 +417,16 @@ class SqlStorage(Storage):
             if not future.done():
                 future.set_result(result)
 
+    def _lock_for_change(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        """On PostgreSQL, lock the message rows read before replacing or deleting them.
+
+        Without the lock, a claim by another transaction (or instance) could commit between
+        our status check and our DELETE: the message would be removed while being sent, and
+        sent again as its replacement. Locked rows are skipped by claims (``SKIP LOCKED``); a
+        row a claim took first makes us wait and then read ``sending``. (SQLite serialises
+        writers already.)"""
+        return query.with_for_update(of=t.messages) if self._pg else query
+
     async def _enqueue_group(
         self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
     ) -> list[EnqueueResult]:
@@ -430,11 +440,13 @@ class SqlStorage(Storage):
         results: list[EnqueueResult] = []
         async with self._write() as conn:
             existing: dict[tuple[str, str], Any] = {}
-            for tenant_id, ids in wanted.items():
+            for tenant_id, ids in sorted(wanted.items()):
                 for chunk in _chunks(sorted(ids), 500):
                     rows = await conn.execute(
-                        sa.select(m.pk, m.id, m.status).where(
-                            m.tenant_id == tenant_id, m.id.in_(chunk)
+                        self._lock_for_change(
+                            sa.select(m.pk, m.id, m.status).where(
+                                m.tenant_id == tenant_id, m.id.in_(chunk)
+                            )
                         )
                     )
                     existing.update({(tenant_id, r.id): r for r in rows})
@@ -534,8 +546,10 @@ class SqlStorage(Storage):
             found = {
                 r.id: r
                 for r in await conn.execute(
-                    sa.select(m.pk, m.id, m.status).where(
-                        m.tenant_id == tenant_id, m.id.in_(wanted)
+                    self._lock_for_change(
+                        sa.select(m.pk, m.id, m.status).where(
+                            m.tenant_id == tenant_id, m.id.in_(wanted)
+                        )
                     )
                 )
             }
