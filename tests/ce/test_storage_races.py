@@ -1,4 +1,4 @@
-"""Replacing or deleting a queued message while another instance claims it (PostgreSQL).
+"""Enqueue and delete racing another instance's transaction on the same rows (PostgreSQL).
 
 The other instance's claim is a real transaction on a second connection, held open while our
 call runs: our call must wait for it and then see the message as being sent, never delete it
@@ -37,20 +37,27 @@ async def store(pg_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
     await storage.close()
 
 
-async def claimed_meanwhile(pg_url: str, call: Awaitable[Any]) -> Any:
-    """Run ``call`` while another transaction holds an uncommitted claim of m1; commit the
-    claim once ``call`` waits on its row lock; return what ``call`` returned."""
+CLAIM_M1 = (
+    "UPDATE messages SET status = 'sending', claim_token = claim_token + 1,"
+    " lease_until = extract(epoch from now()) + 60 WHERE id = 'm1'"
+)
+INSERT_M2 = (
+    "INSERT INTO messages (tenant_id, id, account_id, priority, status, payload, message_id,"
+    " created_at, updated_at) VALUES ('default', 'm2', 'acc', 2, 'pending', '{}', '<m2@x>',"
+    " extract(epoch from now()), extract(epoch from now()))"
+)
+
+
+async def while_held(pg_url: str, statement: str, call: Awaitable[Any]) -> Any:
+    """Run ``call`` while another transaction holds ``statement`` uncommitted; commit it once
+    ``call`` waits on its lock; return what ``call`` returned."""
     schema = pg_url.rsplit("schema=", 1)[1]
     other = await asyncpg.connect(pg_url.split("?")[0], server_settings={"search_path": schema})
     watcher = await asyncpg.connect(pg_url.split("?")[0])
     try:
         tx = other.transaction()
         await tx.start()
-        await other.execute(
-            "UPDATE messages SET status = 'sending', claim_token = claim_token + 1,"
-            " lease_until = $1 WHERE id = 'm1'",
-            time.time() + 60,
-        )
+        await other.execute(statement)
         task = asyncio.ensure_future(call)
         deadline = time.monotonic() + 10
         while not await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
@@ -65,8 +72,8 @@ async def claimed_meanwhile(pg_url: str, call: Awaitable[Any]) -> Any:
 
 
 async def test_replacing_a_message_being_claimed_is_refused(store: SqlStorage, pg_url: str) -> None:
-    result = await claimed_meanwhile(
-        pg_url, store.enqueue([new({"subject": "second"})], time.time())
+    result = await while_held(
+        pg_url, CLAIM_M1, store.enqueue([new({"subject": "second"})], time.time())
     )
     assert result.queued == 0 and result.rejected == [("m1", "being sent")]
     rec = await store.get_message("default", "m1")
@@ -74,6 +81,17 @@ async def test_replacing_a_message_being_claimed_is_refused(store: SqlStorage, p
 
 
 async def test_deleting_a_message_being_claimed_is_refused(store: SqlStorage, pg_url: str) -> None:
-    result = await claimed_meanwhile(pg_url, store.delete_messages("default", ["m1"]))
+    result = await while_held(pg_url, CLAIM_M1, store.delete_messages("default", ["m1"]))
     assert result.removed == 0 and result.unauthorized == ["m1"]
     assert await store.get_message("default", "m1") is not None
+
+
+async def test_a_lone_call_that_clashes_with_another_insert_is_retried(
+    store: SqlStorage, pg_url: str
+) -> None:
+    # another instance inserts m2 and commits after our read: our INSERT hits the unique index
+    m2 = NewMessage("default", "m2", "acc", 2, {"subject": "ours"}, "<m2@example.com>")
+    result = await while_held(pg_url, INSERT_M2, store.enqueue([m2], time.time()))
+    assert result.queued == 1 and result.rejected == []
+    rec = await store.get_message("default", "m2")
+    assert rec is not None and rec.payload == {"subject": "ours"}  # replaced the other's row

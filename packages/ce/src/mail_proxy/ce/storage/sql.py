@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,10 @@ REPLACEABLE = ("pending", "scheduled", "deferred")
 # it in (priority, pk) order instead of sorting the whole backlog on every claim.
 ACTIVE_LITERAL = sa.text("messages.status IN ('pending', 'scheduled', 'deferred', 'sending')")
 FINISHED_LITERAL = sa.text("messages.status IN ('sent', 'error')")
+#: One waiting ``enqueue`` call: its messages, its time, the future its caller awaits.
+_Job = tuple[list[NewMessage], float, "asyncio.Future[EnqueueResult]"]
+#: Largest enqueue group committed in one transaction (messages; one call is never split).
+MAX_GROUP_MESSAGES = 5000
 EVENTS_LOCK = 7236002  # advisory lock key serialising outbox writers on PostgreSQL
 WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86400.0))
 
@@ -71,7 +75,7 @@ class SqlStorage(Storage):
         self.runtime = runtime
         self.engine, self.dialect, self.schema = make_engine(url)
         self._write_lock = asyncio.Lock()
-        self._enqueue_jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]] = []
+        self._enqueue_jobs: deque[_Job] = deque()
         self._enqueue_task: asyncio.Task[None] | None = None
         self._pg = self.dialect == "postgresql"
 
@@ -386,26 +390,39 @@ class SqlStorage(Storage):
 
     async def _enqueue_flusher(self) -> None:
         while self._enqueue_jobs:
-            jobs, self._enqueue_jobs = self._enqueue_jobs, []
+            jobs = self._next_group()
             try:
-                await self._commit_jobs(jobs)
+                await self._commit_jobs(jobs, retry_later=True)
             except IntegrityError:
-                # One call's rows clashed (another instance inserted the same id a moment ago):
-                # commit the calls one by one, so only a call that still clashes fails.
-                if len(jobs) > 1:
-                    for job in jobs:
-                        with contextlib.suppress(IntegrityError):
-                            await self._commit_jobs([job])
+                # Rows clashed with another writer's insert of the same (tenant, id), committed
+                # after our read: commit the calls one by one, each reading the rows again, so
+                # only a call that still clashes fails.
+                for job in jobs:
+                    with contextlib.suppress(IntegrityError):
+                        await self._commit_jobs([job], retry_later=False)
+
+    def _next_group(self) -> list[_Job]:
+        """The waiting calls, in arrival order, up to about MAX_GROUP_MESSAGES messages."""
+        group: list[_Job] = []
+        size = 0
+        while self._enqueue_jobs and (not group or size < MAX_GROUP_MESSAGES):
+            job = self._enqueue_jobs.popleft()
+            group.append(job)
+            size += len(job[0])
+        return group
 
     async def _commit_jobs(
-        self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
+        self,
+        jobs: list[_Job],
+        *,
+        retry_later: bool,
     ) -> None:
         """Commit ``jobs`` together and answer their callers. An integrity error is raised
-        to the caller only for a single job (a group is retried job by job)."""
+        without answering when ``retry_later`` (the flusher then retries call by call)."""
         try:
             results = await self._enqueue_group(jobs)
         except BaseException as exc:
-            if isinstance(exc, IntegrityError) and len(jobs) > 1:
+            if isinstance(exc, IntegrityError) and retry_later:
                 raise
             for _, _, future in jobs:
                 if not future.done():
@@ -427,9 +444,7 @@ class SqlStorage(Storage):
         writers already.)"""
         return query.with_for_update(of=t.messages) if self._pg else query
 
-    async def _enqueue_group(
-        self, jobs: list[tuple[list[NewMessage], float, asyncio.Future[EnqueueResult]]]
-    ) -> list[EnqueueResult]:
+    async def _enqueue_group(self, jobs: list[_Job]) -> list[EnqueueResult]:
         """One transaction for several enqueue calls, in arrival order. A later entry with the
         same (tenant, id) replaces an earlier queued one, exactly as separate calls would."""
         m = t.messages.c
