@@ -181,6 +181,26 @@ async def test_mixed_recipients_are_not_sent_twice(app: Any, smtp: SmtpTestServe
     assert smtp.messages[0].message["Message-ID"] == smtp.messages[1].message["Message-ID"]
 
 
+async def test_a_recipient_refused_for_good_on_the_retry_leaves_the_message_sent(
+    app: Any, smtp: SmtpTestServer
+) -> None:
+    # ok@ gets it on the first attempt; late@ is deferred, then refused for good on the retry
+    # (the only recipient left): the message was delivered, so it ends "sent" with the
+    # refusal recorded, exactly as when both replies come in one attempt.
+    client = await app(retry_delays=[0.2])
+    await add_account(client, smtp, default=True)
+    smtp.script_rcpt["late@example.com"] = "450 4.2.1 mailbox busy"
+    await enqueue(client, [message(id="late", to=["ok@example.com", "late@example.com"])])
+    await wait_status(client, "late", "deferred")
+    smtp.script_rcpt["late@example.com"] = "550 5.1.1 no such user"
+    msg = await wait_status(client, "late", "sent")
+    assert [m.rcpt_tos for m in smtp.messages] == [["ok@example.com"]]
+    sent = [e for e in await events(client, "late") if e["event_type"] == "sent"]
+    assert [e["metadata"].get("refused_recipients") for e in sent] == [
+        {"late@example.com": "550 5.1.1 no such user"}
+    ], (msg, sent)
+
+
 async def test_rate_limit_per_minute_defers_the_rest(app: Any, smtp: SmtpTestServer) -> None:
     client = await app()
     await add_account(client, smtp, limit_per_minute=10, default=True)

@@ -18,7 +18,7 @@ import trustme
 
 from mail_proxy.ce.transport import register
 from mail_proxy.ce.transport.file import FileTransport
-from mail_proxy.ce.transport.smtp import RecipientsRefused, SmtpTransport
+from mail_proxy.ce.transport.smtp import SmtpTransport
 from mail_proxy.core.mime import Attachment, build_email, envelope, new_message_id
 from mail_proxy.core.model import Account
 from mail_proxy.core.registry import Registry
@@ -367,19 +367,21 @@ async def test_all_recipients_refused(
         "b@example.com": "553 5.1.3 bad address",
     }
     p = payload(to=["a@example.com", "b@example.com"])
-    with pytest.raises(RecipientsRefused) as err:
-        await send(transport, account, p)
-    assert (err.value.permanent, err.value.code) == (True, 550)
-    assert set(err.value.result.perm_failed) == {"a@example.com", "b@example.com"}
+    # Every refusal is a result, not an exception: the dispatcher decides from the replies.
+    result = await send(transport, account, p)
+    assert result.accepted == [] and result.temp_failed == {}
+    assert result.perm_failed == {
+        "a@example.com": (550, "5.1.1 no such user"),
+        "b@example.com": (553, "5.1.3 bad address"),
+    }
 
     smtp_server.script_rcpt["b@example.com"] = "450 4.2.0 mailbox busy"
-    with pytest.raises(RecipientsRefused) as err:
-        await send(transport, account, p, mail_id="m2")
+    result = await send(transport, account, p, mail_id="m2")
     # One refusal is temporary: a retry may still deliver to it.
-    assert (err.value.permanent, err.value.code) == (False, 450)
-    assert err.value.result.temp_failed == {"b@example.com": (450, "4.2.0 mailbox busy")}
-    assert smtp_server.messages == []
-    assert smtp_server.connection_count == 1
+    assert result.temp_failed == {"b@example.com": (450, "4.2.0 mailbox busy")}
+    assert set(result.perm_failed) == {"a@example.com"}
+    assert smtp_server.messages == []  # no DATA without a recipient
+    assert smtp_server.connection_count == 1  # RSET kept the session usable
 
 
 async def test_non_ascii_recipient_uses_smtputf8(

@@ -49,7 +49,6 @@ from aiosmtplib import (
     SMTPHeloError,
     SMTPNotSupported,
     SMTPRecipientRefused,
-    SMTPRecipientsRefused,
     SMTPResponse,
     SMTPResponseException,
     SMTPServerDisconnected,
@@ -73,14 +72,6 @@ QUIT_TIMEOUT = 2.0
 IMPLICIT_TLS_PORT = 465
 #: Per-command timeout of MAIL/RCPT/DATA when the account sets none (seconds).
 SEND_TIMEOUT = 60.0
-
-
-class RecipientsRefused(TransportError):
-    """Every recipient was refused; ``result`` tells which reply each one got."""
-
-    def __init__(self, message: str, *, permanent: bool, code: int, result: SendResult) -> None:
-        super().__init__(message, permanent=permanent, code=code)
-        self.result = result
 
 
 @dataclass(frozen=True)
@@ -216,7 +207,8 @@ async def _transaction(
 
     The same exchange as aiosmtplib's ``send_message`` (SMTPUTF8 when an address needs it,
     ``BODY=8BITMIME`` when offered, else 7bit re-encoding, ``SIZE`` when offered, ``RSET``
-    after a refusal, :class:`SMTPRecipientsRefused` when every recipient is refused), except
+    after a refusal), except that every recipient refused is not an exception but a result
+    (no DATA is sent; the dispatcher decides from the replies, as for some refused), and
     that the content goes out in slices (:mod:`mail_proxy.core.wire`): a message with large
     attachments is never flattened into one buffer, nor copied again for line ends and
     dot-stuffing. Returns ``(refused recipients, final reply text)``.
@@ -240,14 +232,22 @@ async def _transaction(
                 await smtp.rcpt(rcpt, encoding=encoding, timeout=timeout)
             except SMTPRecipientRefused as exc:
                 refused.append(exc)
+        errors = {r.recipient: SMTPResponse(r.code, r.message) for r in refused}
         if len(refused) == len(recipients):
-            raise SMTPRecipientsRefused(refused)
+            # nobody to send to: end the transaction; the caller maps each refusal
+            await _reset(smtp, timeout)
+            return errors, ""
         reply = await _send_data(smtp, data, timeout)
-    except (SMTPResponseException, SMTPRecipientsRefused):
-        with contextlib.suppress(ConnectionError, SMTPException):
-            await smtp.rset(timeout=timeout)
+    except SMTPResponseException:
+        await _reset(smtp, timeout)
         raise
-    return {r.recipient: SMTPResponse(r.code, r.message) for r in refused}, reply.message
+    return errors, reply.message
+
+
+async def _reset(smtp: SMTP, timeout: float) -> None:
+    """``RSET`` after a refusal, so the pooled session can carry the next message."""
+    with contextlib.suppress(ConnectionError, SMTPException):
+        await smtp.rset(timeout=timeout)
 
 
 async def _send_data(smtp: SMTP, data: DataPieces, timeout: float) -> SMTPResponse:
@@ -367,9 +367,6 @@ class SmtpTransport(Transport):
                 errors, response = await _transaction(
                     conn.smtp, message, sender, recipients, timeout
                 )
-            except SMTPRecipientsRefused as exc:
-                reusable = True
-                raise self._all_refused(exc, where) from None
             except (SMTPResponseException, ValueError) as exc:
                 # A clean refusal (aiosmtplib sent RSET) or an address refused before
                 # anything was sent: the session can carry on unless the server closed it.
@@ -390,26 +387,6 @@ class SmtpTransport(Transport):
             else:
                 result.temp_failed[rcpt] = (refused.code, refused.message)
         return result
-
-    @staticmethod
-    def _all_refused(exc: SMTPRecipientsRefused, where: str) -> RecipientsRefused:
-        """Every RCPT refused: permanent only if every refusal was a 5xx."""
-        result = SendResult()
-        for refused in exc.recipients:
-            reply = (refused.code, refused.message)
-            if _code_is_permanent(refused.code):
-                result.perm_failed[refused.recipient] = reply
-            else:
-                result.temp_failed[refused.recipient] = reply
-        permanent = not result.temp_failed
-        deciding = result.perm_failed if permanent else result.temp_failed
-        code, text = next(iter(deciding.values()))
-        return RecipientsRefused(
-            f"{where}: all recipients refused: {code} {text}",
-            permanent=permanent,
-            code=code,
-            result=result,
-        )
 
     # -- the pool ---------------------------------------------------------------------
     async def _checkout(self, pool: _Pool, account: Account) -> _Conn:
