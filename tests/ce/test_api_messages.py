@@ -320,3 +320,30 @@ async def test_batch_too_large_queues_nothing(
     assert answer["ok"] is False and answer["code"] == "batch_too_large"
     assert await api.message_ids() == []
     assert (await api.send(*[message(f"m{i}") for i in range(3)]))["queued"] == 3
+
+
+async def test_a_batch_naming_unknown_accounts_reads_the_tenant_once(api: Api) -> None:
+    """An unknown account id re-reads the tenant's accounts (one may have just been created
+    elsewhere), but once per batch, not once per entry."""
+    import asyncio
+
+    import sqlalchemy as sa
+
+    await api.send(message("warm"))  # the tenant's view is cached now...
+    await asyncio.sleep(0.15)  # ...and old enough for a miss to re-read it
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM accounts" in statement:
+            reads.append(statement)
+
+    engine = api.runtime.storage.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        entries = [message(f"u{i}", account_id="nope") for i in range(50)]
+        answer = await api.send(*entries)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert answer["queued"] == 0 and len(answer["rejected"]) == 50
+    assert {r["reason"] for r in answer["rejected"]} == {"unknown account"}
+    assert len(reads) == 1, reads

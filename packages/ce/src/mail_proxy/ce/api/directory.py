@@ -55,7 +55,11 @@ class TenantDirectory:
         return await self._load(tenant_id, now)
 
     async def account(self, view: TenantView, account_id: str) -> Account | None:
-        """An account of ``view``'s tenant, re-reading once on a miss if the view is stale."""
+        """An account of ``view``'s tenant, re-reading once on a miss if the view is stale.
+
+        The freshest cached view is used, not only the caller's snapshot: a batch whose
+        entries name unknown accounts re-reads the tenant once, not once per entry."""
+        view = self._views.get(view.tenant.id, view)
         found = view.accounts.get(account_id)
         if found is None and time.monotonic() - view.loaded_at >= MISS_REFRESH:
             refreshed = await self.get(view.tenant.id, fresh=True)
