@@ -305,9 +305,6 @@ class AttachmentResolver:
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes | None]] = {}
         self._last_sweep = time.monotonic()
         #: Number of fetcher calls made (cache misses that reached a fetcher).
-        self.fetches = 0
-        self.in_flight = 0
-        self.peak_in_flight = 0
 
     @property
     def semaphore(self) -> asyncio.Semaphore:
@@ -343,7 +340,9 @@ class AttachmentResolver:
             # Same tenant and key already being fetched: wait for it (a failed or unusable
             # result makes this attachment fetch on its own).
             shared = await asyncio.shield(pending)
-            if shared is not None and spec.content_md5 in (None, md5_hex(shared)):
+            if shared is not None and (
+                spec.content_md5 is None or await _md5(shared) == spec.content_md5
+            ):
                 return shared
             return await self._fetch_and_store(tenant, spec)
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -364,7 +363,8 @@ class AttachmentResolver:
         data = await self._fetch(tenant, spec)
         assert spec.cache_key is not None
         expected = spec.verify_md5
-        if expected is not None and md5_hex(data) != expected:
+        # (a content_md5 was already checked by _fetch; only a marker is left to check)
+        if expected not in (None, spec.content_md5) and await _md5(data) != expected:
             log.warning(
                 "attachment %r: content does not match its {MD5:...} marker; not cached",
                 spec.filename,
@@ -401,9 +401,6 @@ class AttachmentResolver:
             timeout=timeout,
         )
         async with self.semaphore:
-            self.fetches += 1
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
                 data = await asyncio.wait_for(fetcher.fetch(request, self.runtime), timeout)
             except FetchError as exc:
@@ -416,8 +413,6 @@ class AttachmentResolver:
                     f"attachment '{name}': fetch mode {spec.fetch_mode!r} failed "
                     f"({type(exc).__name__})"
                 ) from None
-            finally:
-                self.in_flight -= 1
         if not isinstance(data, bytes | bytearray | memoryview):
             raise FetchError(
                 f"attachment '{name}': fetch mode {spec.fetch_mode!r} returned no bytes"
@@ -427,9 +422,21 @@ class AttachmentResolver:
             raise FetchError(
                 f"attachment '{name}': attachment too large: {len(data)} bytes (limit {max_bytes})"
             )
-        if spec.content_md5 is not None and md5_hex(data) != spec.content_md5:
+        if spec.content_md5 is not None and await _md5(data) != spec.content_md5:
             raise FetchError(f"attachment '{name}': content does not match content_md5")
         return data
+
+
+#: Content at least this large is hashed in a worker thread (hashlib releases the GIL):
+#: ~1 ms of MD5 per MB would otherwise stall the event loop.
+HASH_IN_THREAD_BYTES = 1 << 20
+
+
+async def _md5(data: bytes) -> str:
+    """``md5_hex(data)``, off the event loop for large content."""
+    if len(data) >= HASH_IN_THREAD_BYTES:
+        return await asyncio.to_thread(md5_hex, data)
+    return md5_hex(data)
 
 
 async def _all_or_nothing(coros: list[Any]) -> list[bytes]:
