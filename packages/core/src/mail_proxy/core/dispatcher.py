@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 2.0
+#: Attachments at least this large (bytes in all) are MIME-encoded in a worker thread.
+BUILD_IN_THREAD_BYTES = 256 * 1024
 #: How long the outcome writer gathers outcomes before committing them together.
 BATCH_WINDOW = 0.005
 
@@ -379,9 +382,16 @@ class Dispatcher(Service):
                 attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
                 if reservation is not None:  # larger than estimated: reserve the real size
                     await reservation.ensure(COPIES * sum(len(a.content) for a in attachments))
-            email = build_email(
-                payload, message_id=rec.message_id, mail_id=rec.id, attachments=attachments
+            build = functools.partial(
+                build_email,
+                payload,
+                message_id=rec.message_id,
+                mail_id=rec.id,
+                attachments=attachments,
             )
+            # encoding large attachments takes tens of ms: off the event loop
+            large = sum(len(a.content) for a in attachments) >= BUILD_IN_THREAD_BYTES
+            email = await asyncio.to_thread(build) if large else build()
             del attachments  # the MIME message holds the content now
         except (FetchError, MimeError) as exc:
             return self._error(rec, str(exc))
