@@ -123,7 +123,6 @@ class Dispatcher(Service):
     def __init__(self, runtime: Runtime) -> None:
         s = runtime.settings
         self.rt = runtime
-        self.policy = RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
         self.writer = OutcomeWriter(runtime)
         self._attachment_budget = ByteBudget(int(s.attachment_memory_budget_mb * 1024 * 1024))
         # Claim again only when a useful number of slots is free (not one by one).
@@ -136,6 +135,12 @@ class Dispatcher(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy of the current settings (``PUT /instance`` changes them live)."""
+        s = self.rt.settings
+        return RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
 
     @classmethod
     def create(cls, runtime: Runtime) -> Dispatcher:

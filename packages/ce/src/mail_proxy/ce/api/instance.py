@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mail_proxy.core import __version__
 from mail_proxy.core.errors import ApiError
-from mail_proxy.core.retry import RetryPolicy
 from mail_proxy.core.runtime import Runtime
 from mail_proxy.core.web import AUDIT as AUDIT_WRITER
 from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of
@@ -65,8 +64,6 @@ async def put_instance(request: web.Request) -> web.Response:
             rt.scheduler_active = value
         else:
             setattr(rt.settings, key, value)
-    if "max_retries" in stored or "retry_delays" in stored:
-        _refresh_retry_policy(rt)
     if changes.get("scheduler_active") or "send_loop_interval" in stored:
         rt.wake_dispatcher()
     request[AUDIT_SUMMARY] = {"changed": sorted(changes)}
@@ -115,16 +112,6 @@ async def rotate_key(request: web.Request) -> web.Response:
     # where this instance read its key (a variable name or a path, not the key): the
     # caller must put the new key there before the next restart
     return ok({"reencrypted": count, "key_source": rt.key_source})
-
-
-def _refresh_retry_policy(rt: Runtime) -> None:
-    """Give running services that hold a :class:`RetryPolicy` (the dispatcher) the new one."""
-    s = rt.settings
-    for service in rt.services:
-        if isinstance(getattr(service, "policy", None), RetryPolicy):
-            service.policy = RetryPolicy(  # type: ignore[attr-defined]
-                tuple(s.retry_delays), s.max_retries, s.retry_jitter
-            )
 
 
 async def _flush_audit(request: web.Request) -> None:
