@@ -174,19 +174,19 @@ class Runtime:
             except Exception:
                 log.exception("service %s failed to stop", service.name)
         self.services.clear()
-        for transport in self._transports.values():
+        # transports hold SMTP pools, sinks and fetchers HTTP sessions: one failing to close
+        # must not keep the others (and the storage) open
+        closable: list[tuple[str, str, Transport | ReportSink | Fetcher]] = [
+            *(("transport", name, t) for name, t in self._transports.items()),
+            *(("report sink", name, self.report_sinks.get(name)) for name in self.report_sinks),
+            *(("fetch mode", name, self.fetchers.get(name)) for name in self.fetchers),
+        ]
+        for kind, name, item in closable:
             try:
-                await transport.close()
+                await item.close()
             except Exception:
-                log.exception("transport failed to close")
+                log.exception("%s %s failed to close", kind, name)
         self._transports.clear()
-        for name in self.report_sinks:
-            await self.report_sinks.get(name).close()
-        for name in self.fetchers:  # fetchers may hold HTTP sessions
-            try:
-                await self.fetchers.get(name).close()
-            except Exception:
-                log.exception("fetch mode %s failed to close", name)
         if self.storage is not None:
             await self.storage.close()
 

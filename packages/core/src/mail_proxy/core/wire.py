@@ -64,10 +64,7 @@ def data_pieces(message: EmailMessage, *, utf8: bool = False, cte_type: str = "8
     restored before returning; nothing else may use it meanwhile (this function does not
     yield to the event loop).
     """
-    if "bcc" in message or "resent-bcc" in message:
-        message = copy.copy(message)  # shallow: the header list is replaced, not mutated
-        del message["Bcc"]
-        del message["Resent-Bcc"]
+    message = without_bcc(message)
     policy = cast(EmailPolicy, message.policy).clone(linesep="\r\n", utf8=utf8, cte_type=cte_type)
     streamed: list[tuple[Message, str, bytes]] = []
     try:
@@ -105,6 +102,18 @@ def data_pieces(message: EmailMessage, *, utf8: bool = False, cte_type: str = "8
     pieces.append(tail)
     size += len(tail)
     return DataPieces(pieces, size)
+
+
+def without_bcc(message: EmailMessage) -> EmailMessage:
+    """``message`` without ``Bcc``/``Resent-Bcc`` headers (a shallow copy: the original keeps
+    them; the copy's header list is replaced, not mutated), or ``message`` itself if it has
+    none."""
+    if "bcc" not in message and "resent-bcc" not in message:
+        return message
+    clone = copy.copy(message)
+    del clone["Bcc"]
+    del clone["Resent-Bcc"]
+    return clone
 
 
 def _streamable_payload(part: Message) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from mail_proxy.core.attachments import check_auth
 from mail_proxy.core.fetch import FetchError
 
 from .netpolicy import AddressPolicy, AddressRefused, PolicyResolver, check_scheme, refusal_of
@@ -33,32 +34,21 @@ CHUNK = 64 * 1024
 def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
     """HTTP headers for a ``{"method": "none"|"bearer"|"basic", ...}`` auth dict.
 
-    The dict was validated at enqueue (message auth) or at tenant update (client_auth); an
-    unusable one still fails cleanly here instead of sending a broken header.
+    The dict was validated at enqueue (message auth) or at tenant update (client_auth); the
+    same check (``check_auth``) runs again here, so an unusable one fails cleanly instead of
+    sending a broken header.
     """
     if not auth:
         return {}
-    method = str(auth.get("method") or "none").lower()
-    if method == "none":
-        return {}
-    if method == "bearer":
-        token = auth.get("token")
-        if not isinstance(token, str) or not token or _has_ctl(token):
-            raise FetchError("bearer auth needs a token without control characters")
-        return {"Authorization": f"Bearer {token}"}
-    if method == "basic":
-        user, password = auth.get("user"), auth.get("password", "")
-        if not isinstance(user, str) or not isinstance(password, str) or ":" in user:
-            raise FetchError("basic auth needs a user (without ':') and a password")
-        if _has_ctl(user) or _has_ctl(password):
-            raise FetchError("basic auth credentials contain control characters")
-        raw = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {raw}"}
-    raise FetchError(f"unknown auth method {method!r} (none, bearer or basic)")
-
-
-def _has_ctl(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    problem = check_auth(auth)
+    if problem:
+        raise FetchError(problem)
+    if auth.get("method") == "bearer":
+        return {"Authorization": f"Bearer {auth['token']}"}
+    if auth.get("method") == "basic":
+        raw = base64.b64encode(f"{auth['user']}:{auth.get('password', '')}".encode())
+        return {"Authorization": f"Basic {raw.decode('ascii')}"}
+    return {}
 
 
 def same_origin(a: URL, b: URL) -> bool:

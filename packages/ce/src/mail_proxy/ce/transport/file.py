@@ -10,7 +10,6 @@ file and a rename, so a reader never sees half a message. Every recipient counts
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import re
 import tempfile
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mail_proxy.core.model import DEFAULT_TENANT
 from mail_proxy.core.transport import SendResult, Transport, TransportError
+from mail_proxy.core.wire import without_bcc
 
 if TYPE_CHECKING:
     from mail_proxy.core.model import Account
@@ -36,22 +36,9 @@ def safe_name(text: str) -> str:
     return name or uuid.uuid4().hex
 
 
-def _flatten(message: EmailMessage) -> bytes:
-    if "Bcc" in message or "Resent-Bcc" in message:
-        message = _without_bcc(message)
-    return message.as_bytes()
-
-
-def _without_bcc(message: EmailMessage) -> EmailMessage:
-    clone = copy.copy(message)
-    del clone["Bcc"]
-    del clone["Resent-Bcc"]
-    return clone
-
-
 def _write(directory: Path, name: str, message: EmailMessage) -> Path:
     """Flatten and write atomically (runs in a worker thread)."""
-    data = _flatten(message)
+    data = without_bcc(message).as_bytes()
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")
@@ -69,7 +56,7 @@ class FileTransport(Transport):
     """Writes messages to ``options["directory"]`` (see the module doc)."""
 
     def __init__(self, runtime: Runtime | None = None) -> None:
-        self._runtime = runtime
+        """(The runtime is part of the transport factory signature; not needed here.)"""
 
     async def send(
         self,

@@ -342,13 +342,6 @@ class SmtpTransport(Transport):
         if self._quitting:
             await asyncio.gather(*self._quitting, return_exceptions=True)
 
-    def pool_stats(self) -> dict[str, dict[str, int]]:
-        """Idle connections and active users per pool, keyed ``tenant/account``."""
-        return {
-            f"{key.tenant_id}/{key.account_id}": {"idle": len(pool.idle), "users": pool.users}
-            for key, pool in self._pools.items()
-        }
-
     # -- sending ----------------------------------------------------------------------
     async def _send_on_pool(
         self,

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from mail_proxy.core.errors import ApiError
 from mail_proxy.core.model import DEFAULT_TENANT, Tenant
+from mail_proxy.core.reporter import find_reporter
 from mail_proxy.core.routes import RouteTable
 from mail_proxy.core.runtime import Runtime
 from mail_proxy.core.web import (
@@ -271,9 +272,8 @@ async def list_sync_status(request: web.Request) -> web.Response:
     picked up yet)."""
     rt = runtime_of(request)
     tenants, next_cursor = await _page(rt, query_of(request))
-    reporter = next((s for s in rt.services if getattr(s, "name", None) == "reporter"), None)
-    live_view = getattr(reporter, "sync_status", None)
-    live = {e["tenant_id"]: e for e in live_view()} if callable(live_view) else {}
+    reporter = find_reporter(rt)
+    live = {e["tenant_id"]: e for e in reporter.sync_status()} if reporter is not None else {}
     backlog: dict[str, int] | None = None
     entries = []
     for tenant in tenants:
