@@ -11,9 +11,19 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from .procs import REPO
-from .report import Results, checks, eprint, git_revision, machine, table
+from .report import (
+    Results,
+    checks,
+    eprint,
+    git_revision,
+    machine,
+    no_loss_misses,
+    performance_misses,
+    table,
+)
 from .scenarios import DEFAULT_PG_URL, ORDER, Bench, Options
 from .service import setting_env
 
@@ -104,7 +114,6 @@ async def run(args: argparse.Namespace) -> int:
     )
     bench = Bench(opts, results, generate_key())
     eprint(f"bench: revision {revision}, scenarios {','.join(args.chosen)}, scale {args.scale}")
-    failures = 0
     try:
         for name in args.chosen:
             for index in range(args.runs):
@@ -122,7 +131,6 @@ async def run(args: argparse.Namespace) -> int:
                 try:
                     measured = await bench.handlers[name]()
                 except Exception as exc:
-                    failures += 1
                     traceback.print_exc()
                     record["error"] = f"{type(exc).__name__}: {exc}"
                 else:
@@ -141,7 +149,22 @@ async def run(args: argparse.Namespace) -> int:
     print(table(results.records))
     path = results.path.resolve()
     print(f"\nresults: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    return 1 if failures else 0
+    return exit_status(results.records)
+
+
+def exit_status(records: list[dict[str, Any]]) -> int:
+    """1 when a scenario failed or a no-loss target (lost, duplicated, errors == 0) was
+    missed, each printed; performance targets that miss are reported but leave it at 0."""
+    failed = [f"{r['scenario']} (run {r.get('run', '?')})" for r in records if r.get("error")]
+    misses = no_loss_misses(records)
+    for name in failed:
+        print(f"FAILED: {name} did not complete")
+    for miss in misses:
+        print(f"FAILED: no-loss target missed: {miss}")
+    slow = performance_misses(records)
+    if slow:
+        print(f"{slow} performance target(s) missed (informative, not a failure)")
+    return 1 if failed or misses else 0
 
 
 def main(argv: list[str] | None = None) -> int:

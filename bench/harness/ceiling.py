@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosmtplib
 
-from .messages import MAIL_ID_HEADER, RECIPIENT, SENDER, filler
+from .messages import MAIL_ID_HEADER, RECIPIENT, SENDER, filler, message_ids
 
 
 def build(ident: str, body: str) -> EmailMessage:
@@ -33,7 +33,7 @@ def build(ident: str, body: str) -> EmailMessage:
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     body = filler(int(spec.get("body_bytes", 1024)))
-    ids = [f"{spec['prefix']}-{i}" for i in range(int(spec["count"]))]
+    ids = message_ids(spec["prefix"], 0, int(spec["count"]))
     ids.reverse()
     errors = 0
 

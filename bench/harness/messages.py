@@ -16,6 +16,7 @@ def filler(size: int) -> str:
 
 
 def message_ids(prefix: str, start: int, count: int) -> list[str]:
+    """The ids ``prefix-start`` … ``prefix-(start+count-1)``, as the sink reads them back."""
     return [f"{prefix}-{i}" for i in range(start, start + count)]
 
 

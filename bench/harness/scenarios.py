@@ -211,8 +211,9 @@ class Bench:
 
     async def load(self, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
         result = await run_module("harness.load", spec, timeout)
-        if result.get("errors"):
-            eprint(f"   load: {result['errors']} failed requests, first: {result['first_error']}")
+        failed = result.get("errors", 0) + result.get("warmup_errors", 0)
+        if failed:
+            eprint(f"   load: {failed} failed requests, first: {result['first_error']}")
         return result
 
     def batches_spec(self, stack: Stack, prefix: str, count: int, **extra: Any) -> dict[str, Any]:
@@ -299,10 +300,14 @@ class Bench:
                 result = await self.load(spec)
                 cpu_ms = cpu.ms_per(requests + warmup)
             pending = (await stack.api.status())["pending_messages"]
+        # requests_per_s and latency_ms cover the successful requests only (harness.load)
         metrics = {k: result[k] for k in ("requests_per_s", "latency_ms", "elapsed_s")}
         metrics.update(
             service_cpu_ms_per_request=cpu_ms,
-            errors=result["errors"],
+            succeeded=result["succeeded"],
+            # every failed request, the untimed warm-up included
+            errors=result["errors"] + result["warmup_errors"],
+            warmup_errors=result["warmup_errors"],
             rejected=result["rejected"],
             pending_after=pending,
         )
@@ -424,6 +429,7 @@ class Bench:
             "lost": stats["lost"],
             "duplicated": stats["duplicated"],
             "pending_after": pending,
+            "enqueue_errors": first["errors"] + rest["errors"],
         }
         params = {"messages": count, "tenth": tenth, "sample_interval_s": sampler.interval}
         return Measured(params, metrics, profile or None)
