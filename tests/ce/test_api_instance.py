@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mail_proxy.core.dispatcher import Dispatcher
 from support.ce_api import Api, message, start_api
 
 CE_ROUTES = {
@@ -74,10 +75,9 @@ async def test_instance_get_and_put(api: Api) -> None:
     stored = await rt.storage.get_settings()
     assert stored["instance_name"] == "edge-1" and stored["retry_delays"] == [1, 2]
     assert stored["scheduler_active"] is False
-    for service in rt.services:  # the dispatcher retries with the new policy at once
-        policy = getattr(service, "policy", None)
-        if policy is not None:
-            assert policy.max_retries == 2 and policy.delays == (1.0, 2.0)
+    # the dispatcher retries with the new policy at once
+    [dispatcher] = [s for s in rt.services if isinstance(s, Dispatcher)]
+    assert dispatcher.policy.max_retries == 2 and dispatcher.policy.delays == (1.0, 2.0)
 
 
 @pytest.mark.parametrize(

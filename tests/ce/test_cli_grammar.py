@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.core.plugins import PluginError, create_plugin_manager, hookimpl
 from support.cli_runner import HEAVY_MODULES, Cli, clean_env
 
 
@@ -199,22 +198,3 @@ def test_plugins_lists_installed_plugins_and_what_they_add(cli: Cli) -> None:
     assert plugins["core"]["edition"] == "core"
     table = cli.ok("plugins").out
     assert "gmp_test" in table and "gmp-test-plugin" in table and "GET /hello-plugin" in table
-
-
-class _Misspelled:
-    @hookimpl
-    def register_route(self, routes: object) -> None:  # the spec is register_routes
-        pass
-
-
-class _WrongArgument:
-    @hookimpl
-    def register_routes(self, table: object) -> None:  # the spec's argument is `routes`
-        pass
-
-
-def test_misspelled_hook_implementation_is_a_startup_error() -> None:
-    with pytest.raises(PluginError, match=r"(?s)'typo'.*register_route"):
-        create_plugin_manager(extra_plugins=[("typo", _Misspelled())], load_entry_points=False)
-    with pytest.raises(PluginError, match=r"(?s)'badarg'.*table"):
-        create_plugin_manager(extra_plugins=[("badarg", _WrongArgument())], load_entry_points=False)

@@ -4,9 +4,13 @@ crash recovery through leases."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
+import asyncpg
 import pytest
 
 from mail_proxy.encryption import generate_key
@@ -58,6 +62,29 @@ async def wait_received(smtp: SmtpTestServer, count: int, timeout: float) -> Non
     )
 
 
+async def counter(svc: ServiceProcess, name: str) -> float:
+    """The sum of the labelled series of counter ``name`` on this instance's ``/metrics``."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(svc.url + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+async def set_scheduler(svc: ServiceProcess, active: bool) -> None:
+    """Pause or resume this instance's dispatcher only (the live value is per process)."""
+    await svc.call("PUT", "/instance", json={"scheduler_active": active})
+
+
+async def pg_connect(pg_url: str) -> asyncpg.Connection:
+    schema = pg_url.rsplit("schema=", 1)[1]
+    return await asyncpg.connect(pg_url.split("?")[0], server_settings={"search_path": schema})
+
+
 async def test_two_instances_deliver_each_message_exactly_once(pg_url: str, tmp_path: Path) -> None:
     async with SmtpTestServer() as smtp:
         services = await start_pair(pg_url, tmp_path)
@@ -74,8 +101,10 @@ async def test_two_instances_deliver_each_message_exactly_once(pg_url: str, tmp_
             counts = Counter(m.message["X-Genro-Mail-ID"] for m in smtp.messages)
             assert set(counts) == set(ids)
             assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:5]
-            # Both instances took part (different SMTP connections per process).
-            assert len({m.connection_id for m in smtp.messages}) >= 2
+            # Both instances took part: each process counts what it delivered itself.
+            sent = [await counter(s, "gmp_sent_total") for s in services]
+            assert all(n > 0 for n in sent), sent
+            assert sum(sent) == len(ids), sent
             status = await services[0].call("GET", "/status")
             assert status["pending_messages"] == 0
         finally:
@@ -98,14 +127,38 @@ async def test_rate_limit_holds_across_instances(pg_url: str, tmp_path: Path) ->
                     "limit_per_minute": 25,
                 },
             )
-            await enqueue_all(services[0], [f"r{i}" for i in range(100)])
+            first, second = services
+
+            async def deferred() -> int:
+                listed = await second.call(
+                    "GET", "/messages", params={"status": "deferred", "limit": "500"}
+                )
+                return len(listed["messages"])
+
+            # The first instance alone uses up the minute's budget...
+            await set_scheduler(second, False)
+            await enqueue_all(first, [f"r{i}" for i in range(50)])
             await smtp.wait_for_messages(25, timeout=20)
+            for _ in range(200):
+                if await deferred() == 25:
+                    break
+                await asyncio.sleep(0.1)
+            # ...then the second alone claims fresh messages: a per-process limit would let
+            # it send 25 more.
+            await set_scheduler(first, False)
+            await set_scheduler(second, True)
+            await enqueue_all(second, [f"r{i}" for i in range(50, 100)])
+            for _ in range(200):
+                if await deferred() == 75:
+                    break
+                await asyncio.sleep(0.1)
             await asyncio.sleep(1.5)
             assert len(smtp.messages) == 25
-            listed = await services[1].call(
-                "GET", "/messages", params={"status": "deferred", "limit": "500"}
-            )
-            assert len(listed["messages"]) == 75
+            assert await deferred() == 75
+            assert await counter(first, "gmp_sent_total") == 25
+            assert await counter(first, "gmp_rate_limited_total") >= 25
+            assert await counter(second, "gmp_sent_total") == 0
+            assert await counter(second, "gmp_rate_limited_total") >= 50
         finally:
             for s in services:
                 s.stop()
@@ -116,15 +169,35 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
         smtp.data_delay = 0.01
         services = await start_pair(pg_url, tmp_path, GMP_CLAIM_LEASE_SECONDS="6")
         victim, survivor = services
+        db = await pg_connect(pg_url)
         try:
             await survivor.call(
                 "POST",
                 "/account",
                 json={"id": "a", "host": "127.0.0.1", "port": smtp.port, "default": True},
             )
+            victim_id = (await victim.call("GET", "/instance"))["instance"]["instance_id"]
             ids = [f"k{i}" for i in range(600)]
             await enqueue_all(survivor, ids)
             await smtp.wait_until(lambda: len(smtp.messages) >= 150, 60)
+            # Freeze the victim and note the claims it holds (committed, its lease running);
+            # retry until it holds some, then kill it: those are what the survivor must retake.
+            assert victim.proc is not None
+            held: dict[int, int] = {}
+            for _ in range(50):
+                os.kill(victim.proc.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.3)  # statements sent before the stop reach the database
+                rows = await db.fetch(
+                    "SELECT pk, claim_token FROM messages"
+                    " WHERE status = 'sending' AND claimed_by = $1",
+                    victim_id,
+                )
+                held = {r["pk"]: r["claim_token"] for r in rows}
+                if held:
+                    break
+                os.kill(victim.proc.pid, signal.SIGCONT)
+                await asyncio.sleep(0.05)
+            assert held, "the victim never held a claim"
             victim.kill()
             await wait_received(smtp, len(ids), timeout=150)
             await asyncio.sleep(1.0)
@@ -149,6 +222,16 @@ async def test_kill_9_mid_burst_other_instance_takes_over(pg_url: str, tmp_path:
                 cursor = page.get("next_cursor")
             assert total == len(ids)
             assert (await survivor.call("GET", "/status"))["pending_messages"] == 0
+            # A lease takeover happened: messages the victim held were claimed again (fencing
+            # token increased) and sent.
+            rows = await db.fetch(
+                "SELECT pk, claim_token, status FROM messages WHERE pk = ANY($1::bigint[])",
+                list(held),
+            )
+            retaken = [r["pk"] for r in rows if r["claim_token"] > held[r["pk"]]]
+            assert len(retaken) >= 1, (held, [tuple(r) for r in rows])
+            assert {r["status"] for r in rows} == {"sent"}
         finally:
+            await db.close()
             for s in services:
                 s.stop()

@@ -352,6 +352,7 @@ async def test_a_group_that_clashes_with_another_writer_is_retried_call_by_call(
     await store.start()
     schema = pg_url.rsplit("schema=", 1)[1]
     other = await asyncpg.connect(pg_url.split("?")[0], server_settings={"search_path": schema})
+    watcher = await asyncpg.connect(pg_url.split("?")[0])
     try:
         now = time.time()
         tx = other.transaction()
@@ -363,7 +364,16 @@ async def test_a_group_that_clashes_with_another_writer_is_retried_call_by_call(
             now,
         )
         calls = asyncio.gather(store.enqueue([msg(1)], now), store.enqueue([msg(2)], now))
-        await asyncio.sleep(0.5)  # the group's INSERT now waits on the other transaction
+        # Commit only once the group's INSERT waits on the other transaction (a backend
+        # blocked by ``other``; other tests' lock waits on the same server do not count).
+        blocker = other.get_server_pid()
+        deadline = time.monotonic() + 10
+        while not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", blocker
+        ):
+            assert not calls.done(), f"the group did not wait on the other insert: {calls}"
+            assert time.monotonic() < deadline, "the group never waited on the other insert"
+            await asyncio.sleep(0.02)
         await tx.commit()
         results = await asyncio.wait_for(calls, 10)
         assert [r.queued for r in results] == [1, 1]
@@ -373,4 +383,5 @@ async def test_a_group_that_clashes_with_another_writer_is_retried_call_by_call(
         assert rec is not None and rec.payload == {"subject": "s1"}  # replaced the clashing row
     finally:
         await other.close()
+        await watcher.close()
         await store.close()

@@ -48,8 +48,9 @@ def test_misspelled_hook_is_a_startup_error() -> None:
 
 
 def test_hook_with_unknown_argument_is_a_startup_error() -> None:
-    with pytest.raises(PluginError, match="'bad' does not match the hook specifications"):
+    with pytest.raises(PluginError, match="'bad' does not match the hook specifications") as err:
         create_plugin_manager(extra_plugins=[("bad", WrongArgument())])
+    assert "extra" in str(err.value)  # the message names the unexpected argument
 
 
 def test_plugins_are_listed_and_can_be_disabled() -> None:

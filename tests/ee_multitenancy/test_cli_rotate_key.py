@@ -163,7 +163,7 @@ async def test_rotate_key_live_then_restart(cli: Cli, smtp: SmtpTestServer, tmp_
 
     # the running instance still sends without a restart (fresh connections: AUTH again)
     smtp.drop_all_connections()
-    await asyncio.sleep(0.2)
+    await smtp.wait_until(lambda: not smtp.open_connections)
     logins = len(smtp.auth_attempts)
     await deliver(cli, smtp, tmp_path, "rotated")
     assert len(smtp.auth_attempts) > logins
