@@ -95,3 +95,31 @@ async def test_a_lone_call_that_clashes_with_another_insert_is_retried(
     assert result.queued == 1 and result.rejected == []
     rec = await store.get_message("default", "m2")
     assert rec is not None and rec.payload == {"subject": "ours"}  # replaced the other's row
+
+
+async def test_instances_starting_together_both_create_the_default_tenant(
+    store: SqlStorage, pg_url: str, make_settings: Any
+) -> None:
+    # a fresh database: the other instance is inserting the default tenant right now
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM tenants WHERE id = 'default'")
+    insert_default = (
+        "INSERT INTO tenants (id, name, active, created_at, updated_at)"
+        " VALUES ('default', 'Default tenant', true, 0, 0)"
+    )
+    rt = Runtime(make_settings(database_url=pg_url), create_plugin_manager(load_entry_points=False))
+    second = SqlStorage(rt, pg_url)
+    try:
+        await while_held(pg_url, insert_default, second.start())  # no IntegrityError
+        assert [t.id for t in await second.list_tenants()] == ["default"]
+    finally:
+        await second.close()
+
+
+async def test_a_suspend_racing_the_same_suspend_elsewhere_succeeds(
+    store: SqlStorage, pg_url: str
+) -> None:
+    insert_promo = (
+        "INSERT INTO suspensions (tenant_id, batch_code, created_at) VALUES ('default', 'promo', 0)"
+    )
+    assert await while_held(pg_url, insert_promo, store.suspend("default", "promo")) == ["promo"]

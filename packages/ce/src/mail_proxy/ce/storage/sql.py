@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -111,19 +112,22 @@ class SqlStorage(Storage):
             raise
         now = time.time()
         async with self._write() as conn:
-            exists = await conn.scalar(
-                sa.select(t.tenants.c.id).where(t.tenants.c.id == DEFAULT_TENANT)
-            )
-            if exists is None:
-                await conn.execute(
-                    t.tenants.insert().values(
-                        id=DEFAULT_TENANT,
-                        name="Default tenant",
-                        active=True,
-                        created_at=now,
-                        updated_at=now,
-                    )
+            # (instances starting together on a new database both try: one row, no error)
+            await conn.execute(
+                self._insert_if_absent(t.tenants).values(
+                    id=DEFAULT_TENANT,
+                    name="Default tenant",
+                    active=True,
+                    created_at=now,
+                    updated_at=now,
                 )
+            )
+
+    def _insert_if_absent(self, table: sa.Table) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in this database's dialect: an insert that a
+        concurrent writer of the same key (another instance) cannot turn into an error."""
+        insert = postgresql.insert if self._pg else sqlite.insert
+        return insert(table).on_conflict_do_nothing()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -618,17 +622,12 @@ class SqlStorage(Storage):
     # -- suspension -------------------------------------------------------------------------------
     async def suspend(self, tenant_id: str, batch_code: str | None) -> list[str]:
         code = batch_code or "*"
-        s = t.suspensions.c
         async with self._write() as conn:
-            exists = await conn.scalar(
-                sa.select(s.tenant_id).where(s.tenant_id == tenant_id, s.batch_code == code)
-            )
-            if exists is None:
-                await conn.execute(
-                    t.suspensions.insert().values(
-                        tenant_id=tenant_id, batch_code=code, created_at=time.time()
-                    )
+            await conn.execute(
+                self._insert_if_absent(t.suspensions).values(
+                    tenant_id=tenant_id, batch_code=code, created_at=time.time()
                 )
+            )
         return await self.suspended_batches(tenant_id)
 
     async def activate(self, tenant_id: str, batch_code: str | None) -> list[str]:
