@@ -58,11 +58,17 @@ if TYPE_CHECKING:
     from mail_proxy.core.runtime import Runtime
 
 REPLACEABLE = ("pending", "scheduled", "deferred")
+
+
 # The partial index ix_messages_ready covers exactly these rows. The condition is written with
 # literals (not bound parameters) so the planners can match it to the index's WHERE and walk
 # it in (priority, pk) order instead of sorting the whole backlog on every claim.
-ACTIVE_LITERAL = sa.text("messages.status IN ('pending', 'scheduled', 'deferred', 'sending')")
-FINISHED_LITERAL = sa.text("messages.status IN ('sent', 'error')")
+def _status_literal(statuses: Sequence[str]) -> sa.TextClause:
+    return sa.text(f"messages.status IN ({', '.join(repr(x) for x in statuses)})")
+
+
+ACTIVE_LITERAL = _status_literal(t.ACTIVE)
+FINISHED_LITERAL = _status_literal(t.FINISHED)
 #: One waiting ``enqueue`` call: its messages, its time, the future its caller awaits.
 _Job = tuple[list[NewMessage], float, "asyncio.Future[EnqueueResult]"]
 #: Largest enqueue group committed in one transaction (messages; one call is never split).
@@ -734,26 +740,27 @@ class SqlStorage(Storage):
                 if row is None or row.claim_token != o.claim_token:
                     continue  # fenced: another claim owns this message now
                 applied.append(o.pk)
-                attempts = row.attempts + (1 if o.count_attempt and o.kind != "released" else 0)
-                values: dict[str, Any] = {
-                    "b_pk": o.pk,
-                    "b_token": o.claim_token,
-                    "status": "pending" if o.kind == "released" else o.kind,
-                    "attempts": attempts,
-                    "updated_at": o.ts,
-                    "lease_until": None,
-                    "claimed_by": None,
-                    "sent_ts": o.ts if o.kind == "sent" else None,
-                    "error_ts": o.ts if o.kind == "error" else None,
-                    "error": o.error,
-                    "smtp_code": o.smtp_code,
-                    "deferred_ts": o.deferred_ts if o.kind == "deferred" else None,
-                    "delivered_rcpts": o.delivered_rcpts,
-                }
-                if o.kind == "released":
+                if o.kind == "released":  # untouched: back to pending, no attempt, no event
                     released.append({"b_pk": o.pk, "b_token": o.claim_token, "v_ts": o.ts})
                     continue
-                updates.append(values)
+                attempts = row.attempts + (1 if o.count_attempt else 0)
+                updates.append(
+                    {
+                        "b_pk": o.pk,
+                        "b_token": o.claim_token,
+                        "v_status": o.kind,
+                        "v_attempts": attempts,
+                        "v_updated_at": o.ts,
+                        "v_lease_until": None,
+                        "v_claimed_by": None,
+                        "v_sent_ts": o.ts if o.kind == "sent" else None,
+                        "v_error_ts": o.ts if o.kind == "error" else None,
+                        "v_error": o.error,
+                        "v_smtp_code": o.smtp_code,
+                        "v_deferred_ts": o.deferred_ts if o.kind == "deferred" else None,
+                        "v_delivered_rcpts": o.delivered_rcpts,
+                    }
+                )
                 meta = dict(o.metadata)
                 if o.smtp_code is not None:
                     meta.setdefault("smtp_code", o.smtp_code)
@@ -779,15 +786,12 @@ class SqlStorage(Storage):
                 )
             fenced = sa.and_(m.pk == sa.bindparam("b_pk"), m.claim_token == sa.bindparam("b_token"))
             if updates:
-                columns = [k for k in updates[0] if not k.startswith("b_")]
+                columns = [k[2:] for k in updates[0] if k.startswith("v_")]
                 await conn.execute(
                     t.messages.update()
                     .where(fenced)
                     .values({k: sa.bindparam(f"v_{k}") for k in columns}),
-                    [
-                        {(k if k.startswith("b_") else f"v_{k}"): v for k, v in u.items()}
-                        for u in updates
-                    ],
+                    updates,
                 )
             if released:
                 await conn.execute(
@@ -887,12 +891,20 @@ class SqlStorage(Storage):
         if not events:
             return 0
         m = t.messages.c
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for ev in events:
+            wanted[ev.tenant_id].add(ev.message_id)
         async with self._write() as conn:
+            pks: dict[tuple[str, str], int] = {}  # one query per tenant and 500 ids
+            for tenant_id, ids in wanted.items():
+                for chunk in _chunks(sorted(ids), 500):
+                    found = await conn.execute(
+                        sa.select(m.pk, m.id).where(m.tenant_id == tenant_id, m.id.in_(chunk))
+                    )
+                    pks.update({(tenant_id, r.id): r.pk for r in found})
             rows: list[dict[str, Any]] = []
             for ev in events:
-                pk = await conn.scalar(
-                    sa.select(m.pk).where(m.tenant_id == ev.tenant_id, m.id == ev.message_id)
-                )
+                pk = pks.get((ev.tenant_id, ev.message_id))
                 if pk is None:
                     continue
                 rows.append(
