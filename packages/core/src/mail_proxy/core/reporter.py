@@ -394,6 +394,10 @@ class Reporter(Service):
         tid = ts.tenant.id
         batch = rt.settings.report_batch_size
         followups = 0
+        # The lease was just taken by _sync. Each delivery (at most sync_timeout) must start
+        # with enough of it left; renew only when that is no longer true (long syncs).
+        keep = lease - rt.settings.sync_timeout - 5.0
+        renew_at = time.monotonic() + keep
         while True:
             ts.dirty = False
             try:
@@ -408,8 +412,10 @@ class Reporter(Service):
                 return
             if not events and not force:
                 return
-            if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
-                return  # the lease was lost (this instance stalled): leave it to the holder
+            if time.monotonic() >= renew_at:  # a long sync: renew before the lease runs out
+                if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
+                    return  # the lease was lost (this instance stalled): leave it to the holder
+                renew_at = time.monotonic() + keep
             async with self._slots:
                 answer = await self._deliver(sink, tenant, events)
             if not await self._record(ts, answer, events):
