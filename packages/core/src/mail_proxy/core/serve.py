@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_support.home import CONFIG_FILE, LOG_DIR, LOG_FILE, PID_FILE
 from .config import Settings, load_settings
 from .errors import ConfigError
 
@@ -32,7 +33,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def instance_settings(instance_dir: Path) -> Settings:
     """Settings of an instance: its config file, then the environment (except pinned keys)."""
-    config = instance_dir / "config.toml"
+    config = instance_dir / CONFIG_FILE
     file_only = load_settings(env={}, config_file=config)
     pinned = {key: getattr(file_only, key) for key in PINNED_KEYS}
     return load_settings(
@@ -88,7 +89,7 @@ def run(settings: Settings) -> int:
 def serve_instance(instance_dir: Path) -> int:
     """The background server of ``mail-proxy start``."""
     instance_dir = instance_dir.absolute()
-    log_file = instance_dir / "logs" / "mail-proxy.log"
+    log_file = instance_dir / LOG_DIR / LOG_FILE
     configure_logging("INFO", log_file)
     try:
         settings = instance_settings(instance_dir)
@@ -100,7 +101,7 @@ def serve_instance(instance_dir: Path) -> int:
     if lock is None:
         log.error("another server of this instance is running (%s is locked)", instance_dir)
         return 1
-    pid_file = instance_dir / "mail-proxy.pid"
+    pid_file = instance_dir / PID_FILE
     _write_pid(pid_file)
     try:
         return run(settings)
