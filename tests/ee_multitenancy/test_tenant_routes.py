@@ -344,7 +344,17 @@ async def test_sync_status_shows_targets_and_backlog(api: Api, tmp_path: Path) -
     await as_tenant(api, acme, "POST", "/commands/add-messages", {"messages": [message("m1")]})
     await as_tenant(api, acme, "POST", "/commands/run-now", {})
     await _wait_sent(api, acme, "m1")
-    entries = {e["tenant_id"]: e for e in (await api.get("/tenants/sync-status"))["tenants"]}
+
+    async def status() -> dict[str, Any]:
+        return {e["tenant_id"]: e for e in (await api.get("/tenants/sync-status"))["tenants"]}
+
+    # the live view's backlog is the reporter's snapshot, refreshed on its next cycle after
+    # the outcome's commit: wait (bounded) for it to count the "sent" event
+    for _ in range(250):
+        entries = await status()
+        if entries["acme"]["backlog"] >= 1:
+            break
+        await asyncio.sleep(0.02)
     assert entries["acme"]["endpoint"] == "tenant"
     assert entries["acme"]["url"] == "https://acme.example.com/hooks/mail"
     assert entries["default"]["endpoint"] == "global" and entries["default"]["url"] is None

@@ -18,12 +18,13 @@ from typing import Any
 from mail_proxy.core.cli_support.errors import CliError, UsageError
 from mail_proxy.core.cli_support.output import Progress, print_json
 from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.model import PRIORITY_NAMES
 
 from .eml import EmlError, message_from_eml, message_id_to_id
 
 BATCH_FILES = 100
 BATCH_BYTES = 4 * 1024 * 1024
-PRIORITIES = {"0", "1", "2", "3", "immediate", "high", "medium", "low"}
+PRIORITIES = {*PRIORITY_NAMES, *(str(v) for v in PRIORITY_NAMES.values())}
 
 
 def send(

@@ -19,6 +19,7 @@ import secrets
 
 KEY_BYTES = 32
 KEY_LENGTH = 43  # len(secrets.token_urlsafe(32))
+# = ce.reports.signing.WHSEC_PREFIX, not imported: the plugin module must stay light
 SYNC_SECRET_PREFIX = "whsec_"
 _KEY_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{{KEY_LENGTH}}}")
 

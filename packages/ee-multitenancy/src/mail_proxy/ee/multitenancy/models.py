@@ -13,6 +13,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mail_proxy.ce.fetch import endpoint
+from mail_proxy.ce.reports import http_sink
+
 #: Tenant ids appear in URL paths, rate-limit bucket names and CLI arguments: a safe alphabet
 #: (the CLI's own name rule: letters, digits, '.', '_', '-', up to 63 characters).
 TENANT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -22,8 +25,9 @@ Limit = Annotated[int, Field(ge=0, le=10**9)]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _FSSPEC_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-DEFAULT_SYNC_PATH = "/mail-proxy/sync"
-DEFAULT_ATTACHMENT_PATH = "/mail-proxy/attachments"
+# the defaults the CE sink and fetcher apply (shown to clients in tenant views)
+DEFAULT_SYNC_PATH = http_sink.DEFAULT_SYNC_PATH
+DEFAULT_ATTACHMENT_PATH = endpoint.DEFAULT_PATH
 
 
 class _Strict(BaseModel):
