@@ -35,6 +35,8 @@ ROUTES = web.AppKey("routes", RouteTable)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 TENANT_ID = web.RequestKey("tenant_id", str)
+#: Whether the request named its tenant (path, ``?tenant_id=`` or body) or got the default.
+TENANT_NAMED = web.RequestKey("tenant_named", bool)
 BODY = web.RequestKey("body", object)
 QUERY = web.RequestKey("query", object)
 #: Handlers put a short, secret-free summary of what they changed here for the command log.
@@ -57,6 +59,12 @@ def tenant_of(request: web.Request) -> str:
     """The tenant this request is bound to (tenant-scoped routes)."""
     tenant_id: str = request[TENANT_ID]
     return tenant_id
+
+
+def tenant_named(request: web.Request) -> bool:
+    """True when a tenant-scoped request named its tenant (an admin request that did not
+    acts on the default tenant, or on every tenant where the route says so)."""
+    return bool(request.get(TENANT_NAMED))
 
 
 def body_of(request: web.Request) -> Any:
@@ -145,6 +153,7 @@ async def _bind_tenant(request: web.Request, spec: RouteSpec, rt: Runtime) -> st
             else body.get("tenant_id")
         )
         named = value if isinstance(value, str) and value else None
+    request[TENANT_NAMED] = named is not None
     if not principal.is_admin:
         if named is not None and named != principal.tenant_id:
             raise ApiError(403, "tenant_scope", "this token belongs to another tenant")

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, principal_of, runtime_of, tenant_of
+from mail_proxy.core.web import (
+    AUDIT_SUMMARY,
+    body_of,
+    ok,
+    principal_of,
+    runtime_of,
+    tenant_named,
+    tenant_of,
+)
 
-from .models import SuspendBody, TenantBody
+from .models import SuspendBody
 
 
 async def run_now(request: web.Request) -> web.Response:
@@ -14,7 +22,7 @@ async def run_now(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     principal = principal_of(request)
     tenant_id = tenant_of(request)
-    narrowed = _named_tenant(request) is not None or not principal.is_admin
+    narrowed = tenant_named(request) or not principal.is_admin
     if not principal.is_admin:
         rt.report_priority_tenants.add(tenant_id)
     else:  # sync now (heartbeats included) every tenant, or the named one; DND respected
@@ -22,12 +30,6 @@ async def run_now(request: web.Request) -> web.Response:
     rt.wake_dispatcher()
     rt.wake_reporter()
     return ok({"tenant_id": tenant_id if narrowed else None})
-
-
-def _named_tenant(request: web.Request) -> str | None:
-    body: TenantBody | SuspendBody | None = body_of(request)
-    named = request.query.get("tenant_id") or (body.tenant_id if body is not None else None)
-    return named or None
 
 
 async def _set_scheduler(request: web.Request, active: bool) -> web.Response:
@@ -43,11 +45,7 @@ async def _set_scheduler(request: web.Request, active: bool) -> web.Response:
 def _whole_scheduler(request: web.Request) -> bool:
     """The admin form: admin token, no tenant named and no batch_code."""
     body: SuspendBody = body_of(request)
-    return (
-        principal_of(request).is_admin
-        and _named_tenant(request) is None
-        and body.batch_code is None
-    )
+    return principal_of(request).is_admin and not tenant_named(request) and body.batch_code is None
 
 
 async def suspend(request: web.Request) -> web.Response:

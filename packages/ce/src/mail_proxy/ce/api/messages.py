@@ -17,6 +17,7 @@ from mail_proxy.core.web import (
     principal_of,
     query_of,
     runtime_of,
+    tenant_named,
     tenant_of,
 )
 
@@ -35,13 +36,12 @@ async def add_messages(request: web.Request) -> web.Response:
     """Validate each entry, enqueue the valid ones in one transaction, report the others."""
     rt = runtime_of(request)
     body: AddMessagesBody = body_of(request)
-    named = request.query.get("tenant_id") or body.tenant_id
     with rt.intake.accepting(len(body.messages)):
         result = await enqueue_batch(
             rt,
             body.messages,
             tenant_id=tenant_of(request),
-            entry_tenants=principal_of(request).is_admin and not named,
+            entry_tenants=principal_of(request).is_admin and not tenant_named(request),
             default_priority=(
                 priority_value(body.default_priority) if body.default_priority is not None else None
             ),
