@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.config import Settings, load_settings
-from mail_proxy.encryption import generate_key
+from mail_proxy.core.contracts.config import Settings, load_settings
+from mail_proxy.core.engine.encryption import generate_key
 
 PG_URL = os.environ.get("GMP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -117,7 +117,7 @@ async def aiohttp_client_factory(
     """
     from aiohttp.test_utils import TestClient, TestServer
 
-    from mail_proxy.core.web import create_app
+    from mail_proxy.core.web.app import create_app
 
     # Databases must outlive the apps using them: set them up first, so they are torn down
     # after the apps are closed (a PostgreSQL schema dropped under a running app hangs).

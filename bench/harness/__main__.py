@@ -100,7 +100,7 @@ def settings_env(pairs: list[str]) -> dict[str, str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from mail_proxy.encryption import generate_key
+    from mail_proxy.core.engine.encryption import generate_key
 
     revision = git_revision()
     results = Results(revision, args.output)

@@ -242,7 +242,7 @@ class Bench:
     # -- scenarios ------------------------------------------------------------------------------
     async def ceiling(self) -> Measured:
         """The sink driven by a bare pooled SMTP client: the machine's limit for e2e."""
-        from mail_proxy.core.config import load_settings
+        from mail_proxy.core.contracts.config import load_settings
 
         count = self.size(10_000)
         connections = load_settings(env=self.service_settings()).max_sends_per_account

@@ -27,7 +27,7 @@ MB = 1024 * 1024
 
 def setting_env(key: str) -> str:
     """``max_concurrent_sends`` → ``GMP_MAX_CONCURRENT_SENDS`` (names already GMP_* pass)."""
-    from mail_proxy.core.config import setting_fields
+    from mail_proxy.core.contracts.config import setting_fields
 
     if key.upper().startswith("GMP_") or key.upper().startswith("MAIL_PROXY_"):
         return key.upper()

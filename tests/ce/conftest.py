@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.smtp_server import SmtpTestServer
 
 

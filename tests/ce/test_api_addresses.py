@@ -15,7 +15,7 @@ from mail_proxy.ce.api.addresses import (
     parse_mailbox,
     split_address_list,
 )
-from mail_proxy.core.mime import envelope
+from mail_proxy.core.engine.mime import envelope
 
 
 @pytest.mark.parametrize(

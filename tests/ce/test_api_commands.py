@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.model import Outcome
+from mail_proxy.core.contracts.model import Outcome
 from support.ce_api import Api, message, start_api
 
 

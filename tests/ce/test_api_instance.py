@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.dispatcher import Dispatcher
+from mail_proxy.core.engine.dispatcher import Dispatcher
 from support.ce_api import Api, message, start_api
 
 CE_ROUTES = {
@@ -103,7 +103,7 @@ async def test_instance_put_rejects_bad_values(api: Api, body: dict[str, Any]) -
 async def test_instance_settings_survive_a_restart(
     db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> None:
-    from mail_proxy.encryption import generate_key
+    from mail_proxy.core.engine.encryption import generate_key
 
     key = generate_key()
     first = await start_api(

@@ -199,7 +199,7 @@ async def test_already_sent_id_is_rejected(api: Api) -> None:
     await api.send(message("once"))
     rt = api.runtime
     claimed = await rt.storage.claim_messages(rt.instance_id, 4e9, 10, 60, 10)
-    from mail_proxy.core.model import Outcome
+    from mail_proxy.core.contracts.model import Outcome
 
     await rt.storage.record_outcomes(
         [Outcome(pk=claimed[0].pk, claim_token=claimed[0].claim_token, kind="sent", ts=4e9)]
@@ -280,7 +280,7 @@ async def test_delete_messages(api: Api) -> None:
     await api.send(message("keep"), message("drop1"), message("drop2"), message("sent"))
     rt = api.runtime
     claimed = {r.id: r for r in await rt.storage.claim_messages(rt.instance_id, 4e9, 10, 60, 10)}
-    from mail_proxy.core.model import Outcome
+    from mail_proxy.core.contracts.model import Outcome
 
     # "sent" is delivered; the others go back to the queue untouched
     await rt.storage.record_outcomes(

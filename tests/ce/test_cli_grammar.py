@@ -64,7 +64,7 @@ def test_help_lists_all_levels_and_plugin_commands(cli: Cli) -> None:
 def test_help_imports_no_database_smtp_imap_or_server_code(tmp_path: Path) -> None:
     script = (
         "import json, sys\n"
-        "from mail_proxy.core.cli import main\n"
+        "from mail_proxy.core.cli.main import main\n"
         "code = main(['--help'])\n"
         "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
     )

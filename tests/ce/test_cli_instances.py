@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.core.cli_support.home import choose_port, port_is_free
+from mail_proxy.core.cli.home import choose_port, port_is_free
 from support.cli_runner import MAIL_PROXY, Cli, clean_env, free_port, http
 
 
@@ -291,7 +291,13 @@ def test_serve_without_token_is_a_configuration_error(tmp_path: Path) -> None:
 
 def test_server_module_refuses_a_missing_instance(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mail_proxy.core.serve", "--instance-dir", str(tmp_path / "none")],
+        [
+            sys.executable,
+            "-m",
+            "mail_proxy.core.cli.serve",
+            "--instance-dir",
+            str(tmp_path / "none"),
+        ],
         env=clean_env(tmp_path),
         capture_output=True,
         text=True,
@@ -306,7 +312,7 @@ def test_a_second_server_of_a_running_instance_refuses_to_run(running: Cli) -> N
     idir = running.home / "main"
     pid = running.pid("main")
     proc = subprocess.run(
-        [sys.executable, "-m", "mail_proxy.core.serve", "--instance-dir", str(idir)],
+        [sys.executable, "-m", "mail_proxy.core.cli.serve", "--instance-dir", str(idir)],
         env=running.env,
         capture_output=True,
         text=True,

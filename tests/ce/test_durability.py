@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from mail_proxy.encryption import generate_key
+from mail_proxy.core.engine.encryption import generate_key
 from support.service import ServiceProcess
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from mail_proxy.ce.fetch.netpolicy import AddressPolicy, AddressRefused, PolicyResolver
-from mail_proxy.core.attachments import get_resolver, validate_attachments
-from mail_proxy.core.fetch import FetchError
-from mail_proxy.core.model import Tenant
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.contracts.fetch import FetchError
+from mail_proxy.core.contracts.model import Tenant
+from mail_proxy.core.engine.attachments import get_resolver, validate_attachments
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.fetch_servers import Canary, FileServer
 
 LOOPBACK = ["127.0.0.0/8"]

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 
 from mail_proxy.ce.storage import schema as t
 from mail_proxy.ce.storage.sql import SqlStorage
-from mail_proxy.core.model import Account, NewMessage, Tenant
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
-from mail_proxy.encryption import Cipher, EncryptionError, generate_key, parse_key
+from mail_proxy.core.contracts.model import Account, NewMessage, Tenant
+from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
+from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.ce_api import Api, start_api
 
 

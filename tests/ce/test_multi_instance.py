@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from mail_proxy.encryption import generate_key
+from mail_proxy.core.engine.encryption import generate_key
 from support.service import ServiceProcess
 from support.smtp_server import SmtpTestServer
 

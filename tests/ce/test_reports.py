@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.model import Tenant
-from mail_proxy.core.reporter import Reporter, find_reporter
-from mail_proxy.core.web import RUNTIME
+from mail_proxy.core.contracts.model import Tenant
+from mail_proxy.core.engine.reporter import Reporter, find_reporter
+from mail_proxy.core.web.app import RUNTIME
 from support.report_client import (
     TENANT_TOKEN,
     ReportClient,
@@ -147,7 +147,7 @@ async def test_idle_tenants_get_an_empty_heartbeat_every_interval(
 async def test_bounce_and_pec_events_map_to_their_fields(
     start_app: Any, report_client: ReportClient
 ) -> None:
-    from mail_proxy.core.model import NewEvent
+    from mail_proxy.core.contracts.model import NewEvent
 
     rc = report_client
     _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
@@ -273,7 +273,7 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
 
 
 def _file_account(tmp_path: Any) -> Any:
-    from mail_proxy.core.model import Account
+    from mail_proxy.core.contracts.model import Account
 
     return Account(
         "default",

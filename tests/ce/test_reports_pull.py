@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.housekeeping import Housekeeping
-from mail_proxy.core.model import Tenant
-from mail_proxy.core.reporter import report_item
-from mail_proxy.core.web import RUNTIME
+from mail_proxy.core.contracts.model import Tenant
+from mail_proxy.core.engine.housekeeping import Housekeeping
+from mail_proxy.core.engine.reporter import report_item
+from mail_proxy.core.web.app import RUNTIME
 from support.report_client import (
     ReportClient,
     plugins_with_tenant_tokens,
@@ -166,7 +166,7 @@ async def test_retention_purges_old_acknowledged_messages_only(app: Any) -> None
 
 
 async def test_report_item_shapes_for_every_event_type() -> None:
-    from mail_proxy.core.model import EventRecord
+    from mail_proxy.core.contracts.model import EventRecord
 
     def ev(kind: str, desc: str | None = None, **meta: Any) -> EventRecord:
         return EventRecord(1, "default", 1, "m", kind, 100.0, desc, meta)

@@ -19,11 +19,11 @@ import trustme
 from mail_proxy.ce.transport import register
 from mail_proxy.ce.transport.file import FileTransport
 from mail_proxy.ce.transport.smtp import SmtpTransport
-from mail_proxy.core.mime import Attachment, build_email, envelope, new_message_id
-from mail_proxy.core.model import Account
-from mail_proxy.core.registry import Registry
-from mail_proxy.core.runtime import Runtime
-from mail_proxy.core.transport import TransportError
+from mail_proxy.core.contracts.model import Account
+from mail_proxy.core.contracts.transport import TransportError
+from mail_proxy.core.engine.mime import Attachment, build_email, envelope, new_message_id
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.registry import Registry
 from support.smtp_server import SmtpTestServer
 
 PASSWORD = "Sup3r-Secret-Pa55word"

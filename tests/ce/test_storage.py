@@ -10,10 +10,17 @@ import sqlalchemy as sa
 
 from mail_proxy.ce.storage.engine import current_heads
 from mail_proxy.ce.storage.sql import SqlStorage
-from mail_proxy.core.model import Account, CommandLogEntry, NewEvent, NewMessage, Outcome, Tenant
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import Runtime
-from mail_proxy.core.storage import MessageFilter, RateLimits
+from mail_proxy.core.contracts.model import (
+    Account,
+    CommandLogEntry,
+    NewEvent,
+    NewMessage,
+    Outcome,
+    Tenant,
+)
+from mail_proxy.core.contracts.storage import MessageFilter, RateLimits
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 
 
 @pytest.fixture

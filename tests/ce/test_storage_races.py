@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 
 from mail_proxy.ce.storage.sql import SqlStorage
-from mail_proxy.core.model import NewMessage
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.contracts.model import NewMessage
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 
 pytestmark = pytest.mark.postgres
 

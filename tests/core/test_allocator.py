@@ -14,7 +14,7 @@ import pytest
 # stay alive, then the large ones freed. Prints the RSS growth that remains, in MB.
 BURST = """
 import json, sys
-from mail_proxy.core.allocator import fix_mmap_threshold
+from mail_proxy.core.engine.allocator import fix_mmap_threshold
 fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
 def rss():
     with open("/proc/self/statm") as f:
@@ -53,7 +53,7 @@ def test_large_buffers_are_returned_after_a_burst() -> None:
 
 def test_an_operator_value_is_kept() -> None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = "from mail_proxy.core.allocator import fix_mmap_threshold; print(fix_mmap_threshold())"
+    code = "from mail_proxy.core.engine.allocator import fix_mmap_threshold; print(fix_mmap_threshold())"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout

@@ -1,4 +1,4 @@
-"""Attachment specs, enqueue validation and the two-tier cache (mail_proxy.core.attachments).
+"""Attachment specs, enqueue validation and the two-tier cache (mail_proxy.core.engine.attachments).
 
 The cache tests drive a real :class:`AttachmentCache` on a temporary directory with
 injectable clocks, so TTLs are tested without sleeping. Fetch-mode behaviour against real
@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.attachment_cache import AttachmentCache
-from mail_proxy.core.attachments import (
+from mail_proxy.core.contracts.fetch import FetchError
+from mail_proxy.core.contracts.model import Tenant
+from mail_proxy.core.engine.attachment_cache import AttachmentCache
+from mail_proxy.core.engine.attachments import (
     AttachmentError,
     get_resolver,
     infer_mode,
@@ -26,10 +28,8 @@ from mail_proxy.core.attachments import (
     split_marker,
     validate_attachments,
 )
-from mail_proxy.core.fetch import FetchError
-from mail_proxy.core.model import Tenant
-from mail_proxy.core.plugins import create_plugin_manager
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
 
 
 def md5(data: bytes) -> str:

@@ -6,8 +6,8 @@ import asyncio
 import base64
 from pathlib import Path
 
-from mail_proxy.core.attachments import UNKNOWN_SIZE_GUESS, estimated_size
-from mail_proxy.core.budget import ByteBudget, Reservation
+from mail_proxy.core.engine.attachments import UNKNOWN_SIZE_GUESS, estimated_size
+from mail_proxy.core.engine.budget import ByteBudget, Reservation
 
 
 async def test_large_requests_take_turns_small_ones_share() -> None:

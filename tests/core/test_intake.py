@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from mail_proxy.core.intake import IntakePressure
+from mail_proxy.core.engine.intake import IntakePressure
 
 
 def test_busy_from_the_threshold_and_for_a_moment_after() -> None:

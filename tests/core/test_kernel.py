@@ -10,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.core import hookspecs
-from mail_proxy.core.config import load_settings, setting_fields
-from mail_proxy.core.errors import ConfigError
-from mail_proxy.core.plugins import PluginError, create_plugin_manager, hookimpl
-from mail_proxy.core.registry import Registry, RegistryError
-from mail_proxy.encryption import Cipher, EncryptionError, generate_key, load_key, parse_key
+from mail_proxy.core.contracts.config import load_settings, setting_fields
+from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.engine.encryption import (
+    Cipher,
+    EncryptionError,
+    generate_key,
+    load_key,
+    parse_key,
+)
+from mail_proxy.core.plugins import hookspecs
+from mail_proxy.core.plugins.loader import create_plugin_manager
+from mail_proxy.core.plugins.manager import PluginError, hookimpl
+from mail_proxy.core.plugins.registry import Registry, RegistryError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,7 +128,7 @@ def test_generate_key_one_liner_from_the_faq() -> None:
         [
             sys.executable,
             "-c",
-            "from mail_proxy.encryption import generate_key; print(generate_key())",
+            "from mail_proxy.core.engine.encryption import generate_key; print(generate_key())",
         ],
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from mail_proxy.core.mime import (
+from mail_proxy.core.engine.mime import (
     Attachment,
     MimeError,
     build_email,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mail_proxy.core.reporter import _uncancellable
+from mail_proxy.core.engine.reporter import _uncancellable
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.core.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING
-from mail_proxy.encryption import Cipher, EncryptionError, generate_key, parse_key
+from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
+from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING
 from support.cli_runner import Cli, Result, free_port, http
 from support.smtp_server import SmtpTestServer
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.routes import RouteSpec
-from mail_proxy.core.web import ROUTES
+from mail_proxy.core.contracts.routes import RouteSpec
+from mail_proxy.core.web.app import ROUTES
 from support.ce_api import Api, message, start_api
 from support.multitenancy import TenantHandle, add_file_account, as_tenant, create_tenant
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mail_proxy.encryption import generate_key
+from mail_proxy.core.engine.encryption import generate_key
 from support.ce_api import Api, start_api
 from support.multitenancy import as_tenant, create_tenant
 

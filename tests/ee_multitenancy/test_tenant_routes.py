@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mail_proxy.core.attachments import get_resolver
-from mail_proxy.core.storage import RateLimits
+from mail_proxy.core.contracts.storage import RateLimits
+from mail_proxy.core.engine.attachments import get_resolver
 from support.ce_api import Api, message, start_api
 from support.multitenancy import add_file_account, as_tenant, create_tenant
 

@@ -28,7 +28,7 @@ class Api:
 
     @property
     def runtime(self) -> Any:
-        from mail_proxy.core.web import RUNTIME
+        from mail_proxy.core.web.app import RUNTIME
 
         return self.client.app[RUNTIME]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mail_proxy.core.model import Principal
+from mail_proxy.core.contracts.model import Principal
 from mail_proxy.core.plugins import hookimpl
 
 
@@ -183,7 +183,7 @@ class TenantTokens:
 
 
 def plugins_with_tenant_tokens() -> Any:
-    from mail_proxy.core.plugins import create_plugin_manager
+    from mail_proxy.core.plugins.loader import create_plugin_manager
 
     return create_plugin_manager(extra_plugins=[("test-tenant-tokens", TenantTokens())])
 
@@ -215,7 +215,7 @@ async def record_outcome(
     Returns the message pk. The dispatcher of ``rt`` must not be running
     (``scheduler_active=False``), or it would claim the message first.
     """
-    from mail_proxy.core.model import NewMessage, Outcome
+    from mail_proxy.core.contracts.model import NewMessage, Outcome
 
     now = time.time()
     storage = rt.storage

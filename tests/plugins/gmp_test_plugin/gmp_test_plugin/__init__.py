@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from mail_proxy.core.plugins import hookimpl
 
 if TYPE_CHECKING:
-    from mail_proxy.core.commands import CommandRegistry
-    from mail_proxy.core.routes import RouteTable
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.routes import RouteTable
 
 PLUGIN = "gmp_test"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mail_proxy.core.web import ok, principal_of
+from mail_proxy.core.web.app import ok, principal_of
 
 
 async def hello(request: web.Request) -> web.Response:

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 from mail_proxy.core.plugins import hookimpl
 
 if TYPE_CHECKING:
-    from mail_proxy.core.commands import CommandRegistry
-    from mail_proxy.core.fetch import Fetcher
-    from mail_proxy.core.registry import Registry
-    from mail_proxy.core.reports import ReportSink
-    from mail_proxy.core.routes import RouteTable
-    from mail_proxy.core.runtime import Runtime, StorageFactory
-    from mail_proxy.core.storage import Storage
-    from mail_proxy.core.transport import TransportFactory
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.fetch import Fetcher
+    from mail_proxy.core.contracts.reports import ReportSink
+    from mail_proxy.core.contracts.routes import RouteTable
+    from mail_proxy.core.contracts.storage import Storage
+    from mail_proxy.core.contracts.transport import TransportFactory
+    from mail_proxy.core.engine.runtime import Runtime, StorageFactory
+    from mail_proxy.core.plugins.registry import Registry
 
 PLUGIN = "ce"
 

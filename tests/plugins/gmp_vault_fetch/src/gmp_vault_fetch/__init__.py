@@ -19,12 +19,12 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 from mail_proxy.core.plugins import hookimpl
-from mail_proxy.core.registry import Registry
+from mail_proxy.core.plugins.registry import Registry
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 MODE = "vault"
 ENV = "GMP_VAULT_FILE"

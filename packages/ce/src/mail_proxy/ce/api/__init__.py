@@ -2,14 +2,14 @@
 
 :func:`register` adds every route to the route table with its scope and request models;
 authentication, scope, tenant binding, JSON parsing, validation and the audit entry are done
-once for all routes by the core's guard (:mod:`mail_proxy.core.web`). Handlers live in small
+once for all routes by the core's guard (:mod:`mail_proxy.core.web.app`). Handlers live in small
 modules: ``messages``, ``commands``, ``accounts``, ``instance``, ``status``; request models in
 ``models``; the enqueue validator in ``validation``.
 """
 
 from __future__ import annotations
 
-from mail_proxy.core.routes import RouteTable
+from mail_proxy.core.contracts.routes import RouteTable
 
 from . import accounts, commands, instance, messages, status
 from .models import (

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.model import Account
-from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.model import Account
+from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
 
 from .directory import directory_of
 from .models import AccountBody

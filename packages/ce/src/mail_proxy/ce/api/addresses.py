@@ -7,7 +7,7 @@ part, hostname labels); CR, LF, NUL and other control characters are refused any
 injection). Comma-separated strings are split outside quoted display names first.
 
 The normalised form of a mailbox is ``addr`` or ``"Display Name" <addr>`` (quoted only when
-the name needs it), which the MIME builder (:mod:`mail_proxy.core.mime`) reads back with
+the name needs it), which the MIME builder (:mod:`mail_proxy.core.engine.mime`) reads back with
 ``getaddresses``.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mail_proxy.core.web import (
+from mail_proxy.core.web.app import (
     AUDIT_SUMMARY,
     body_of,
     ok,

@@ -15,8 +15,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from mail_proxy.core.model import DEFAULT_TENANT, Account, Tenant
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.contracts.model import DEFAULT_TENANT, Account, Tenant
+from mail_proxy.core.engine.runtime import Runtime
 
 TTL = 2.0
 MISS_REFRESH = 0.1

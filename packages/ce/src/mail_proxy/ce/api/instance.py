@@ -10,11 +10,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from mail_proxy.core import __version__
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.runtime import Runtime
-from mail_proxy.core.web import AUDIT as AUDIT_WRITER
-from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of
-from mail_proxy.encryption import EncryptionError, parse_key
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.engine.encryption import EncryptionError, parse_key
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.web.app import AUDIT as AUDIT_WRITER
+from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of
 
 from .models import CommandLogQuery, ExportQuery, InstanceUpdate
 from .pagination import decode_cursor, page

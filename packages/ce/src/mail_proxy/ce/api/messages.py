@@ -7,10 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.model import MessageRecord
-from mail_proxy.core.storage import MessageFilter
-from mail_proxy.core.web import (
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.model import MessageRecord
+from mail_proxy.core.contracts.storage import MessageFilter
+from mail_proxy.core.web.app import (
     AUDIT_SUMMARY,
     body_of,
     ok,

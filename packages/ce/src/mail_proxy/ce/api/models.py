@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
-from mail_proxy.core.model import PRIORITY_NAMES
+from mail_proxy.core.contracts.model import PRIORITY_NAMES
 
 PriorityName = Literal["immediate", "high", "medium", "low"]
 #: 0 (immediate) .. 3 (low), or the name.

@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Protocol, TypeVar
 
-from mail_proxy.core.errors import ApiError
+from mail_proxy.core.contracts.errors import ApiError
 
 _PREFIX = "p1:"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mail_proxy.core import __version__
-from mail_proxy.core.web import ok, principal_of, runtime_of
+from mail_proxy.core.web.app import ok, principal_of, runtime_of
 
 
 async def status(request: web.Request) -> web.Response:

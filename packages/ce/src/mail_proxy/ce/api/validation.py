@@ -2,12 +2,12 @@
 
 Each entry is checked on its own: an invalid entry gets a stable, documented *reason* (see
 docs/api.md "Rejection reasons") and never blocks the valid ones. The accepted entries become
-:class:`~mail_proxy.core.model.NewMessage` objects inserted with one ``Storage.enqueue`` call
+:class:`~mail_proxy.core.contracts.model.NewMessage` objects inserted with one ``Storage.enqueue`` call
 (one durable transaction), after which the dispatcher is notified.
 
 Checks, in order: JSON shape (the :class:`~.models.Message` model), tenant, addresses
 (strict, see :mod:`.addresses`), CR/LF/NUL in every header-bound string, extra headers,
-message id, account, attachments (``mail_proxy.core.attachments.validate_attachments``) and
+message id, account, attachments (``mail_proxy.core.engine.attachments.validate_attachments``) and
 finally the plugins' ``validate_message`` hook.
 
 :func:`enqueue_batch` is usable outside HTTP (the CLI ``send`` command).
@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mail_proxy.core.attachments import seal_auth, validate_attachments
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.mime import RESERVED_HEADERS, new_message_id
-from mail_proxy.core.model import DEFAULT_TENANT, NewMessage
-from mail_proxy.core.runtime import Runtime
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.model import DEFAULT_TENANT, NewMessage
+from mail_proxy.core.engine.attachments import seal_auth, validate_attachments
+from mail_proxy.core.engine.mime import RESERVED_HEADERS, new_message_id
+from mail_proxy.core.engine.runtime import Runtime
 
 from .addresses import (
     INJECTION,

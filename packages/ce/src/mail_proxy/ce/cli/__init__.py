@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mail_proxy.core.commands import CommandLevel, CommandRegistry
+    from mail_proxy.core.contracts.commands import CommandLevel, CommandRegistry
 
 _PKG = "mail_proxy.ce.cli"
 

@@ -7,10 +7,10 @@ from urllib.parse import quote
 
 from cyclopts import App, Parameter
 
-from mail_proxy.core.cli_support.errors import CliError, UsageError
-from mail_proxy.core.cli_support.output import print_fields, print_json, print_table
-from mail_proxy.core.cli_support.prompt import confirm, interactive, optional, require
-from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.output import print_fields, print_json, print_table
+from mail_proxy.core.cli.prompt import confirm, interactive, optional, require
+from mail_proxy.core.cli.target import current
 
 app = App(name="accounts", help="SMTP accounts of a tenant.")
 

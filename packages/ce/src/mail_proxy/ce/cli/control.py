@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mail_proxy.core.cli_support.output import print_fields, print_json
-from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.cli.output import print_fields, print_json
+from mail_proxy.core.cli.target import current
 
 
 def run_now(*, json: bool = False) -> int:

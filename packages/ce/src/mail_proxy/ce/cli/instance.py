@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 from cyclopts import Parameter
 
-from mail_proxy.core.cli_support.errors import CliError
-from mail_proxy.core.cli_support.home import Instance, check_name, read_context, write_context
-from mail_proxy.core.cli_support.output import print_fields, print_json
-from mail_proxy.core.cli_support.rest import Client
-from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.cli.errors import CliError
+from mail_proxy.core.cli.home import Instance, check_name, read_context, write_context
+from mail_proxy.core.cli.output import print_fields, print_json
+from mail_proxy.core.cli.rest import Client
+from mail_proxy.core.cli.target import current
 
 HIDDEN_CONFIG = {
     "api_token",

@@ -1,7 +1,7 @@
 """Instance lifecycle: ``start``, ``stop``, ``restart``, ``list``.
 
 ``start NAME`` creates ``$GMP_HOME/NAME/`` on first use (config with a generated admin token,
-encryption key, logs), launches ``python -m mail_proxy.core.serve --instance-dir DIR`` in its
+encryption key, logs), launches ``python -m mail_proxy.core.cli.serve --instance-dir DIR`` in its
 own session with output to ``logs/console.log``, and returns once ``/health`` answers.
 ``stop`` sends SIGTERM, then SIGKILL after ``--timeout``.
 """
@@ -17,8 +17,8 @@ import sys
 import time
 import urllib.request
 
-from mail_proxy.core.cli_support.errors import CliError, UsageError
-from mail_proxy.core.cli_support.home import (
+from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.home import (
     FIRST_PORT,
     SERVER_MODULE,
     Instance,
@@ -27,7 +27,7 @@ from mail_proxy.core.cli_support.home import (
     is_server_process,
     port_is_free,
 )
-from mail_proxy.core.cli_support.output import print_json, print_table
+from mail_proxy.core.cli.output import print_json, print_table
 
 POLL = 0.05
 
@@ -48,7 +48,7 @@ def start(
     timeout
         Seconds to wait for the server to answer /health.
     """
-    from mail_proxy.core.cli import command_names
+    from mail_proxy.core.cli.main import command_names
 
     if name in command_names("global"):
         raise UsageError(f"{name!r} is a command name and cannot name an instance")
@@ -156,7 +156,7 @@ def list_instances(*, json: bool = False) -> int:
 # -- helpers (also used by `token --regenerate`) ---------------------------------------------------
 def create(inst: Instance, port: int | None, host: str | None) -> str:
     """Make the instance directory: config (0600) with a new admin token, key, logs."""
-    from mail_proxy.encryption import write_key_file
+    from mail_proxy.core.engine.encryption import write_key_file
 
     host = host or "127.0.0.1"
     if port is None:

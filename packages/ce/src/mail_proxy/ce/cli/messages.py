@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 from cyclopts import App
 
-from mail_proxy.core.cli_support.errors import CliError, UsageError
-from mail_proxy.core.cli_support.output import fmt_ts, print_fields, print_json, print_table
-from mail_proxy.core.cli_support.prompt import confirm
-from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.output import fmt_ts, print_fields, print_json, print_table
+from mail_proxy.core.cli.prompt import confirm
+from mail_proxy.core.cli.target import current
 
 app = App(name="messages", help="Messages of a tenant: queued, sent, failed.")
 

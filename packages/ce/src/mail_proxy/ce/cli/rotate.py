@@ -25,11 +25,16 @@ import os
 import sys
 from pathlib import Path
 
-from mail_proxy.core.cli_support.errors import CliError
-from mail_proxy.core.cli_support.home import Instance, write_private
-from mail_proxy.core.cli_support.rest import Client, HttpError
-from mail_proxy.core.cli_support.target import current
-from mail_proxy.encryption import KEY_FILE_NAME, EncryptionError, generate_key, parse_key
+from mail_proxy.core.cli.errors import CliError
+from mail_proxy.core.cli.home import Instance, write_private
+from mail_proxy.core.cli.rest import Client, HttpError
+from mail_proxy.core.cli.target import current
+from mail_proxy.core.engine.encryption import (
+    KEY_FILE_NAME,
+    EncryptionError,
+    generate_key,
+    parse_key,
+)
 
 PENDING_SUFFIX = ".new"
 OLD_SUFFIX = ".old"

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mail_proxy.core.cli_support.errors import CliError, UsageError
-from mail_proxy.core.cli_support.output import Progress, print_json
-from mail_proxy.core.cli_support.target import current
-from mail_proxy.core.model import PRIORITY_NAMES
+from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.output import Progress, print_json
+from mail_proxy.core.cli.target import current
+from mail_proxy.core.contracts.model import PRIORITY_NAMES
 
 from .eml import EmlError, message_from_eml, message_id_to_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from mail_proxy.core.cli_support.output import print_json, print_table
+from mail_proxy.core.cli.output import print_json, print_table
 
 
 def serve() -> int:
@@ -14,14 +14,14 @@ def serve() -> int:
     No instance directory is needed: GMP_API_TOKEN, GMP_DATABASE_URL (or GMP_DB_PATH),
     GMP_HOST, GMP_PORT... as in docs/configuration.md. Logs go to stderr.
     """
-    from mail_proxy.core.serve import serve_env
+    from mail_proxy.core.cli.serve import serve_env
 
     return serve_env()
 
 
 def keygen() -> int:
     """Print a new encryption key (base64 of 32 random bytes) for MAIL_PROXY_ENCRYPTION_KEY."""
-    from mail_proxy.encryption import generate_key
+    from mail_proxy.core.engine.encryption import generate_key
 
     print(generate_key())
     return 0
@@ -46,7 +46,7 @@ def plugins(*, json: bool = False) -> int:
         Print JSON: {"plugins": [{"name", "distribution", "version", "edition", "hooks",
         "description", "adds": {...}}]}.
     """
-    from mail_proxy.core.plugins import create_plugin_manager
+    from mail_proxy.core.plugins.loader import create_plugin_manager
 
     pm = create_plugin_manager()
     adds = collect_additions(pm)
@@ -76,9 +76,9 @@ def plugins(*, json: bool = False) -> int:
 
 def collect_additions(pm: Any) -> dict[str, dict[str, list[str]]]:
     """Call the registration hooks into fresh registries and group the names by owner."""
-    from mail_proxy.core.commands import CommandRegistry
-    from mail_proxy.core.registry import Registry
-    from mail_proxy.core.routes import RouteTable
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.routes import RouteTable
+    from mail_proxy.core.plugins.registry import Registry
 
     out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for key, (hook, arg, kind) in _ADDS.items():

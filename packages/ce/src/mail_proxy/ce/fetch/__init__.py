@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mail_proxy.core.fetch import Fetcher
-    from mail_proxy.core.registry import Registry
+    from mail_proxy.core.contracts.fetch import Fetcher
+    from mail_proxy.core.plugins.registry import Registry
 
 
 def register(registry: Registry[Fetcher], plugin: str) -> None:

@@ -14,10 +14,10 @@ import binascii
 import re
 from typing import TYPE_CHECKING
 
-from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 PREFIX = "base64:"
 _WHITESPACE = re.compile(r"[ \t\r\n]+")

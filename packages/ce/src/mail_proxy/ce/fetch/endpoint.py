@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mail_proxy.core.errors import ConfigError
-from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
-from mail_proxy.core.model import DEFAULT_TENANT
+from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.contracts.model import DEFAULT_TENANT
 
 from .httpclient import HttpFetchClient, auth_headers
 from .netpolicy import AddressPolicy
 
 if TYPE_CHECKING:
-    from mail_proxy.core.model import Tenant
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.contracts.model import Tenant
+    from mail_proxy.core.engine.runtime import Runtime
 
 DEFAULT_PATH = "/mail-proxy/attachments"
 MAX_STORAGE_PATH = 8192

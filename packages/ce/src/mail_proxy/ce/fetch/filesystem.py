@@ -25,10 +25,10 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
 MAX_PATH = 4096

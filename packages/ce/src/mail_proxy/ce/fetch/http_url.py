@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from mail_proxy.core.errors import ConfigError
-from mail_proxy.core.fetch import Fetcher, FetchError, FetchRequest
+from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 
 from .httpclient import HttpFetchClient, auth_headers, same_origin
 from .netpolicy import AddressPolicy, AddressRefused
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 MAX_URL = 8192
 

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from mail_proxy.core.attachments import check_auth
-from mail_proxy.core.fetch import FetchError
+from mail_proxy.core.contracts.fetch import FetchError
+from mail_proxy.core.engine.attachments import check_auth
 
 from .netpolicy import AddressPolicy, AddressRefused, PolicyResolver, check_scheme, refusal_of
 

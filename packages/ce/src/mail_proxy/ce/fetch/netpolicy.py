@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from mail_proxy.core.errors import ConfigError
+from mail_proxy.core.contracts.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mail_proxy.core.config import Settings
+    from mail_proxy.core.contracts.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

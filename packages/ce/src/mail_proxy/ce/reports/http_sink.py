@@ -33,18 +33,18 @@ import aiohttp
 from yarl import URL
 
 from mail_proxy.core import __version__
-from mail_proxy.core.errors import ConfigError
-from mail_proxy.core.fetch import FetchError
-from mail_proxy.core.model import DEFAULT_TENANT
-from mail_proxy.core.reports import ReportSink, SinkAnswer
+from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.contracts.fetch import FetchError
+from mail_proxy.core.contracts.model import DEFAULT_TENANT
+from mail_proxy.core.contracts.reports import ReportSink, SinkAnswer
 
 from ..fetch.httpclient import auth_headers, shown
 from ..fetch.netpolicy import AddressPolicy, AddressRefused, PolicyResolver, refusal_of
 from .signing import sign_headers
 
 if TYPE_CHECKING:
-    from mail_proxy.core.model import Tenant
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.contracts.model import Tenant
+    from mail_proxy.core.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from mail_proxy.ce.api import pagination
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.reporter import report_item
-from mail_proxy.core.web import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of, tenant_of
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.engine.reporter import report_item
+from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, query_of, runtime_of, tenant_of
 
 if TYPE_CHECKING:
-    from mail_proxy.core.routes import RouteTable
+    from mail_proxy.core.contracts.routes import RouteTable
 
 _PREFIX = "r1:"
 MAX_PAGE = 1000

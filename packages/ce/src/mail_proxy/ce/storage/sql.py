@@ -27,9 +27,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mail_proxy.core.attachments import SEALED_AUTH
-from mail_proxy.core.errors import StorageUnavailable
-from mail_proxy.core.model import (
+from mail_proxy.core.contracts.errors import StorageUnavailable
+from mail_proxy.core.contracts.model import (
     DEFAULT_TENANT,
     Account,
     CommandLogEntry,
@@ -41,8 +40,7 @@ from mail_proxy.core.model import (
     SyncState,
     Tenant,
 )
-from mail_proxy.core.runtime import KEY_CHECK_SETTING
-from mail_proxy.core.storage import (
+from mail_proxy.core.contracts.storage import (
     DeleteResult,
     EnqueueResult,
     MessageFilter,
@@ -50,12 +48,14 @@ from mail_proxy.core.storage import (
     Reservation,
     Storage,
 )
+from mail_proxy.core.engine.attachments import SEALED_AUTH
+from mail_proxy.core.engine.runtime import KEY_CHECK_SETTING
 
 from . import schema as t
 from .engine import make_engine, migrate
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 REPLACEABLE = ("pending", "scheduled", "deferred")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mail_proxy.core.registry import Registry
-    from mail_proxy.core.runtime import Runtime
-    from mail_proxy.core.transport import Transport, TransportFactory
+    from mail_proxy.core.contracts.transport import Transport, TransportFactory
+    from mail_proxy.core.engine.runtime import Runtime
+    from mail_proxy.core.plugins.registry import Registry
 
 
 def _smtp(runtime: Runtime) -> Transport:

@@ -18,13 +18,13 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mail_proxy.core.model import DEFAULT_TENANT
-from mail_proxy.core.transport import SendResult, Transport, TransportError
-from mail_proxy.core.wire import without_bcc
+from mail_proxy.ce.transport.wire import without_bcc
+from mail_proxy.core.contracts.model import DEFAULT_TENANT
+from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
 
 if TYPE_CHECKING:
-    from mail_proxy.core.model import Account
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.contracts.model import Account
+    from mail_proxy.core.engine.runtime import Runtime
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_NAME = 180

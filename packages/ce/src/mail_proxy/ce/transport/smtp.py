@@ -56,12 +56,12 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from mail_proxy.core.transport import SendResult, Transport, TransportError
-from mail_proxy.core.wire import DataPieces, data_pieces
+from mail_proxy.ce.transport.wire import DataPieces, data_pieces
+from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
 
 if TYPE_CHECKING:
-    from mail_proxy.core.model import Account
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.contracts.model import Account
+    from mail_proxy.core.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ async def _transaction(
     ``BODY=8BITMIME`` when offered, else 7bit re-encoding, ``SIZE`` when offered, ``RSET``
     after a refusal), except that every recipient refused is not an exception but a result
     (no DATA is sent; the dispatcher decides from the replies, as for some refused), and
-    that the content goes out in slices (:mod:`mail_proxy.core.wire`): a message with large
+    that the content goes out in slices (:mod:`mail_proxy.ce.transport.wire`): a message with large
     attachments is never flattened into one buffer, nor copied again for line ends and
     dot-stuffing. Returns ``(refused recipients, final reply text)``.
     """

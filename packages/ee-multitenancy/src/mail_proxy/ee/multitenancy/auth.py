@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.model import Principal
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.model import Principal
 
 from .keys import hash_key, same_hash
 
 if TYPE_CHECKING:
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.engine.runtime import Runtime
 
 
 async def tenant_principal(token: str, runtime: Runtime) -> Principal | None:

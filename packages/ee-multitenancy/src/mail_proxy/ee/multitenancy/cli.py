@@ -1,7 +1,7 @@
 """``mail-proxy NAME tenants list|add|show|update|delete|api-key``.
 
 Every command is a REST call to the running instance with its admin token (the CLI helpers
-of :mod:`mail_proxy.core.cli_support`), so the server's validation applies unchanged.
+of :mod:`mail_proxy.core.cli.main`), so the server's validation applies unchanged.
 Secrets (API key, report-signing secret) are printed once, when they are created.
 """
 
@@ -13,16 +13,16 @@ from urllib.parse import quote
 
 from cyclopts import App, Parameter
 
-from mail_proxy.core.cli_support.errors import CliError, UsageError
-from mail_proxy.core.cli_support.output import (
+from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.output import (
     fmt_ts,
     print_fields,
     print_json,
     print_table,
 )
-from mail_proxy.core.cli_support.prompt import confirm, interactive, optional, require
-from mail_proxy.core.cli_support.rest import Client
-from mail_proxy.core.cli_support.target import current
+from mail_proxy.core.cli.prompt import confirm, interactive, optional, require
+from mail_proxy.core.cli.rest import Client
+from mail_proxy.core.cli.target import current
 
 app = App(name="tenants", help="Tenants of the instance (multitenancy plugin).")
 

@@ -22,10 +22,10 @@ from .keys import looks_like_key
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from mail_proxy.core.commands import CommandRegistry
-    from mail_proxy.core.model import Principal
-    from mail_proxy.core.routes import RouteTable
-    from mail_proxy.core.runtime import Runtime
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.model import Principal
+    from mail_proxy.core.contracts.routes import RouteTable
+    from mail_proxy.core.engine.runtime import Runtime
 
 PLUGIN = "multitenancy"
 

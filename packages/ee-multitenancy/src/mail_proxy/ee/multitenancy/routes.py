@@ -23,12 +23,12 @@ from typing import Any
 
 from aiohttp import web
 
-from mail_proxy.core.errors import ApiError
-from mail_proxy.core.model import DEFAULT_TENANT, Tenant
-from mail_proxy.core.reporter import find_reporter
-from mail_proxy.core.routes import RouteTable
-from mail_proxy.core.runtime import Runtime
-from mail_proxy.core.web import (
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.model import DEFAULT_TENANT, Tenant
+from mail_proxy.core.contracts.routes import RouteTable
+from mail_proxy.core.engine.reporter import find_reporter
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.web.app import (
     AUDIT_SUMMARY,
     body_of,
     ok,
@@ -346,7 +346,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 async def _purge_attachment_cache(rt: Runtime, tenant_id: str) -> None:
     """Drop the tenant's cached attachments on this instance (memory and disk)."""
-    from mail_proxy.core.attachments import get_resolver
+    from mail_proxy.core.engine.attachments import get_resolver
 
     await get_resolver(rt).cache.purge_tenant(tenant_id)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .models import DEFAULT_SYNC_PATH
 
 if TYPE_CHECKING:
-    from mail_proxy.core.model import SyncState, Tenant
+    from mail_proxy.core.contracts.model import SyncState, Tenant
 
 
 def public_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,0 +1,1 @@
+"""Engine: the runtime and what runs inside it (dispatcher, reporter, attachments, MIME, retry, metrics)."""

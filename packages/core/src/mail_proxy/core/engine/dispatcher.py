@@ -1,0 +1,515 @@
+"""The dispatcher: claims ready messages and delivers them.
+
+One round: claim up to the free capacity (priority 0 → 3, FIFO inside a priority, at most
+``batch_size_per_account`` per account, with a lease) → apply rate limits per account (and per
+tenant when the tenant has quotas) in one reservation per bucket → deliver each message
+concurrently (attachments → MIME → ``prepare_message`` hooks → transport), bounded globally
+(``max_concurrent_sends``) and per account (``max_sends_per_account``) → hand each outcome to
+the :class:`OutcomeWriter`, which commits outcomes *with their events* in batched
+transactions (group commit), fenced by the claim token.
+
+The loop wakes at once when messages are added or ``run-now`` is called, and otherwise polls
+every ``send_loop_interval``. In test mode it waits for ``run-now`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mail_proxy.core.contracts.fetch import FetchError
+from mail_proxy.core.contracts.model import Account, MessageRecord, Outcome, Tenant
+from mail_proxy.core.contracts.services import Service
+from mail_proxy.core.contracts.storage import RateLimits
+from mail_proxy.core.contracts.transport import SendResult, TransportError
+from mail_proxy.core.engine.budget import COPIES, ByteBudget, Reservation
+from mail_proxy.core.engine.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from mail_proxy.core.engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 2.0
+#: Attachments at least this large (bytes in all) are MIME-encoded in a worker thread.
+BUILD_IN_THREAD_BYTES = 256 * 1024
+#: How long the outcome writer gathers outcomes before committing them together.
+BATCH_WINDOW = 0.005
+
+
+@dataclass
+class _Cached:
+    value: Any
+    expires: float
+
+
+class OutcomeWriter:
+    """Collects outcomes and commits them in batches (one transaction per batch)."""
+
+    def __init__(self, runtime: Runtime, max_batch: int = 500) -> None:
+        self.rt = runtime
+        self.max_batch = max_batch
+        self._buffer: list[tuple[Outcome, str, str, asyncio.Future[None]]] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="outcome-writer")
+
+    def add(self, outcome: Outcome, tenant_id: str, account_id: str) -> asyncio.Future[None]:
+        """Queue an outcome; the returned future completes once it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer.append((outcome, tenant_id, account_id, done))
+        self._ready.set()
+        return done
+
+    async def _loop(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            # Let outcomes completing in the next few milliseconds join the batch: one
+            # transaction per batch instead of one per message.
+            await asyncio.sleep(BATCH_WINDOW)
+            await self.flush()
+
+    async def flush(self, retry: bool = True) -> None:
+        """Commit what is buffered. With ``retry`` False (shutdown) a failed batch is dropped:
+        its messages stay ``sending`` and are retaken when their lease expires."""
+        while self._buffer:
+            batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+            try:
+                applied = set(await self.rt.storage.record_outcomes([o for o, *_ in batch]))
+            except Exception:
+                if not retry:
+                    log.exception("recording %d outcomes failed at shutdown", len(batch))
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+                    continue
+                log.exception("recording %d outcomes failed; retrying", len(batch))
+                self._buffer[:0] = batch
+                await asyncio.sleep(1.0)
+                continue
+            now = time.time()
+            for outcome, tenant_id, account_id, done in batch:
+                if not done.done():
+                    done.set_result(None)
+                if outcome.pk not in applied:
+                    log.warning("outcome for message pk=%s fenced off (claim retaken)", outcome.pk)
+                    continue
+                if outcome.kind != "released":
+                    self.rt.emit(outcome.kind, tenant_id, account_id)
+                if outcome.kind == "sent" and outcome.metadata.get("created_at"):
+                    self.rt.metrics.queue_latency.observe(now - outcome.metadata["created_at"])
+            self.rt.wake_reporter()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush(retry=False)
+
+
+class Dispatcher(Service):
+    name = "dispatcher"
+
+    def __init__(self, runtime: Runtime) -> None:
+        s = runtime.settings
+        self.rt = runtime
+        self.writer = OutcomeWriter(runtime)
+        self._attachment_budget = ByteBudget(int(s.attachment_memory_budget_mb * 1024 * 1024))
+        # Claim again only when a useful number of slots is free (not one by one).
+        self._claim_threshold = max(1, min(16, s.max_concurrent_sends // 4))
+        self._inflight = 0
+        self._slot_freed = asyncio.Event()
+        self._account_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._accounts: dict[tuple[str, str], _Cached] = {}
+        self._tenants: dict[str, _Cached] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy of the current settings (``PUT /instance`` changes them live)."""
+        s = self.rt.settings
+        return RetryPolicy(tuple(s.retry_delays), s.max_retries, s.retry_jitter)
+
+    @classmethod
+    def create(cls, runtime: Runtime) -> Dispatcher:
+        return cls(runtime)
+
+    async def start(self, runtime: Runtime) -> None:
+        self.writer.start()
+        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            # Give in-flight deliveries a moment; what does not finish is retaken after the lease.
+            _done, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.writer.stop()
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        rt = self.rt
+        s = rt.settings
+        wake = rt.dispatch_wakeup
+        if s.test_mode:
+            await wake.wait()  # test mode: nothing moves before the first run-now
+        while True:
+            wake.clear()
+            limit = s.claim_batch_size
+            if s.intake_priority_max_hold and rt.intake.busy():
+                # intake first (intake.py): hold new claims while clients are queuing; if the
+                # intake is still busy after the hold, claim a small round only
+                rt.metrics.intake_hold.inc(await rt.intake.wait_quiet(s.intake_priority_max_hold))
+                if rt.intake.busy():
+                    limit = self._claim_threshold
+            try:
+                claimed = await self.run_round(limit)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed")
+                claimed = 0
+                await asyncio.sleep(min(5.0, s.send_loop_interval * 4))
+            if claimed and self._free() >= self._claim_threshold:
+                continue  # more may be ready: claim again at once
+            if claimed or self._free() < self._claim_threshold:
+                await self._wait_for_slots(s.send_loop_interval)
+            elif s.test_mode:
+                await wake.wait()  # idle in test mode: wait for the next run-now
+            else:
+                await self._wait_any(wake, None, s.send_loop_interval)
+
+    async def _wait_for_slots(self, timeout: float) -> None:
+        """Busy: wait until enough slots are free to claim a useful batch (or a wake-up)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wake = self.rt.dispatch_wakeup
+        while self._free() < self._claim_threshold and not wake.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._slot_freed.clear()
+            await self._wait_any(self._slot_freed, wake, remaining)
+
+    @staticmethod
+    async def _wait_any(a: asyncio.Event, b: asyncio.Event | None, timeout: float) -> None:
+        waiters = [asyncio.ensure_future(a.wait())]
+        if b is not None:
+            waiters.append(asyncio.ensure_future(b.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def _free(self) -> int:
+        return self.rt.settings.max_concurrent_sends - self._inflight
+
+    async def run_round(self, limit: int) -> int:
+        """Claim (at most ``limit``) and start delivering one batch; returns how many messages
+        were claimed."""
+        rt = self.rt
+        if not rt.scheduler_active or self._stopping:
+            return 0
+        s = rt.settings
+        free = min(self._free(), limit)
+        if free <= 0:
+            return 0
+        now = time.time()
+        records = await rt.storage.claim_messages(
+            rt.instance_id, now, free, s.claim_lease_seconds, s.batch_size_per_account
+        )
+        if not records:
+            return 0
+        by_account: dict[tuple[str, str], list[MessageRecord]] = defaultdict(list)
+        for rec in records:
+            by_account[(rec.tenant_id, rec.account_id)].append(rec)
+        for (tenant_id, account_id), group in by_account.items():
+            account = await self._account(tenant_id, account_id)
+            tenant = await self._tenant(tenant_id)
+            if account is None or tenant is None:
+                what = "account" if account is None else "tenant"
+                for rec in group:
+                    self._finish(
+                        rec,
+                        self._error(
+                            rec, f"unknown {what} {account_id if account is None else tenant_id!r}"
+                        ),
+                    )
+                continue
+            allowed = await self._apply_rate_limits(tenant, account, group, now)
+            for rec in allowed:
+                self._spawn(rec, account, tenant)
+        return len(records)
+
+    # -- rate limits ----------------------------------------------------------------------------
+    async def _apply_rate_limits(
+        self, tenant: Tenant, account: Account, group: list[MessageRecord], now: float
+    ) -> list[MessageRecord]:
+        buckets: list[tuple[str, RateLimits]] = []
+        if account.has_rate_limit:
+            buckets.append(
+                (
+                    f"acct:{tenant.id}:{account.id}",
+                    RateLimits(
+                        account.limit_per_minute, account.limit_per_hour, account.limit_per_day
+                    ),
+                )
+            )
+        tl = tenant.rate_limits or {}
+        tenant_limits = RateLimits(tl.get("per_minute"), tl.get("per_hour"), tl.get("per_day"))
+        if tenant_limits.any():
+            buckets.append((f"tenant:{tenant.id}:*", tenant_limits))
+        if not buckets:
+            return group
+        granted = len(group)
+        next_free: float | None = None
+        reserved: list[tuple[str, int]] = []
+        for bucket, limits in buckets:
+            res = await self.rt.storage.reserve_sends(bucket, granted, now, limits)
+            reserved.append((bucket, res.granted))
+            if res.granted < granted and res.next_free_ts is not None:
+                next_free = max(next_free or 0.0, res.next_free_ts)
+            granted = min(granted, res.granted)
+        for bucket, got in reserved:
+            if got > granted:
+                await self.rt.storage.release_sends(bucket, got - granted, now)
+        held = group[granted:]
+        for rec in held:
+            self.rt.emit("rate_limited", rec.tenant_id, rec.account_id)
+            if account.limit_behavior == "reject":
+                self._finish(rec, self._error(rec, "rate limit exceeded"))
+            else:
+                self._finish(
+                    rec,
+                    Outcome(
+                        rec.pk,
+                        rec.claim_token or 0,
+                        "deferred",
+                        time.time(),
+                        deferred_ts=next_free or now + 1.0,
+                        deferred_reason="rate limit",
+                        count_attempt=False,
+                    ),
+                )
+        return group[:granted]
+
+    # -- delivery -----------------------------------------------------------------------------------
+    def _spawn(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
+        self._inflight += 1
+        task = asyncio.create_task(self._deliver(rec, account, tenant))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._inflight -= 1
+        self._slot_freed.set()
+
+    async def _deliver(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
+        rt = self.rt
+        started = time.perf_counter()
+        slot = self._account_slots.get((rec.tenant_id, rec.account_id))
+        if slot is None:
+            slot = asyncio.Semaphore(rt.settings.max_sends_per_account)
+            self._account_slots[(rec.tenant_id, rec.account_id)] = slot
+        try:
+            async with slot:
+                if self._lease_too_short(rec):
+                    # Waited too long for a connection: another instance may retake this
+                    # message soon. Give it back instead of racing it (no double send).
+                    self._finish(
+                        rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time())
+                    )
+                    return
+                outcome = await self._attempt(rec, account, tenant)
+        except asyncio.CancelledError:
+            self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
+            raise
+        except Exception as exc:  # a bug, not a delivery failure: retry, bounded by max_retries
+            log.exception("unexpected error delivering message pk=%s", rec.pk)
+            outcome = self._temporary(rec, f"internal error: {type(exc).__name__}", None, [])
+        rt.metrics.send_latency.observe(time.perf_counter() - started)
+        # Keep the global slot until the outcome is committed: delivered-but-unrecorded
+        # messages (the only duplicates a crash can cause) stay bounded by max_concurrent_sends.
+        await self._finish(rec, outcome)
+
+    async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
+        atts = rec.payload.get("attachments")
+        if not atts:
+            return await self._attempt_now(rec, account, tenant, None)
+        from mail_proxy.core.engine.attachments import estimated_size
+
+        # Reserve memory for the copies of the attachments before fetching them (budget.py).
+        reservation = Reservation(self._attachment_budget)
+        # (estimated_size may stat a file: off the event loop)
+        await reservation.ensure(COPIES * await asyncio.to_thread(estimated_size, atts))
+        try:
+            return await self._attempt_now(rec, account, tenant, reservation)
+        finally:
+            await reservation.release()
+
+    async def _attempt_now(
+        self,
+        rec: MessageRecord,
+        account: Account,
+        tenant: Tenant,
+        reservation: Reservation | None,
+    ) -> Outcome:
+        from mail_proxy.core.engine.mime import MimeError, build_email, envelope
+
+        rt = self.rt
+        payload = rec.payload
+        try:
+            attachments = []
+            if payload.get("attachments"):
+                from mail_proxy.core.engine.attachments import get_resolver
+
+                attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
+                if reservation is not None:  # larger than estimated: reserve the real size
+                    await reservation.ensure(COPIES * sum(len(a.content) for a in attachments))
+            build = functools.partial(
+                build_email,
+                payload,
+                message_id=rec.message_id,
+                mail_id=rec.id,
+                attachments=attachments,
+            )
+            # encoding large attachments takes tens of ms: off the event loop
+            large = sum(len(a.content) for a in attachments) >= BUILD_IN_THREAD_BYTES
+            email = await asyncio.to_thread(build) if large else build()
+            del attachments  # the MIME message holds the content now
+        except (FetchError, MimeError) as exc:
+            return self._error(rec, str(exc))
+        rt.plugins.hook.prepare_message(email=email, record=rec, account=account, runtime=rt)
+        sender, recipients = envelope(payload)
+        done = {r.lower() for r in rec.delivered_rcpts}
+        todo = [r for r in recipients if r.lower() not in done]
+        if not todo:
+            return self._sent(rec, rec.delivered_rcpts, {})
+        try:
+            result: SendResult = await rt.transport(account.transport).send(
+                account, email, sender, todo
+            )
+        except TransportError as exc:
+            if exc.permanent:
+                return self._error(rec, str(exc), exc.code)
+            return self._temporary(rec, str(exc), exc.code, rec.delivered_rcpts)
+        delivered = list(rec.delivered_rcpts) + result.accepted
+        if result.temp_failed:
+            code, text = next(iter(result.temp_failed.values()))
+            failed = ", ".join(result.temp_failed)
+            return self._temporary(
+                rec, f"recipients deferred ({failed}): {code} {text}", code, delivered
+            )
+        if result.perm_failed and not delivered:
+            code, text = next(iter(result.perm_failed.values()))
+            return self._error(rec, f"all recipients refused: {code} {text}", code)
+        return self._sent(rec, delivered, result.perm_failed)
+
+    def _lease_too_short(self, rec: MessageRecord) -> bool:
+        """True when less than half of the claim lease is left before sending starts."""
+        if rec.lease_until is None:
+            return False
+        return time.time() > rec.lease_until - self.rt.settings.claim_lease_seconds / 2
+
+    # -- outcomes -----------------------------------------------------------------------------------
+    def _finish(self, rec: MessageRecord, outcome: Outcome) -> asyncio.Future[None]:
+        return self.writer.add(outcome, rec.tenant_id, rec.account_id)
+
+    @staticmethod
+    def _sent(
+        rec: MessageRecord, delivered: list[str], refused: dict[str, tuple[int, str]]
+    ) -> Outcome:
+        meta: dict[str, Any] = {"created_at": rec.created_at}
+        error = None
+        if refused:
+            meta["refused_recipients"] = {r: f"{c} {t}" for r, (c, t) in refused.items()}
+            error = "some recipients refused: " + ", ".join(refused)
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "sent",
+            time.time(),
+            error=error,
+            delivered_rcpts=delivered,
+            metadata=meta,
+        )
+
+    @staticmethod
+    def _error(rec: MessageRecord, error: str, code: int | None = None) -> Outcome:
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "error",
+            time.time(),
+            error=error,
+            smtp_code=code,
+            delivered_rcpts=rec.delivered_rcpts or None,
+        )
+
+    def _temporary(
+        self, rec: MessageRecord, error: str, code: int | None, delivered: list[str]
+    ) -> Outcome:
+        attempts = rec.attempts + 1
+        now = time.time()
+        if not self.policy.should_retry(attempts):
+            return Outcome(
+                rec.pk,
+                rec.claim_token or 0,
+                "error",
+                now,
+                error=f"gave up after {attempts} attempts: {error}",
+                smtp_code=code,
+                delivered_rcpts=delivered or None,
+            )
+        return Outcome(
+            rec.pk,
+            rec.claim_token or 0,
+            "deferred",
+            now,
+            error=error,
+            smtp_code=code,
+            deferred_ts=now + self.policy.delay(attempts),
+            deferred_reason=error,
+            delivered_rcpts=delivered or None,
+        )
+
+    # -- lookups (briefly cached: one query per account per round, not per message) ----------
+    async def _account(self, tenant_id: str, account_id: str) -> Account | None:
+        key = (tenant_id, account_id)
+        hit = self._accounts.get(key)
+        now = time.monotonic()
+        if hit is not None and hit.expires > now:
+            return hit.value  # type: ignore[no-any-return]
+        account = await self.rt.storage.get_account(tenant_id, account_id)
+        self._accounts[key] = _Cached(account, now + CACHE_SECONDS)
+        return account
+
+    async def _tenant(self, tenant_id: str) -> Tenant | None:
+        hit = self._tenants.get(tenant_id)
+        now = time.monotonic()
+        if hit is not None and hit.expires > now:
+            return hit.value  # type: ignore[no-any-return]
+        tenant = await self.rt.storage.get_tenant(tenant_id)
+        self._tenants[tenant_id] = _Cached(tenant, now + CACHE_SECONDS)
+        return tenant

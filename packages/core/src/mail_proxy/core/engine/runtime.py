@@ -1,0 +1,295 @@
+"""The runtime: one object holding what a running service is made of.
+
+Settings, the plugin manager, the registries plugins filled, the storage, the cipher for
+secrets, the metrics and the services. The web application keeps it under
+``app[RUNTIME]``; services and plugins receive it as an argument. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.contracts.fetch import Fetcher
+from mail_proxy.core.contracts.model import Principal
+from mail_proxy.core.contracts.reports import ReportSink
+from mail_proxy.core.contracts.transport import Transport, TransportFactory
+from mail_proxy.core.engine.encryption import Cipher, EncryptionError, load_key
+from mail_proxy.core.engine.intake import IntakePressure
+from mail_proxy.core.plugins.manager import PluginManager
+from mail_proxy.core.plugins.registry import Registry
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from mail_proxy.core.contracts.config import Settings
+    from mail_proxy.core.contracts.services import Service
+    from mail_proxy.core.contracts.storage import Storage
+    from mail_proxy.core.engine.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+KEY_CHECK_SETTING = "encryption_key_check"
+KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
+#: Settings ``PUT /instance`` may change while running; stored values win over the config.
+LIVE_SETTINGS = (
+    "instance_name",
+    "send_loop_interval",
+    "max_retries",
+    "retry_delays",
+    "sync_interval",
+)
+
+
+class StorageFactory(Protocol):
+    def __call__(self, runtime: Runtime, url: str) -> Storage: ...
+
+
+ServiceFactory = Callable[["Runtime"], "Service | None"]
+
+
+class Runtime:
+    """Everything a running instance needs; built by :meth:`create`, then :meth:`start`."""
+
+    def __init__(self, settings: Settings, plugins: PluginManager) -> None:
+        from mail_proxy.core.engine.metrics import Metrics
+
+        self.settings = settings
+        self.plugins = plugins
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.storage_backends: Registry[StorageFactory] = Registry("storage backend")
+        self.fetchers: Registry[Fetcher] = Registry("fetch mode")
+        self.transport_factories: Registry[TransportFactory] = Registry("transport")
+        self.report_sinks: Registry[ReportSink] = Registry("report sink")
+        self.service_factories: Registry[ServiceFactory] = Registry("service")
+        self.metrics: Metrics = Metrics()
+        self.cipher: Cipher | None = None
+        self.key_source: str | None = None
+        #: Keys that also decrypt (never encrypt) while and after a rotation: objects read
+        #: before the swap (cached accounts) still hold tokens of the previous key.
+        self._decrypt_fallbacks: list[Cipher] = []
+        self._rotation_lock = asyncio.Lock()
+        self.storage: Storage = None  # type: ignore[assignment]  # set by start()
+        self.services: list[Service] = []
+        self._transports: dict[str, Transport] = {}
+        #: Set to wake the dispatcher now (new messages, run-now).
+        self.dispatch_wakeup = asyncio.Event()
+        #: Messages being accepted right now; the dispatcher yields to a busy intake.
+        self.intake = IntakePressure()
+        #: Set to wake the reporter now (new events, run-now).
+        self.report_wakeup = asyncio.Event()
+        #: Tenants whose do-not-disturb a tenant run-now cleared (read by the reporter).
+        self.report_priority_tenants: set[str] = set()
+        #: Tenants (``"*"`` = all) an admin run-now asked to sync now, DND respected.
+        self.report_sync_requested: set[str] = set()
+        self.scheduler_active = settings.scheduler_active
+        self.started_at = time.time()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def create(cls, settings: Settings, plugins: PluginManager) -> Runtime:
+        """Fill the registries from the plugins' ``register_*`` hooks."""
+        rt = cls(settings, plugins)
+        hook = plugins.hook
+        hook.register_storage_backends(registry=rt.storage_backends)
+        hook.register_fetchers(registry=rt.fetchers)
+        hook.register_transports(registry=rt.transport_factories)
+        hook.register_report_sinks(registry=rt.report_sinks)
+        hook.register_services(services=rt.service_factories)
+        return rt
+
+    def load_cipher(self) -> None:
+        """Load the encryption key (startup error if it is bad or unreadable)."""
+        try:
+            found = load_key(self.settings.encryption_key, self.settings.instance_dir)
+        except EncryptionError as exc:
+            raise ConfigError("MAIL_PROXY_ENCRYPTION_KEY", str(exc)) from None
+        if found is not None:
+            self.cipher = Cipher(found[0])
+            self.key_source = found[1]
+
+    async def start(self) -> None:
+        """Open storage (migrations included), verify the key, start the services."""
+        self.load_cipher()
+        url = self.settings.resolved_database_url()
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        if scheme == "postgres":
+            scheme = "postgresql"
+        try:
+            factory = self.storage_backends.get(scheme)
+        except Exception as exc:
+            raise ConfigError("GMP_DATABASE_URL", str(exc)) from None
+        self.storage = factory(self, url)
+        await self.storage.start()
+        await self._verify_key()
+        stored = await self.storage.get_settings()
+        if "scheduler_active" in stored:
+            self.scheduler_active = bool(stored["scheduler_active"])
+        for key in LIVE_SETTINGS:  # changed with PUT /instance: they outlive a restart
+            if key in stored:
+                setattr(self.settings, key, stored[key])
+        for name in self.service_factories:
+            service = self.service_factories.get(name)(self)
+            if service is None:
+                continue
+            await service.start(self)
+            self.services.append(service)
+            log.debug("service %s started", name)
+
+    async def _verify_key(self) -> None:
+        stored = (await self.storage.get_settings()).get(KEY_CHECK_SETTING)
+        if stored and self.cipher is None:
+            raise ConfigError(
+                "MAIL_PROXY_ENCRYPTION_KEY",
+                "the database holds encrypted secrets but no encryption key is configured",
+            )
+        if stored and self.cipher is not None:
+            try:
+                ok = self.cipher.decrypt(stored) == KEY_CHECK_PLAINTEXT
+            except EncryptionError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    "MAIL_PROXY_ENCRYPTION_KEY",
+                    f"the key from {self.key_source} is not the key this database was "
+                    "encrypted with (see docs/security.md: key rotation)",
+                )
+        elif self.cipher is not None:
+            await self.storage.put_settings(
+                {KEY_CHECK_SETTING: self.cipher.encrypt(KEY_CHECK_PLAINTEXT)}
+            )
+
+    async def stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service %s failed to stop", service.name)
+        self.services.clear()
+        # transports hold SMTP pools, sinks and fetchers HTTP sessions: one failing to close
+        # must not keep the others (and the storage) open
+        closable: list[tuple[str, str, Transport | ReportSink | Fetcher]] = [
+            *(("transport", name, t) for name, t in self._transports.items()),
+            *(("report sink", name, self.report_sinks.get(name)) for name in self.report_sinks),
+            *(("fetch mode", name, self.fetchers.get(name)) for name in self.fetchers),
+        ]
+        for kind, name, item in closable:
+            try:
+                await item.close()
+            except Exception:
+                log.exception("%s %s failed to close", kind, name)
+        self._transports.clear()
+        if self.storage is not None:
+            await self.storage.close()
+
+    # -- helpers used by the engine and routes ---------------------------------------------
+    def transport(self, name: str) -> Transport:
+        """The (lazily built, shared) transport registered as ``name``."""
+        if name not in self._transports:
+            self._transports[name] = self.transport_factories.get(name)(self)
+        return self._transports[name]
+
+    def encrypt(self, secret: str) -> str:
+        if self.cipher is None:
+            from mail_proxy.core.contracts.errors import ApiError
+
+            raise ApiError(
+                400,
+                "encryption_key_missing",
+                "storing a secret needs an encryption key: set MAIL_PROXY_ENCRYPTION_KEY "
+                "(generate one with `mail-proxy keygen`) and restart",
+            )
+        return self.cipher.encrypt(secret)
+
+    def decrypt(self, token: str) -> str:
+        if self.cipher is None:
+            raise EncryptionError("no encryption key configured")
+        try:
+            return self.cipher.decrypt(token)
+        except EncryptionError:
+            for fallback in self._decrypt_fallbacks:
+                try:
+                    return fallback.decrypt(token)
+                except EncryptionError:
+                    continue
+            raise
+
+    async def rotate_key(self, new_key: bytes) -> int:
+        """Re-encrypt every stored secret with ``new_key`` and use it from now on.
+
+        One storage transaction rewrites every value (``old.decrypt`` → ``new.encrypt``); if
+        any value does not decrypt with the current key, it rolls back and nothing changes
+        (:class:`EncryptionError`). Then this instance switches to the new key, keeping the
+        old one for decryption only: accounts the dispatcher cached before the swap still
+        carry old tokens. A second pass re-encrypts values that requests encrypted with the
+        old key while the first pass ran. Returns how many values were rewritten.
+
+        Other instances sharing the database keep the old key until they are restarted
+        with the new one (docs/security.md).
+        """
+        old = self.cipher
+        if old is None:
+            raise EncryptionError("no encryption key is configured: there is nothing to rotate")
+        new = Cipher(new_key)
+
+        def transform(token: str) -> str:
+            try:
+                new.decrypt(token)
+                return token  # already under the new key (written during the rotation)
+            except EncryptionError:
+                return new.encrypt(old.decrypt(token))
+
+        async with self._rotation_lock:
+            # values committed by the rotation may be read before the swap below
+            self._decrypt_fallbacks.insert(0, new)
+            try:
+                changed = await self.storage.reencrypt_secrets(transform)
+            except BaseException:
+                self._decrypt_fallbacks.remove(new)
+                raise
+            self.cipher = new
+            self._decrypt_fallbacks = [old]
+            try:
+                changed += await self.storage.reencrypt_secrets(transform)
+            except Exception:  # the rotation itself is committed: report, do not undo
+                log.warning("key rotation: the sweep for late writes failed", exc_info=True)
+        log.info("encryption key rotated: %d stored value(s) re-encrypted", changed)
+        return changed
+
+    def wake_dispatcher(self) -> None:
+        """``run-now``: wake the dispatcher (also in test mode)."""
+        self.dispatch_wakeup.set()
+
+    def notify_enqueued(self) -> None:
+        """New messages were stored: deliver them now (test mode waits for run-now)."""
+        if not self.settings.test_mode:
+            self.dispatch_wakeup.set()
+
+    def wake_reporter(self) -> None:
+        self.report_wakeup.set()
+
+    def emit(self, event_type: str, tenant_id: str, account_id: str | None) -> None:
+        """Tell plugins (metrics, audit) about a committed outcome."""
+        self.plugins.hook.on_event(
+            event_type=event_type, tenant_id=tenant_id, account_id=account_id, runtime=self
+        )
+
+    async def authenticate(self, request: web.Request, token: str) -> Principal | None:
+        """Ask the ``authenticate`` implementations in hook order; the first non-None wins
+        and later ones are not called (the admin token never costs a key lookup)."""
+        args = {"request": request, "token": token, "runtime": self}
+        for impl in reversed(self.plugins.hook.authenticate.get_hookimpls()):
+            result = impl.function(*(args[name] for name in impl.argnames))
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return None

@@ -1,0 +1,57 @@
+"""The core's own plugin: admin-token authentication, metrics, the engine services.
+
+Written with the same hooks a third-party plugin uses.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from mail_proxy.core.contracts.model import ADMIN, Principal
+from mail_proxy.core.plugins import hookimpl
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from mail_proxy.core.engine.runtime import Runtime, ServiceFactory
+    from mail_proxy.core.plugins.registry import Registry
+
+
+@hookimpl
+def plugin_info() -> dict[str, Any]:
+    return {"description": "Kernel: admin token, metrics, dispatcher, reporter", "edition": "core"}
+
+
+@hookimpl(tryfirst=True)
+def authenticate(request: web.Request, token: str, runtime: Runtime) -> Principal | None:
+    """The admin token (``GMP_API_TOKEN``), compared in constant time."""
+    expected = runtime.settings.api_token
+    if expected and hmac.compare_digest(token.encode(), expected.encode()):
+        return ADMIN
+    return None
+
+
+@hookimpl
+def on_event(event_type: str, tenant_id: str, account_id: str | None, runtime: Runtime) -> None:
+    m = runtime.metrics
+    labels = {"tenant_id": tenant_id, "account_id": account_id or ""}
+    counter = {
+        "sent": m.sent,
+        "error": m.errors,
+        "deferred": m.deferred,
+        "rate_limited": m.rate_limited,
+    }.get(event_type)
+    if counter is not None:
+        counter.labels(**labels).inc()
+
+
+@hookimpl
+def register_services(services: Registry[ServiceFactory]) -> None:
+    from mail_proxy.core.engine.dispatcher import Dispatcher
+    from mail_proxy.core.engine.housekeeping import Housekeeping
+    from mail_proxy.core.engine.reporter import Reporter
+
+    services.register("dispatcher", Dispatcher.create, plugin="core")
+    services.register("reporter", Reporter.create, plugin="core")
+    services.register("housekeeping", Housekeeping.create, plugin="core")

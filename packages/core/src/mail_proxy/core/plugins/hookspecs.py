@@ -1,0 +1,117 @@
+"""Every hook of genro-mail-proxy, in one file.
+
+Plugins implement these with ``@hookimpl`` (from :mod:`mail_proxy.core.plugins.manager`) and are
+found through the ``mail_proxy`` entry-point group. pluggy hooks are synchronous: the
+``register_*`` hooks add *objects* to registries at startup, and those objects have async
+methods the engine awaits. The built-in behaviour (``mail_proxy.ce.plugin`` and
+``mail_proxy.core.plugins.builtin``) uses these same hooks, so every hook has a working example.
+
+A misspelled hook name or an argument that is not in the spec makes startup fail with an
+error naming the plugin (see ``create_plugin_manager``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.fetch import Fetcher
+    from mail_proxy.core.contracts.model import Account, MessageRecord, Principal, Tenant
+    from mail_proxy.core.contracts.reports import ReportSink
+    from mail_proxy.core.contracts.routes import RouteTable
+    from mail_proxy.core.contracts.transport import TransportFactory
+    from mail_proxy.core.engine.runtime import Runtime, ServiceFactory, StorageFactory
+    from mail_proxy.core.plugins.registry import Registry
+
+PROJECT = "mail_proxy"
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def register_storage_backends(registry: Registry[StorageFactory]) -> None:
+    """Called once at startup. Register storage factories under the database URL scheme they
+    serve (``sqlite``, ``postgresql``). The factory is called with the :class:`Runtime` and
+    the URL and returns a :class:`~mail_proxy.core.contracts.storage.Storage` (not yet started)."""
+
+
+@hookspec
+def register_fetchers(registry: Registry[Fetcher]) -> None:
+    """Called once at startup. Register attachment fetchers under their ``fetch_mode`` name
+    (:class:`~mail_proxy.core.contracts.fetch.Fetcher`)."""
+
+
+@hookspec
+def register_transports(registry: Registry[TransportFactory]) -> None:
+    """Called once at startup. Register transport factories under the name an account uses
+    in its ``transport`` field (``smtp``, ``file``). A factory receives the runtime and
+    returns a :class:`~mail_proxy.core.contracts.transport.Transport`."""
+
+
+@hookspec
+def register_report_sinks(registry: Registry[ReportSink]) -> None:
+    """Called once at startup. Register delivery-report sinks
+    (:class:`~mail_proxy.core.contracts.reports.ReportSink`). The reporter uses, per tenant, the first
+    sink (by name order) that says it is ``configured_for`` that tenant."""
+
+
+@hookspec
+def register_routes(routes: RouteTable) -> None:
+    """Called once when the web application is built. Add HTTP routes with their scope and
+    request models (:class:`~mail_proxy.core.contracts.routes.RouteTable`)."""
+
+
+@hookspec
+def register_commands(commands: CommandRegistry) -> None:
+    """Called when the CLI starts. Add subcommands by import path (loaded only when run)."""
+
+
+@hookspec
+def register_services(services: Registry[ServiceFactory]) -> None:
+    """Called once at startup. Register background services (pollers, cleanup jobs) by
+    name; a factory receives the runtime and returns a
+    :class:`~mail_proxy.core.contracts.services.Service`, or None when it has nothing to do with the
+    current configuration."""
+
+
+@hookspec
+def authenticate(
+    request: web.Request, token: str, runtime: Runtime
+) -> Principal | Awaitable[Principal | None] | None:
+    """Called for every request to a non-public route that carries a token. Return a
+    :class:`~mail_proxy.core.contracts.model.Principal` for a token you recognise, None otherwise; an
+    implementation may be ``async`` (return a coroutine) to look the token up in storage.
+    Results are taken in hook order and the first non-None wins. Compare secrets in constant
+    time. Raise :class:`~mail_proxy.core.contracts.errors.ApiError` to refuse with a specific code
+    (expired key, inactive tenant)."""
+
+
+@hookspec
+def validate_message(message: dict[str, Any], tenant: Tenant, runtime: Runtime) -> str | None:
+    """Called at enqueue for every message that passed the core validation. Return a
+    rejection reason (a stable string) to refuse it, or None."""
+
+
+@hookspec
+def prepare_message(
+    email: EmailMessage, record: MessageRecord, account: Account, runtime: Runtime
+) -> None:
+    """Called for every delivery attempt after the MIME message is built and before it is
+    handed to the transport. Modify ``email`` in place (add headers, rewrite parts)."""
+
+
+@hookspec
+def on_event(event_type: str, tenant_id: str, account_id: str | None, runtime: Runtime) -> None:
+    """Called after an outcome (``sent``, ``error``, ``deferred``, ``rate_limited``,
+    ``bounce``, ...) is committed. For metrics and audit; must not block."""
+
+
+@hookspec
+def plugin_info() -> dict[str, Any] | None:  # type: ignore[empty-body]
+    """Return ``{"description": ..., "edition": "ce"|"ee"}`` for ``mail-proxy plugins``."""
