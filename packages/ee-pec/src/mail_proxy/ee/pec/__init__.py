@@ -1,0 +1,1 @@
+"""genro-mail-proxy Enterprise Edition: PEC (Italian certified mail) receipt handling."""
