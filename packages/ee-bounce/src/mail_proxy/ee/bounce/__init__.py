@@ -1,0 +1,1 @@
+"""Bounce handling for genro-mail-proxy (Enterprise Edition, BSL-1.1)."""
