@@ -199,7 +199,7 @@ def test_validate_attachments_reasons(runtime: Callable[..., Runtime]) -> None:
     )
     assert (
         validate_attachments([{"filename": "a\r\nb", "storage_path": "x"}], rt)
-        == "attachment 1: filename contains CR, LF, NUL or another control character"
+        == "attachment 1: filename: control character U+000D is not allowed"
     )
     assert validate_attachments([ok, ok, {"filename": "c", "storage_path": "/etc/passwd"}], rt) == (
         "attachment 3: filesystem fetch mode is disabled (no GMP_ATTACHMENT_BASE_DIRS configured)"

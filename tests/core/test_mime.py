@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 
+from mail_proxy.core.contracts.errors import MessageContentError
 from mail_proxy.core.engine.mime import (
     Attachment,
     MimeError,
@@ -132,6 +133,72 @@ def test_cr_lf_nul_refused_everywhere(bad: str, where: str) -> None:
     with pytest.raises(MimeError) as err:
         build_email(p, message_id="<x@example.com>", mail_id=mail_id, attachments=attachments)
     assert err.value.code == "invalid_header"
+
+
+#: Every character that ends a header line somewhere: C0 but TAB, DEL, NEL, LS, PS.
+LINE_BREAKING = [chr(c) for c in range(0x20) if c != 0x09] + ["\x7f", "\x85", "\u2028", "\u2029"]
+
+
+def _built_with(char: str, where: str) -> None:
+    """Build a message with ``char`` in ``where``, bypassing the enqueue validation."""
+    p = payload()
+    attachments: list[Attachment] = []
+    message_id, mail_id = "<x@example.com>", "m1"
+    if where in ("subject", "return_path"):
+        p[where] = f"a{char}b@example.com"
+    elif where in ("to", "cc", "bcc"):
+        p[where] = [f"Name{char}X <x@example.com>"]
+    elif where == "from":
+        p["from"] = f"Böss{char}Bcc: v@example.com <a@example.com>"  # the non-ASCII path
+    elif where == "reply_to":
+        p["reply_to"] = f"r@example.com{char}"
+    elif where == "header value":
+        p["headers"] = {"X-Test": f"ok{char}DKIM-Signature: forged"}
+    elif where == "header name":
+        p["headers"] = {f"X-A{char}B": "v"}
+    elif where == "attachment filename":
+        attachments = [Attachment(f"file{char}.txt", b"x")]
+    elif where == "message_id":
+        message_id = f"<x@example.com>{char}X: y"
+    else:
+        mail_id = f"m{char}1"
+    build_email(p, message_id=message_id, mail_id=mail_id, attachments=attachments)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "subject",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply_to",
+        "return_path",
+        "header value",
+        "header name",
+        "attachment filename",
+        "message_id",
+        "id",
+    ],
+)
+def test_builder_refuses_every_line_breaking_character(where: str) -> None:
+    field = {"header value": "header X-Test"}.get(where, where)
+    for char in LINE_BREAKING:
+        with pytest.raises(MessageContentError) as err:
+            _built_with(char, where)
+        assert isinstance(err.value, MimeError) and err.value.code == "invalid_header"
+        kind = {"\u2028": "line separator", "\u2029": "paragraph separator"}.get(
+            char, "control character"
+        )
+        assert str(err.value) == f"{field}: {kind} U+{ord(char):04X} is not allowed"
+
+
+def test_tab_and_other_unicode_are_kept_in_headers() -> None:
+    subject = "Grüße\taus Köln \u00a0 \u200b 😀"
+    raw, msg = roundtrip(payload(subject=subject, headers={"X-Tag": "a\tb"}))
+    assert msg["Subject"] == subject and msg["X-Tag"] == "a\tb"
+    assert headers_of(raw).isascii()
 
 
 def test_invalid_header_name_refused() -> None:

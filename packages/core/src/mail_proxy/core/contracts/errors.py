@@ -29,3 +29,8 @@ class ConfigError(Exception):
 
 class StorageUnavailable(Exception):
     """The database cannot be reached right now (the API answers 503)."""
+
+
+class MessageContentError(ValueError):
+    """A failure only the message itself can cause (a header the builder refuses, a step that
+    cannot process its content): permanent at once, with this text as the reason."""

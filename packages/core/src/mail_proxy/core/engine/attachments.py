@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from mail_proxy.core.contracts.fetch import FetchError, FetchRequest
 from mail_proxy.core.engine.attachment_cache import AttachmentCache, CacheStats, md5_hex
 from mail_proxy.core.engine.encryption import EncryptionError
+from mail_proxy.core.engine.mime import character_problem
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Tenant
@@ -157,8 +158,9 @@ def parse_spec(att: Any) -> AttachmentSpec:
     raw_name = att.get("filename")
     if not isinstance(raw_name, str) or not raw_name.strip():
         raise AttachmentError("missing filename")
-    if _CONTROL.search(raw_name):
-        raise AttachmentError("filename contains CR, LF, NUL or another control character")
+    problem = character_problem(raw_name, "filename", tab=False)
+    if problem is not None:  # a header injection attempt (it becomes Content-Disposition)
+        raise AttachmentError(problem)
     filename, key = split_marker(raw_name)
     if len(filename) > MAX_FILENAME:
         raise AttachmentError(f"filename longer than {MAX_FILENAME} characters")

@@ -14,9 +14,11 @@ Rules (see API.md):
 * ``Bcc`` never appears in the headers: bcc recipients exist only in the envelope.
 * ``Return-Path`` is the envelope sender, never a header (the receiving MTA writes it).
 * ``body`` + ``body_html`` → ``multipart/alternative``; attachments → ``multipart/mixed``.
-* Extra ``headers`` were validated at enqueue; CR, LF or NUL are refused again here. Extra
-  headers that would replace a structural header (``RESERVED_HEADERS``) are ignored: the
-  message fields win, so no ``headers`` entry can inject a ``Bcc`` or a second ``From``.
+* Every header field, address and file name was validated at enqueue; the characters that
+  break a header line (:data:`LINE_BREAKING`) are refused again here, with a
+  :class:`MimeError` (a :class:`MessageContentError`: the message fails for good, at once).
+  Extra headers that would replace a structural header (``RESERVED_HEADERS``) are ignored:
+  the message fields win, so no ``headers`` entry can inject a ``Bcc`` or a second ``From``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, getaddresses
 from typing import Any, cast
+
+from mail_proxy.core.contracts.errors import MessageContentError
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -86,7 +90,14 @@ MAIL_ID_HEADER = "X-Genro-Mail-ID"
 DEFAULT_MIME_TYPE = "application/octet-stream"
 FALLBACK_DOMAIN = "genro-mail-proxy.invalid"
 
-_FORBIDDEN_CHARS = re.compile(r"[\r\n\x00]")
+#: Characters that end a header line somewhere on the way: every C0 control except TAB, DEL,
+#: NEL (U+0085) and the Unicode line and paragraph separators. CR and LF are line ends on the
+#: wire; the others are line ends for ``str.splitlines`` (the stdlib email package refolds a
+#: header with them into real line breaks) and for many parsers and MUAs. NUL truncates.
+LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+#: The same plus TAB, for values that have no reason to hold one (ids, file names, codes).
+LINE_BREAKING_OR_TAB = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+_SEPARATOR_NAMES = {"\u2028": "line separator", "\u2029": "paragraph separator"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _MIME_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 _DOMAIN_OK = re.compile(r"^[A-Za-z0-9.-]+$")
@@ -95,7 +106,7 @@ if not mimetypes.inited:  # load the system table now, not inside the event loop
     mimetypes.init()
 
 
-class MimeError(ValueError):
+class MimeError(MessageContentError):
     """The payload cannot become a valid message; ``code`` is a stable snake_case reason.
 
     A message that reaches this point passed enqueue validation, so this is a permanent
@@ -116,11 +127,28 @@ class Attachment:
     mime_type: str | None = None
 
 
-def _clean(value: Any, field: str) -> str:
-    """``value`` as a header-safe string; CR, LF and NUL are refused (header injection)."""
+def character_problem(text: str, field: str, *, tab: bool = True) -> str | None:
+    """Why ``text`` may not go into a header (or an envelope address, or a file name), or None.
+
+    The reason names the field and the first offending character, e.g.
+    ``subject: control character U+000B is not allowed``. With ``tab=False`` TAB is refused
+    too. The enqueue validation uses the same check and words, so a message is refused there
+    with the reason it would fail with here.
+    """
+    found = (LINE_BREAKING if tab else LINE_BREAKING_OR_TAB).search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = _SEPARATOR_NAMES.get(char, "control character")
+    return f"{field}: {kind} U+{ord(char):04X} is not allowed"
+
+
+def _clean(value: Any, field: str, *, tab: bool = True) -> str:
+    """``value`` as a header-safe string; line-breaking characters are refused."""
     text = value if isinstance(value, str) else str(value)
-    if _FORBIDDEN_CHARS.search(text):
-        raise MimeError("invalid_header", f"{field}: CR, LF or NUL is not allowed")
+    problem = character_problem(text, field, tab=tab)
+    if problem is not None:
+        raise MimeError("invalid_header", problem)
     return text
 
 
@@ -183,18 +211,22 @@ def _message_id_header(message_id: str) -> str:
 
 
 def _put(msg: EmailMessage, name: str, value: str) -> None:
-    """Add a header whose value was already checked for CR/LF/NUL.
+    """Add a header whose value was already checked for line-breaking characters.
 
     A pure-ASCII value is stored as text with ``set_raw`` (the parser's own way in), which
     is exactly the state of a message parsed from bytes: the generator writes it as is,
     refolding it only when too long, and reading it parses it on demand. That skips the
     header parser on the hot path, where it costs more than the rest of the build. Non-ASCII
-    values go through the policy, which encodes them (RFC 2047 encoded words).
+    values go through the policy, which encodes them (RFC 2047 encoded words); a value the
+    policy refuses is a fault of the message (:class:`MimeError`), not of the service.
     """
     if value.isascii():
         msg.set_raw(name, value)
-    else:
+        return
+    try:
         msg[name] = value
+    except ValueError as exc:
+        raise MimeError("invalid_header", f"{name}: {exc}") from None
 
 
 def _split_mime_type(mime_type: str | None, filename: str) -> tuple[str, str]:
@@ -229,10 +261,13 @@ def build_email(
 ) -> EmailMessage:
     """Build the ``EmailMessage`` of one stored message (see the module doc for the rules).
 
-    Raises :class:`MimeError` for content that cannot be sent (CR/LF/NUL in a header or a
-    file name, an empty Message-ID).
+    Raises :class:`MimeError` for content that cannot be sent (a line-breaking character in a
+    header, an address or a file name, an empty Message-ID).
     """
     msg = EmailMessage(policy=POLICY)
+    # bcc and return_path only reach the envelope (MAIL FROM / RCPT TO): checked all the same
+    _joined(payload.get("bcc"), "bcc")
+    _clean(payload.get("return_path") or "", "return_path")
     _put(msg, "From", _clean(payload.get("from") or "", "from"))
     to = _joined(payload.get("to"), "to")
     if to:
@@ -248,7 +283,7 @@ def build_email(
     seen: set[str] = set()
     extra = payload.get("headers") or {}
     for name, value in extra.items():
-        name = _clean(name, "header name")
+        name = _clean(name, "header name", tab=False)
         if not _HEADER_NAME.match(name):
             raise MimeError("invalid_header", f"header name {name!r} is not valid")
         lowered = name.lower()
@@ -259,7 +294,7 @@ def build_email(
     if "date" not in seen:
         _put(msg, "Date", format_datetime(datetime.now(timezone.utc)))
     _put(msg, "Message-ID", _message_id_header(message_id))
-    _put(msg, MAIL_ID_HEADER, _clean(mail_id, "mail_id"))
+    _put(msg, MAIL_ID_HEADER, _clean(mail_id, "id", tab=False))
 
     plain, html = _body_parts(payload)
     if plain is not None:
@@ -285,7 +320,7 @@ def _attachment_part(item: Attachment) -> MIMEPart:
     twice the size of the text) before joining them; here the content is encoded in slices of
     whole lines, so a large attachment costs its base64 text plus one slice.
     """
-    filename = _clean(item.filename, "attachment filename")
+    filename = _clean(item.filename, "attachment filename", tab=False)
     maintype, subtype = _split_mime_type(item.mime_type, filename)
     part = MIMEPart(policy=POLICY)
     # The content manager writes the headers (RFC 2231 file names included) ...
