@@ -29,6 +29,7 @@ _DAEMON_LOCAL = re.compile(
     r"(?: ?(?:system|subsystem))?|bounces?|nobody|mailerdaemon|mail-?admin)$",
     re.I,
 )
+_NO_REPLY = re.compile(r"^(?:no-?reply|do-?not-?reply|donotreply)$", re.I)
 _DAEMON_NAME = re.compile(
     r"mailer[- ]?daemon|postmaster|mail delivery|delivery (?:status|subsystem)|"
     r"mail administrator|mail system",
@@ -40,8 +41,9 @@ _BOUNCE_SUBJECT = re.compile(
     r"mail delivery (?:failed|failure|system)|delivery failed|non remis|non recapitabile|"
     r"unzustellbar|nicht zustellbar|no se pudo entregar|no entregado|não entregue|"
     r"mail system error|could not be delivered|message delivery has failed|error sending|"
-    r"bounce|mail failure|failed delivery|delayed mail|message .{0,40} delayed|"
-    r"postmaster notify|delivery (?:incomplete|delayed)|rejected",
+    r"bounced?(?: e?-?mail)? (?:notification|notice|message|mail)|mail failure|"
+    r"failed delivery|delayed mail|message .{0,40} delayed|postmaster notify|"
+    r"delivery (?:incomplete|delayed)",
     re.I,
 )
 _BOUNCE_PHRASE = re.compile(
@@ -96,16 +98,27 @@ def from_mail_system(msg: Message) -> bool:
 
 
 def bounce_evidence(msg: Message, notice: str) -> str:
-    """Why ``msg`` looks like a bounce (``""`` if it does not)."""
+    """Why ``msg`` looks like a bounce (``""`` if it does not).
+
+    An ``X-Failed-Recipients`` header or a mail-system sender is enough. Otherwise two weak
+    signs are needed — a bounce subject, a bounce phrase in the notice, the null sender
+    (``Return-Path: <>``), a no-reply sender — so that a person's mail that happens to say
+    "could not be delivered" is not taken for a bounce.
+    """
     if msg.get("X-Failed-Recipients"):
         return "x-failed-recipients"
     if from_mail_system(msg):
         return "from mail system"
+    signs = []
     if _BOUNCE_SUBJECT.search(header(msg, "Subject")):
-        return "bounce subject"
+        signs.append("bounce subject")
     if _BOUNCE_PHRASE.search(notice or ""):
-        return "bounce phrase"
-    return ""
+        signs.append("bounce phrase")
+    if header(msg, "Return-Path").strip() == "<>" or header(msg, "From").strip() == "<>":
+        signs.append("null sender")
+    if _NO_REPLY.match(normalize_address(header(msg, "From")).split("@")[0]):
+        signs.append("no-reply sender")
+    return " + ".join(signs) if len(signs) >= 2 else ""
 
 
 def autoreply_evidence(msg: Message, notice: str) -> tuple[int, str]:

@@ -85,6 +85,15 @@ def recover(originals: list[Message], texts: list[str]) -> dict[str, str]:
     """The original's headers from the attached parts, else from the body text."""
     for original in originals:
         found = headers_of(original)
+        if not any(key in found for key in _KEY_HEADERS):
+            # a header folded without indentation ends the parsed header early: read the
+            # attached message as text too, and keep what that finds
+            try:
+                quoted = headers_in_text(original.as_string())
+            except Exception:
+                quoted = {}
+            if any(key in quoted for key in _KEY_HEADERS):
+                found = {**quoted, **found}
         if any(key in found for key in _KEY_HEADERS) or len(found) > 2:
             return found
     # the original is quoted after the notice: look there first, then anywhere

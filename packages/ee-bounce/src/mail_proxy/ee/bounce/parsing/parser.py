@@ -180,7 +180,10 @@ def _embedded(msg: Message, parts: Parts) -> BounceReport | None:
     for text in parts.texts:
         found = _EMBEDDED.search(text)
         if found:
-            inner = _parse(load(text[found.start() :].encode("utf-8", "replace")), depth=1)
+            embedded = text[found.start() :]
+            if embedded.startswith("From "):  # an mbox separator, not a header
+                embedded = embedded.split("\n", 1)[-1]
+            inner = _parse(load(embedded.encode("utf-8", "replace")), depth=1)
             if inner.is_bounce:
                 return inner
     return None

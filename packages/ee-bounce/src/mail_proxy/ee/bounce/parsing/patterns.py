@@ -199,7 +199,8 @@ _TABLE: list[tuple[int, str, str, str]] = [
         1,
         "host_unknown",
         "null mx",
-        r"null mx|doesn't receive e?mail|does not (?:receive|accept) e?mail",
+        r"null mx|doesn't receive e?mail|does not (?:receive|accept) e?mail|not accepting "
+        r"(?:network )?(?:messages|mail)",
     ),
     (
         1,
@@ -296,7 +297,7 @@ _TABLE: list[tuple[int, str, str, str]] = [
         "policy_blocked",
         "relay denied",
         r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)|unable to "
-        r"relay|not permitted to relay|relay not permitted|not allowed to relay",
+        r"relay|not permitted to relay|relay not permitted|not allowed to relay|no relaying",
     ),
     (
         3,
@@ -328,8 +329,8 @@ _TABLE: list[tuple[int, str, str, str]] = [
         "expired",
         r"retry (?:time(?:out)?|period) exceeded|(?:message|envelope|delivery time) (?:has )?"
         r"expired|in the queue too long|too long in (?:the )?queue|(?:cannot send message|"
-        r"could not be delivered|not delivered|unable to deliver|undeliverable) (?:for|within|"
-        r"in) (?:more than )?\d+|failed \d+ attempts|giving up after|queue lifetime|"
+        r"could not be delivered|could not deliver|not delivered|unable to deliver|"
+        r"undeliverable) (?:for|within|in) (?:the last |more than )?\d+|failed \d+ attempts|giving up after|queue lifetime|"
         r"maximum (?:queue|delivery) time",
     ),
     (
@@ -365,13 +366,6 @@ _TABLE: list[tuple[int, str, str, str]] = [
     ),
     (
         5,
-        "user_unknown",
-        "address rejected",
-        r"(?:recipient|address|mailbox|user)\S* (?:address )?(?:rejected|refused)|"
-        r"rcpt.{0,10}(?:rejected|refused)",
-    ),
-    (
-        5,
         "other",
         "system error",
         r"system (?:error|config)|internal (?:server )?error|configuration error|mailer error|"
@@ -379,6 +373,13 @@ _TABLE: list[tuple[int, str, str, str]] = [
         r"(?:system )?(?:resources|disk|storage)|try (?:again )?later|service (?:not available|"
         r"unavailable|refused)|syntax error|improper sequence|bad sequence|not implemented|"
         r"protocol error|command (?:not recogni[sz]ed|unrecogni[sz]ed)|could not load",
+    ),
+    (
+        5,
+        "user_unknown",
+        "address rejected",
+        r"(?:recipient|address|mailbox|user)\S* (?:address )?(?:rejected|refused)|"
+        r"rcpt.{0,10}(?:rejected|refused)",
     ),
 ]
 
