@@ -3,11 +3,13 @@
 CR and LF are not the only line ends: the stdlib email package refolds a header at VT, FF,
 U+001C-U+001E, U+0085, U+2028 and U+2029 too, so each of them in any header field could forge
 a header line. Every one of them, in every field, is refused at enqueue through the real API;
-allowed Unicode arrives at a real SMTP server without any extra header line.
+allowed Unicode arrives at a real SMTP server without any extra header line; a message that
+reached the queue another way fails for good at its first attempt.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from email import message_from_bytes
 from email import policy as email_policy
@@ -17,7 +19,9 @@ from typing import Any, cast
 
 import pytest
 
-from support.api import add_account, enqueue, message
+from mail_proxy.core.contracts.model import NewMessage
+from mail_proxy.core.web.app import RUNTIME
+from support.api import add_account, enqueue, message, wait_status
 from support.ce_api import Api, start_api
 from support.ce_api import message as api_message
 from support.smtp_server import SmtpTestServer
@@ -162,3 +166,41 @@ async def test_allowed_unicode_arrives_without_extra_header_lines(
     assert [a.display_name for a in parsed["Cc"].addresses] == ["Doe, Jöhn"]
     assert sorted(got.rcpt_tos) == ["hidden@example.com", "john@example.com", "zoe@example.com"]
     assert b"hidden@example.com" not in got.raw
+
+
+# -- a message that reached the queue another way (defect 2) ----------------------------------
+#: (payload fields, the reason the message must fail with)
+STORED_BAD = [
+    ({"subject": "Grüße\u2028Bcc: victim@example.org"}, "subject: line separator U+2028"),
+    ({"subject": "Hi\x0bBcc: victim@example.org"}, "subject: control character U+000B"),
+    ({"to": ["Name\x85X <rcpt@example.com>"]}, "to: control character U+0085"),
+    (
+        {"headers": {"X-Tag": "a\u2029DKIM-Signature: x"}},
+        "header X-Tag: paragraph separator U+2029",
+    ),
+    ({"bcc": ["hidden\x1e@example.com"]}, "bcc: control character U+001E"),
+]
+
+
+async def test_stored_message_with_a_line_break_fails_for_good_at_once(
+    aiohttp_client_factory: Any, make_settings: Any, smtp: SmtpTestServer
+) -> None:
+    """Inserted through the storage, bypassing the API: one attempt, a clear reason, nothing
+    at the SMTP server (it used to be retried as ``internal error: ValueError``)."""
+    client = await aiohttp_client_factory(make_settings(retry_delays=[0.1]))
+    await add_account(client, smtp, default=True)
+    runtime = client.app[RUNTIME]
+    base = {"from": "sender@example.com", "to": ["rcpt@example.com"], "body": "hi"}
+    news = [
+        NewMessage(
+            "default", f"stored-{n}", "smtp1", 2, {**base, "subject": "s", **fields}, f"<s{n}@x>"
+        )
+        for n, (fields, _reason) in enumerate(STORED_BAD)
+    ]
+    await runtime.storage.enqueue(news, time.time())
+    runtime.notify_enqueued()
+    for n, (_fields, reason) in enumerate(STORED_BAD):
+        msg = await wait_status(client, f"stored-{n}", ("error", "deferred"))
+        assert (msg["status"], msg["attempts"]) == ("error", 1), msg
+        assert msg["error"] == f"{reason} is not allowed"
+    assert smtp.messages == []
