@@ -26,6 +26,7 @@ from . import classify, detect, dsn, original
 from .mime import Parts, collapse, collect_parts, header, header_all, load, normalize_address
 from .model import BounceReport, Finding, RecipientFailure
 from .notifications import ses_notification
+from .patterns import locate, match_text
 from .text_formats import find_recipients, notice_text, preamble
 
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To")
@@ -209,12 +210,40 @@ def _classify(finding: Finding, notice: str, count: int, subject: str) -> Recipi
         smtp_code=smtp,
         type=kind,
         reason=reason,
-        diagnostic=collapse(finding.diagnostic or finding.text or before),
+        diagnostic=_diagnostic(finding, before),
         rule=rule,
         original_recipient=(
             finding.original_recipient if finding.original_recipient != finding.address else ""
         ),
     )
+
+
+def _diagnostic(finding: Finding, before: str) -> str:
+    """The text to show: the first of report diagnostic, recipient text, notice preamble that
+    says something recognisable (a code or a known phrase), trimmed around the reply."""
+    candidates = [t for t in (finding.diagnostic, finding.text, before) if t and t.strip()]
+    for text in candidates:
+        if classify.smtp_code(text) or dsn.status_code(text) or match_text(text):
+            return _focus(text)
+    return _focus(candidates[0]) if candidates else ""
+
+
+_REPLY = re.compile(r"(?<![\w.])[45]\d\d[ -]+[45]\.\d{1,3}\.\d{1,3}")
+_CODE = re.compile(r"(?<![\w.])[45]\d\d[ -]|(?<![\d.])[45]\.\d{1,3}\.\d{1,3}")
+
+
+def _focus(text: str, limit: int = 500) -> str:
+    """Whitespace collapsed; a text too long to show whole starts a little before what
+    matters: a full reply (``550 5.1.1``), else the phrase that decided, else any code."""
+    flat = collapse(text, limit=100_000).strip(" .,;:>)]-=*_#")
+    if len(flat) > limit:
+        anchors = [m.start() for m in (_REPLY.search(flat), _CODE.search(flat)) if m]
+        located = locate(flat)
+        if located:
+            anchors.insert(1, located[2])
+        if anchors and anchors[0] > limit // 3:
+            flat = "…" + flat[max(0, anchors[0] - 80) :]
+    return collapse(flat, limit)
 
 
 def _plain(finding: Finding, kind: str) -> RecipientFailure:

@@ -391,7 +391,14 @@ TIERS: list[list[tuple[str, str, re.Pattern[str]]]] = [
 
 
 def match_text(text: str) -> tuple[str, str] | None:
-    """The ``(reason, pattern name)`` that best describes ``text``, or ``None``.
+    """The ``(reason, pattern name)`` that best describes ``text``, or ``None`` (see
+    :func:`locate`)."""
+    found = locate(text)
+    return (found[0], found[1]) if found else None
+
+
+def locate(text: str) -> tuple[str, str, int] | None:
+    """``(reason, pattern name, position in the collapsed text)`` of the best match.
 
     The first tier with a match decides; inside it, the first pattern in table order
     (all tiers but one) or the phrase found first in the text (the judgement tier).
@@ -406,11 +413,11 @@ def match_text(text: str) -> tuple[str, str] | None:
         for order, (reason, name, compiled) in enumerate(patterns):
             found = compiled.search(flat)
             if found:
-                position = found.start() if tier == _JUDGEMENT else 0
-                hits.append((position, order, reason, name))
+                rank = found.start() if tier == _JUDGEMENT else 0
+                hits.append((rank, order, reason, name, found.start()))
         if hits:
-            _position, _order, reason, name = min(hits)
-            return reason, name
+            _rank, _order, reason, name, position = min(hits)
+            return reason, name, position
     return None
 
 
