@@ -511,6 +511,31 @@ Content-Type: message/rfc822
         ("5.3.4", "552", "", "message_too_big"),
         ("5.1.1", "550", "5.1.1 has sent to too many recipients this hour", "policy_blocked"),
         ("", "550", "", "other"),
+        ("5.2.1", "550", "The email account that you tried to reach is disabled.", "suspended"),
+        (
+            "4.2.1",
+            "450",
+            "The user you are trying to contact is receiving mail too quickly",
+            "policy_blocked",
+        ),
+        (
+            "5.7.1",
+            "553",
+            "sorry, that domain isn't in my list of allowed rcpthosts",
+            "policy_blocked",
+        ),
+        ("", "550", "all relevant MX records point to non-existent hosts", "host_unknown"),
+        ("5.5.2", "504", "<localhost>: Helo command rejected: Host not found", "policy_blocked"),
+        ("4.7.1", "450", "<a@b.example>: Recipient address rejected: Greylisted", "policy_blocked"),
+        (
+            "",
+            "421",
+            "Too many concurrent SMTP connections; please try again later",
+            "policy_blocked",
+        ),
+        ("5.0.0", "550", "Benutzer unbekannt", "user_unknown"),
+        ("", "552", "Requested mail action aborted, mailbox not found", "user_unknown"),
+        ("5.4.14", "554", "Hop count exceeded - possible mail loop", "network_error"),
     ],
 )
 def test_reason_rules(status: str, smtp: str, text: str, reason: str) -> None:

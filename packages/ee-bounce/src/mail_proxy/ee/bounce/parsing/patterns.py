@@ -57,7 +57,8 @@ _TABLE: list[tuple[int, str, str, str]] = [
         "over quota",
         r"\bover ?quota\b|\bquota (?:exceeded|exceed|full|limit)|exceed(?:s|ed|ing)? (?:his |"
         r"her |their |the |its |your )?(?:storage |mailbox |disk )?quota|storage quota|"
-        r"disk quota",
+        r"disk quota|postfach (?:ist )?voll|bo[iî]te (?:aux lettres )?(?:est )?pleine|"
+        r"casella (?:di posta )?piena|buz[oó]n (?:est[aá] )?lleno",
     ),
     (
         1,
@@ -81,10 +82,10 @@ _TABLE: list[tuple[int, str, str, str]] = [
         1,
         "suspended",
         "account disabled",
-        r"(?:account|mailbox|user|recipient)s?(?:\(s\))? (?:has been |have been |is |was |are "
-        r"|is currently |temporarily )*(?:disabled|suspended|deactivated|de-activated|inactive|"
-        r"locked|frozen|closed|discontinued|terminated)|account (?:has been |is |was )?"
-        r"(?:blocked|expired)",
+        r"(?:account|mailbox|user|recipient)s?(?:\(s\))?(?:(?: \S+){0,6}? (?:has been |have "
+        r"been |is |was |are |is currently |temporarily )+| )(?:disabled|suspended|deactivated|"
+        r"de-activated|inactive|locked|frozen|closed|discontinued|terminated)|account (?:has "
+        r"been |is |was )?(?:blocked|expired)",
     ),
     (
         1,
@@ -98,9 +99,9 @@ _TABLE: list[tuple[int, str, str, str]] = [
     (
         1,
         "policy_blocked",
-        "sender address rejected",
+        "sender refused",
         r"sender address rejected|sender (?:domain|address) (?:not found|unknown|does not "
-        r"exist|is invalid)",
+        r"exist|is invalid)|(?:helo|ehlo) command rejected|client host rejected",
     ),
     # -- user_unknown -----------------------------------------------------------------------
     (
@@ -133,7 +134,7 @@ _TABLE: list[tuple[int, str, str, str]] = [
         1,
         "user_unknown",
         "user does not exist",
-        r"(?:user|recipient|mailbox|address|account|e-?mail|inbox|alias)\S*(?: \S+)?(?: \S+)? "
+        r"(?:user|recipient|mailbox|address|account|e-?mail|inbox|alias)\S*(?: \S+){0,5} "
         r"(?:does not|doesn't|did not|does no longer|no longer) exists?",
     ),
     (
@@ -171,7 +172,9 @@ _TABLE: list[tuple[int, str, str, str]] = [
         "name not recognized",
         r"(?:recipient|user)(?: name)? is not recognized|illegal alias|not listed in (?:the )?"
         r"(?:public )?(?:name (?:&|and) address book|directory)|no such (?:alias|list)|"
-        r"ディレクトリのリストにありません|存在しません|宛先不明",
+        r"ディレクトリのリストにありません|存在しません|宛先不明|benutzer unbekannt|"
+        r"unbekannter (?:benutzer|empf[äa]nger)|utilisateur inconnu|destinataire inconnu|"
+        r"usuario desconocido|utente sconosciuto|n'existe pas|existiert nicht",
     ),
     # -- host_unknown -----------------------------------------------------------------------
     (
@@ -206,7 +209,8 @@ _TABLE: list[tuple[int, str, str, str]] = [
         1,
         "host_unknown",
         "unrouteable address",
-        r"unroutable|unrouteable|illegal host|\bno route for\b|name service error|no data known",
+        r"unroutable|unrouteable|illegal host|\bno route for\b|name service error|no data "
+        r"known|non-existent hosts?|no valid mx",
     ),
     (
         1,
@@ -254,7 +258,8 @@ _TABLE: list[tuple[int, str, str, str]] = [
         2,
         "policy_blocked",
         "sending host not verified",
-        r"\bptr\b|reverse dns|\brdns\b|reverse (?:lookup|mapping)|mismatches client ip|"
+        r"\bptr\b|reverse dns|\brdns\b|reverse (?:lookup|mapping|host ?name)|"
+        r"mismatches client ip|cannot find your (?:host ?name|hostname)|"
         r"invalid ip for sending|(?:helo|ehlo) .{0,40}(?:invalid|rejected|mismatch)|"
         r"unverif(?:i|y)\w* sending ips?|(?:sending|client|connecting) ip (?:address )?(?:\S+ )?"
         r"(?:is )?not (?:allowed|permitted|authori[sz]ed|verified)",
@@ -288,16 +293,18 @@ _TABLE: list[tuple[int, str, str, str]] = [
         3,
         "policy_blocked",
         "rate limit",
-        r"rate limit|too many (?:recipients|connections|messages|mails|emails)|at a rate|"
+        r"rate limit|too many (?:\S+ ){0,2}(?:recipients|connections|messages|mails|emails)|"
+        r"at a rate|"
         r"(?:daily|hourly|sending|relay) (?:\S+ )?(?:quota|limit)|(?:sent|sending) to too many|"
-        r"throttl",
+        r"throttl|(?:receiving|sending) (?:mail )?too (?:quickly|fast)|greylist",
     ),
     (
         3,
         "policy_blocked",
         "relay denied",
         r"relay(?:ing)? (?:access )?(?:denied|not permitted|prohibited|not allowed)|unable to "
-        r"relay|not permitted to relay|relay not permitted|not allowed to relay|no relaying",
+        r"relay|not permitted to relay|relay not permitted|not allowed to relay|no relaying|"
+        r"allowed rcpthosts",
     ),
     (
         3,
