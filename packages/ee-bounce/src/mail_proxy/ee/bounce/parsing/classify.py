@@ -12,7 +12,11 @@ often a generic ``5.0.0`` or a guess; without a code in the text the field is us
    X.7.17 has_moved, X.7.20–X.7.26 policy_blocked (DKIM/SPF/DMARC failures);
    — except that a recipient-state or rate phrase in the text that contradicts it wins
    (``550 5.1.1 ... has sent to too many recipients this hour`` is a rate limit);
-2. otherwise the first diagnostic-text pattern of :mod:`.patterns` that matches;
+2. otherwise the best text pattern of :mod:`.patterns` (tiered: recipient state, then the
+   receiver's judgement, other policies, transport, weak catch-alls), looked for in the
+   report's diagnostic, then the notice's text about the recipient, then — for a
+   single-recipient bounce — the notice before it; a "user unknown"/"no such domain"
+   answer to ``MAIL FROM`` is about the sender and becomes policy_blocked;
 3. otherwise the generic meaning of the code's subject (X.1.x address → user_unknown,
    X.2.0/X.2.1 mailbox disabled → suspended, X.3.x system → other, X.4.x network →
    network_error, X.5.x protocol → other, X.6.x content → content_rejected, X.7.x security
@@ -20,6 +24,9 @@ often a generic ``5.0.0`` or a guess; without a code in the text the field is us
 4. otherwise the SMTP reply code (551 has_moved, 552 mailbox_full, 553 user_unknown,
    421 network_error);
 5. otherwise ``other``.
+
+A network_error in a report whose notice says the message expired (returned after days
+in the queue) becomes expired (:func:`settle_expiry`).
 
 **Type** (hard = permanent, soft = temporary), in this order:
 
@@ -40,7 +47,7 @@ from __future__ import annotations
 import re
 
 from .dsn import status_code
-from .patterns import match_text, pattern
+from .patterns import JUDGEMENT_TIER, TIERS
 
 _DEFINITIVE: dict[str, str] = {
     "1.1": "user_unknown",
@@ -112,6 +119,45 @@ _TEMPORARY = re.compile(
     r"still being retried|delivery attempts will continue|warning message only",
     re.I,
 )
+
+
+def match_text(text: str) -> tuple[str, str] | None:
+    """The ``(reason, pattern name)`` that best describes ``text``, or ``None`` (see
+    :func:`locate`)."""
+    found = locate(text)
+    return (found[0], found[1]) if found else None
+
+
+def locate(text: str) -> tuple[str, str, int] | None:
+    """``(reason, pattern name, position in the collapsed text)`` of the best match in the
+    table of :mod:`.patterns`.
+
+    The first tier with a match decides; inside it, the first pattern in table order
+    (all tiers but one) or the phrase found first in the text (the judgement tier).
+    """
+    flat = " ".join((text or "").split()).lower()
+    if not flat:
+        return None
+    for tier, patterns in enumerate(TIERS):
+        hits = []
+        for order, (reason, name, compiled) in enumerate(patterns):
+            found = compiled.search(flat)
+            if found:
+                rank = found.start() if tier == JUDGEMENT_TIER else 0
+                hits.append((rank, order, reason, name, found.start()))
+        if hits:
+            _rank, _order, reason, name, position = min(hits)
+            return reason, name, position
+    return None
+
+
+def pattern(name: str) -> re.Pattern[str]:
+    """The compiled pattern of the table entry called ``name``."""
+    for patterns in TIERS:
+        for _reason, entry, compiled in patterns:
+            if entry == name:
+                return compiled
+    raise KeyError(name)
 
 
 def smtp_code(text: str) -> str:

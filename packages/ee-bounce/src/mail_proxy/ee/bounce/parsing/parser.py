@@ -26,7 +26,6 @@ from . import classify, detect, dsn, original
 from .mime import Parts, collapse, collect_parts, header, header_all, load, normalize_address
 from .model import BounceReport, Finding, RecipientFailure
 from .notifications import ses_notification
-from .patterns import locate, match_text
 from .text_formats import find_recipients, notice_text, preamble
 
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To")
@@ -223,7 +222,7 @@ def _diagnostic(finding: Finding, before: str) -> str:
     says something recognisable (a code or a known phrase), trimmed around the reply."""
     candidates = [t for t in (finding.diagnostic, finding.text, before) if t and t.strip()]
     for text in candidates:
-        if classify.smtp_code(text) or dsn.status_code(text) or match_text(text):
+        if classify.smtp_code(text) or dsn.status_code(text) or classify.match_text(text):
             return _focus(text)
     return _focus(candidates[0]) if candidates else ""
 
@@ -238,7 +237,7 @@ def _focus(text: str, limit: int = 500) -> str:
     flat = collapse(text, limit=100_000).strip(" .,;:>)]-=*_#")
     if len(flat) > limit:
         anchors = [m.start() for m in (_REPLY.search(flat), _CODE.search(flat)) if m]
-        located = locate(flat)
+        located = classify.locate(flat)
         if located:
             anchors.insert(1, located[2])
         if anchors and anchors[0] > limit // 3:

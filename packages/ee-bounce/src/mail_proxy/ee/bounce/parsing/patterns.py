@@ -4,7 +4,7 @@ Remote servers explain a refusal in free text ("550 5.1.1 <a@b>: Recipient addre
 User unknown in local recipient table"), and the text is often more precise than the code
 that goes with it (``5.0.0``, ``5.5.0``, ``5.7.1``, a bare ``550``). The patterns below are
 the phrases mail systems actually use, grouped by meaning and cut into five tiers; the
-first tier with a match decides (see :func:`match_text`):
+first tier with a match decides (see :func:`.classify.locate`):
 
 1. **the recipient's state** — moved, mailbox full, message too big for it, account
    disabled, no such user, no such domain (and the sender's address refused, which
@@ -397,41 +397,5 @@ TIERS: list[list[tuple[str, str, re.Pattern[str]]]] = [
 ]
 
 
-def match_text(text: str) -> tuple[str, str] | None:
-    """The ``(reason, pattern name)`` that best describes ``text``, or ``None`` (see
-    :func:`locate`)."""
-    found = locate(text)
-    return (found[0], found[1]) if found else None
-
-
-def locate(text: str) -> tuple[str, str, int] | None:
-    """``(reason, pattern name, position in the collapsed text)`` of the best match.
-
-    The first tier with a match decides; inside it, the first pattern in table order
-    (all tiers but one) or the phrase found first in the text (the judgement tier).
-    """
-    flat = " ".join((text or "").split()).lower()
-    if not flat:
-        return None
-    for tier, patterns in zip(
-        (_RECIPIENT, _JUDGEMENT, _POLICY, _TRANSPORT, _WEAK), TIERS, strict=True
-    ):
-        hits = []
-        for order, (reason, name, compiled) in enumerate(patterns):
-            found = compiled.search(flat)
-            if found:
-                rank = found.start() if tier == _JUDGEMENT else 0
-                hits.append((rank, order, reason, name, found.start()))
-        if hits:
-            _rank, _order, reason, name, position = min(hits)
-            return reason, name, position
-    return None
-
-
-def pattern(name: str) -> re.Pattern[str]:
-    """The compiled pattern of the table entry called ``name``."""
-    for patterns in TIERS:
-        for _reason, entry, compiled in patterns:
-            if entry == name:
-                return compiled
-    raise KeyError(name)
+#: Index in :data:`TIERS` of the tier where the earliest phrase wins.
+JUDGEMENT_TIER = 1
