@@ -604,3 +604,39 @@ def test_garbage_does_not_raise() -> None:
     ):
         report = parse_bounce(raw)
         assert report.kind in ("not_bounce", "bounce", "autoreply")
+
+
+@pytest.mark.parametrize(
+    ("body", "addresses", "reason"),
+    [
+        (
+            "Your message to john@dest.example could not be delivered.\nReason: 550 5.1.1 user unknown",
+            ["john@dest.example"],
+            "user_unknown",
+        ),
+        (
+            "Delivery to john@dest.example failed: mailbox full",
+            ["john@dest.example"],
+            "mailbox_full",
+        ),
+        ("The user john@dest.example does not exist here.", ["john@dest.example"], "user_unknown"),
+        (
+            "a@dest.example, b@dest.example: 550 5.1.1 user unknown",
+            ["a@dest.example", "b@dest.example"],
+            "user_unknown",
+        ),
+        (
+            "Unable to deliver to <spam@dest.example>:\n550 5.1.1 no such user",
+            ["spam@dest.example"],
+            "user_unknown",
+        ),
+    ],
+)
+def test_recipient_positions_in_text(body: str, addresses: list[str], reason: str) -> None:
+    raw = _crlf(
+        "From: MAILER-DAEMON@mx.example.net\nTo: shop@sender.example\n"
+        f"Subject: Undeliverable message\n\n{body}\n\nPlease contact <help@mx.example.net>.\n"
+    )
+    report = parse_bounce(raw)
+    assert [r.address for r in report.recipients] == addresses
+    assert {r.reason for r in report.recipients} == {reason}

@@ -47,6 +47,7 @@ from __future__ import annotations
 import re
 
 from .dsn import status_code
+from .mime import EMAIL_RE
 from .patterns import JUDGEMENT_TIER, TIERS
 
 _DEFINITIVE: dict[str, str] = {
@@ -135,7 +136,8 @@ def locate(text: str) -> tuple[str, str, int] | None:
     The first tier with a match decides; inside it, the first pattern in table order
     (all tiers but one) or the phrase found first in the text (the judgement tier).
     """
-    flat = " ".join((text or "").split()).lower()
+    # addresses are masked: a local part such as "spam@" or "mailboxfull@" is not a reason
+    flat = " ".join(EMAIL_RE.sub("<addr>", text or "").split()).lower()
     if not flat:
         return None
     for tier, patterns in enumerate(TIERS):

@@ -19,9 +19,10 @@ rules that hold across all of them:
    the middle of a sentence are not recipients (``MAIL FROM:<sender>``, ``please contact
    <support@...>``), and the caller passes the addresses known to be the sender's, which are
    always skipped.
-3. **What the notice says about a recipient is the text that follows it**, up to the next
-   recipient. When that stretch holds nothing recognisable (the reason was written *before*
-   the address, as MailMarshal and Notes do), the classifier falls back to the notice.
+3. **What the notice says about a recipient is its line and the text that follows**, up
+   to the next recipient. When that stretch holds nothing recognisable (the reason was
+   written *before* the address, as MailMarshal and Notes do), the classifier falls back to
+   the notice.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _LABEL = re.compile(
     r"(?:recipient(?:\s+address)?|recipients?\s+were\s+affected|rcpt\s+to|addressed\s+to"
     r"|unknown\s+(?:user|recipient)|(?:deliver(?:ed|ing)?|sen[dt]|sending|transmit\w*)"
     r"(?:\s+\w+){0,3}\s+to|message\s+to|mail\s+address|attempts|failed\s+recipients?"
-    r"|generated\s+by|destinataire|empf[äa]nger|destinatario)"
+    r"|generated\s+by|delivery\s+to|\buser|\bmailbox|destinataire|empf[äa]nger|destinatario)"
     r"\s*[:=]?\s*[<(\"']*\s*$",
     re.I,
 )
@@ -88,8 +89,9 @@ def cut_original(text: str) -> str:
 
 def is_anchor(prefix: str) -> bool:
     """Whether an address preceded by ``prefix`` (on its line) stands in a recipient place."""
+    listed = re.sub(r"[,;]", " ", EMAIL_RE.sub(" ", prefix))  # "a@x, b@y: reason" names both
     return bool(
-        _LEADING.match(prefix)
+        _LEADING.match(listed)
         or _LABEL.search(prefix)
         or _SMTP_PREFIX.match(prefix)
         or _MAILTO.match(prefix)
@@ -115,13 +117,13 @@ def find_recipients(notice: str, exclude: set[str], never: set[str] = frozenset(
     if any(anchor[3] not in exclude for anchor in anchors):
         anchors = [anchor for anchor in anchors if anchor[3] not in exclude]
     found: dict[str, Finding] = {}
-    for index, (_start, end, _line, address) in enumerate(anchors):
+    for index, (start, _end, line, address) in enumerate(anchors):
         stop = len(notice)
         for later in anchors[index + 1 :]:
-            if later[3] != address:
+            if later[3] != address and later[2] > line:
                 stop = later[0]
                 break
-        segment = notice[end:stop].strip(" \t:>)]\"'")
+        segment = notice[start:stop].strip()
         if address not in found:
             found[address] = Finding(address=address, source="text", text=segment)
         elif segment and segment not in found[address].text:
