@@ -30,6 +30,19 @@ from mail_proxy.core.engine.mime import envelope
         ("Zoë Ünïcode <z@example.com>", "Zoë Ünïcode <z@example.com>"),
         ("first.last+tag@sub.example.co.uk", "first.last+tag@sub.example.co.uk"),
         ("user@localhost", "user@localhost"),
+        # international addresses (RFC 6531 local parts, IDNA 2008 domains), quoted locals
+        ("user@bücher.de", "user@bücher.de"),
+        ("Jörg <user@BÜCHER.de>", "Jörg <user@BÜCHER.de>"),
+        ("user@xn--bcher-kva.de", "user@xn--bcher-kva.de"),
+        ("用户@例子.广告", "用户@例子.广告"),
+        ("名字 <用户@例子.广告>", "名字 <用户@例子.广告>"),
+        ("müller@example.de", "müller@example.de"),
+        ('"john doe"@example.com', '"john doe"@example.com'),
+        ('John <"john doe"@example.com>', 'John <"john doe"@example.com>'),
+        ('"Doe, John" <"j,d"@example.com>', '"Doe, John" <"j,d"@example.com>'),
+        ('"a\\"b"@example.com', '"a\\"b"@example.com'),
+        ('N <"a<b"@example.com>', 'N <"a<b"@example.com>'),
+        ("ü" * 32 + "@example.de", "ü" * 32 + "@example.de"),
     ],
 )
 def test_valid_mailboxes(text: str, expected: str) -> None:
@@ -55,8 +68,14 @@ def test_valid_mailboxes(text: str, expected: str) -> None:
         "a@b.com <c@d.com>",
         "<a@b.com> <c@d.com>",
         "a@[127.0.0.1]",
-        '"quoted local"@example.com',
-        "müller@example.de",
+        "user@xn--zz.de",  # not a valid A-label
+        "a@😀.com",  # not valid under IDNA 2008
+        "a@bücher..de",
+        '""@example.com',
+        '"a\\b"@example.com',  # an escape that is not needed: not the canonical form
+        "a\u3000b@example.de",  # a Unicode space in the local part
+        "a\u00a0b@example.de",
+        "ü" * 33 + "@example.de",  # 66 octets in UTF-8
         "a@exa_mple.com",
         "a\t@b.com",
         "x" * 65 + "@example.com",
@@ -119,6 +138,11 @@ def test_fuzz_normalised_mailboxes_are_safe_and_stable() -> None:
         "\u00a0",
         "O'Brien",
         "  ",
+        '"j d"@x.org',
+        "用户@例子.广告",
+        "@bücher.de",
+        "\\",
+        "\u2028",
     ]
     accepted = 0
     for _ in range(5000):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from email import message_from_bytes
+from email import message_from_bytes, message_from_string
 from email import policy as email_policy
 from email.message import EmailMessage
 from typing import Any, cast
@@ -221,6 +221,48 @@ def test_non_ascii_subject_and_display_names_roundtrip() -> None:
     assert msg["Subject"] == "Caffè ☕ pronto"
     assert msg["From"].addresses[0].display_name == "José Müller"
     assert [a.addr_spec for a in msg["To"].addresses] == ["zoe@example.com", "b@example.com"]
+
+
+def test_international_domains_are_a_labels_in_the_headers() -> None:
+    p = payload(
+        **{
+            "from": "Jörg <joerg@bücher.de>",
+            "to": ["user@BÜCHER.de", '"Doe, Jöhn" <"john doe"@straße.de>', "x@xn--tda.de"],
+            "cc": ["用户@例子.广告"],
+            "reply_to": '"A, B" <r@münchen.de>, s@example.com',
+        }
+    )
+    msg = build_email(p, message_id="<fixed@example.com>", mail_id="m1", attachments=[])
+    raw = msg.as_bytes(policy=msg.policy.clone(utf8=True))  # as an SMTPUTF8 server gets it
+    parsed = cast(EmailMessage, message_from_string(raw.decode(), policy=email_policy.SMTPUTF8))
+    assert parsed["From"].addresses[0].addr_spec == "joerg@xn--bcher-kva.de"
+    assert parsed["From"].addresses[0].display_name == "Jörg"
+    assert [a.addr_spec for a in parsed["To"].addresses] == [
+        "user@xn--bcher-kva.de",
+        '"john doe"@xn--strae-oqa.de',  # IDNA 2008 (IDNA 2003 would say strasse.de)
+        "x@xn--tda.de",
+    ]
+    assert parsed["To"].addresses[1].display_name == "Doe, Jöhn"
+    assert [a.addr_spec for a in parsed["Cc"].addresses] == ["用户@xn--fsqu00a.xn--4rr70v"]
+    assert [a.addr_spec for a in parsed["Reply-To"].addresses] == [
+        "r@xn--mnchen-3ya.de",
+        "s@example.com",
+    ]
+    # the envelope keeps the stored form: the transport converts it
+    assert envelope(p) == (
+        "joerg@bücher.de",
+        ["user@BÜCHER.de", '"john doe"@straße.de', "x@xn--tda.de", "用户@例子.广告"],
+    )
+
+
+def test_an_invalid_stored_domain_is_a_permanent_message_error() -> None:
+    with pytest.raises(MessageContentError, match="to: .*not a valid internationalised"):
+        build_email(payload(to=["a@😀.example"]), message_id="<x@y>", mail_id="m")
+
+
+def test_message_id_domain_of_an_international_sender() -> None:
+    assert new_message_id("Jörg <j@straße.de>").endswith("@xn--strae-oqa.de>")
+    assert new_message_id("j@😀.example").endswith("@genro-mail-proxy.invalid>")
 
 
 def test_long_headers_are_folded() -> None:

@@ -5,6 +5,8 @@ folder (created if missing). The file is ``<mail id>.eml`` (``<tenant>_<mail id>
 the default tenant), the id reduced to safe characters; without a mail id the Message-ID is
 used. A retry of the same message overwrites its file, and the write goes through a temporary
 file and a rename, so a reader never sees half a message. Every recipient counts as accepted.
+A message with a UTF-8 local part in an address header is written with UTF-8 headers
+(RFC 6532), as an SMTPUTF8 server would receive it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import re
 import tempfile
 import uuid
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from mail_proxy.ce.transport.addresses import headers_need_smtputf8
 from mail_proxy.ce.transport.wire import without_bcc
 from mail_proxy.core.contracts.model import DEFAULT_TENANT
 from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
@@ -38,7 +42,11 @@ def safe_name(text: str) -> str:
 
 def _write(directory: Path, name: str, message: EmailMessage) -> Path:
     """Flatten and write atomically (runs in a worker thread)."""
-    data = without_bcc(message).as_bytes()
+    message = without_bcc(message)
+    if headers_need_smtputf8(message):
+        data = message.as_bytes(policy=cast(EmailPolicy, message.policy).clone(utf8=True))
+    else:
+        data = message.as_bytes()
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")

@@ -19,6 +19,10 @@ Rules (see API.md):
   :class:`MimeError` (a :class:`MessageContentError`: the message fails for good, at once).
   Extra headers that would replace a structural header (``RESERVED_HEADERS``) are ignored:
   the message fields win, so no ``headers`` entry can inject a ``Bcc`` or a second ``From``.
+* Internationalised domains in ``From``/``To``/``Cc``/``Reply-To`` are written as A-labels
+  (``user@xn--bcher-kva.de``), readable by any server; a UTF-8 local part stays UTF-8 (it
+  needs SMTPUTF8 whatever the domain). The envelope keeps the addresses as stored: the
+  transport converts them (``mail_proxy.ce.transport.addresses``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from email.utils import format_datetime, getaddresses
 from typing import Any, cast
 
 from mail_proxy.core.contracts.errors import MessageContentError
+from mail_proxy.core.engine.idn import DomainError, ascii_domain
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -162,8 +167,37 @@ def _address_list(value: Any) -> list[str]:
 
 
 def _joined(value: Any, field: str) -> str:
-    """An address field as one header value (``a@x, "B" <b@y>``)."""
-    return ", ".join(_clean(item, field) for item in _address_list(value))
+    """An address field as one header value (``a@x, "B" <b@y>``), domains as A-labels."""
+    return ", ".join(_header_mailboxes(_clean(item, field), field) for item in _address_list(value))
+
+
+def _header_mailboxes(text: str, field: str) -> str:
+    """``text`` (one or more mailboxes) with every non-ASCII domain written as A-labels.
+
+    ``text`` is returned as is when every domain is ASCII (without parsing when the whole
+    text is); otherwise the mailboxes are rebuilt, display names quoted (always valid).
+    """
+    if text.isascii():
+        return text
+    pairs = getaddresses([text])
+    if all(addr.rpartition("@")[2].isascii() for _name, addr in pairs):
+        return text
+    rebuilt = []
+    for name, addr in pairs:
+        local, at, domain = addr.rpartition("@")
+        if not at or not local:
+            raise MimeError("invalid_address", f"{field}: not a valid address list")
+        if not domain.isascii():
+            try:
+                addr = f"{local}@{ascii_domain(domain)}"
+            except DomainError as exc:
+                raise MimeError("invalid_address", f"{field}: {exc}") from None
+        if name:
+            quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+            rebuilt.append(f'"{quoted}" <{addr}>')
+        else:
+            rebuilt.append(addr)
+    return ", ".join(rebuilt)
 
 
 def addresses(value: Any) -> list[str]:
@@ -193,8 +227,8 @@ def _message_id_domain(from_addr: str) -> str:
         domain = found[0].rpartition("@")[2].strip().lower()
     if domain and not _DOMAIN_OK.match(domain):
         try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
+            domain = ascii_domain(domain)
+        except DomainError:
             domain = ""
     if not domain or "@" in domain or not _DOMAIN_OK.match(domain):
         domain = FALLBACK_DOMAIN
@@ -262,13 +296,13 @@ def build_email(
     """Build the ``EmailMessage`` of one stored message (see the module doc for the rules).
 
     Raises :class:`MimeError` for content that cannot be sent (a line-breaking character in a
-    header, an address or a file name, an empty Message-ID).
+    header, an address or a file name, an invalid domain, an empty Message-ID).
     """
     msg = EmailMessage(policy=POLICY)
     # bcc and return_path only reach the envelope (MAIL FROM / RCPT TO): checked all the same
     _joined(payload.get("bcc"), "bcc")
     _clean(payload.get("return_path") or "", "return_path")
-    _put(msg, "From", _clean(payload.get("from") or "", "from"))
+    _put(msg, "From", _header_mailboxes(_clean(payload.get("from") or "", "from"), "from"))
     to = _joined(payload.get("to"), "to")
     if to:
         _put(msg, "To", to)
