@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.smtp_server import SmtpTestServer
@@ -20,7 +21,10 @@ def smtp_runtime(make_settings: Callable[..., Any]) -> Callable[..., Runtime]:
     """``smtp_runtime(**settings)`` → a real Runtime with its encryption key loaded."""
 
     def build(**overrides: Any) -> Runtime:
-        rt = Runtime(make_settings(**overrides), create_plugin_manager(load_entry_points=False))
+        rt = Runtime.create(
+            make_settings(**overrides),
+            create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+        )
         rt.load_cipher()
         return rt
 

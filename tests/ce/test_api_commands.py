@@ -23,7 +23,7 @@ async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_
 async def test_scheduler_suspend_and_activate(api: Api) -> None:
     answer = await api.post("/commands/suspend")
     assert answer == {"ok": True, "scheduler_active": False, "_status": 200}
-    assert api.runtime.scheduler_active is False
+    assert api.runtime.scheduler.active is False
     assert (await api.get("/status"))["scheduler_active"] is False
     assert (await api.runtime.storage.get_settings())["scheduler_active"] is False
 
@@ -38,7 +38,7 @@ async def test_tenant_and_batch_suspension(api: Api) -> None:
     assert answer["tenant_id"] == "default"
     assert answer["suspended_batches"] == ["spring"]
     assert answer["pending_messages"] == 2
-    assert api.runtime.scheduler_active is True  # the scheduler itself keeps running
+    assert api.runtime.scheduler.active is True  # the scheduler itself keeps running
 
     rt = api.runtime
     claimed = await rt.storage.claim_messages(rt.instance_id, 4e9, 10, 60, 10)
@@ -56,7 +56,7 @@ async def test_tenant_and_batch_suspension(api: Api) -> None:
 async def test_batch_code_without_tenant_is_the_default_tenant(api: Api) -> None:
     answer = await api.post("/commands/suspend", {"batch_code": "x"})
     assert answer["tenant_id"] == "default" and answer["suspended_batches"] == ["x"]
-    assert api.runtime.scheduler_active is True
+    assert api.runtime.scheduler.active is True
     answer = await api.post("/commands/activate", {"batch_code": "x"})
     assert answer["suspended_batches"] == []
 

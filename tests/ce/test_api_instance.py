@@ -70,7 +70,7 @@ async def test_instance_get_and_put(api: Api) -> None:
     assert instance["retry_delays"] == [1, 2] and instance["scheduler_active"] is False
     rt = api.runtime
     assert rt.settings.instance_name == "edge-1" and rt.settings.sync_interval == 30
-    assert rt.settings.send_loop_interval == 0.2 and rt.scheduler_active is False
+    assert rt.settings.send_loop_interval == 0.2 and rt.scheduler.active is False
     assert (await api.get("/status"))["instance"] == "edge-1"
     stored = await rt.storage.get_settings()
     assert stored["instance_name"] == "edge-1" and stored["retry_delays"] == [1, 2]

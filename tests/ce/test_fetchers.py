@@ -24,7 +24,11 @@ import pytest
 from mail_proxy.ce.fetch.netpolicy import AddressPolicy, AddressRefused, PolicyResolver
 from mail_proxy.core.contracts.fetch import FetchError
 from mail_proxy.core.contracts.model import Tenant
-from mail_proxy.core.engine.attachments import get_resolver, validate_attachments
+from mail_proxy.core.engine.attachments import (
+    AttachmentResolver,
+    get_resolver,
+    validate_attachments,
+)
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.fetch_servers import Canary, FileServer
@@ -532,7 +536,7 @@ async def test_same_md5_marker_is_fetched_once(runtime: Any, servers: Any) -> No
         assert (result.filename, result.content) == ("report.pdf", ALL_BYTES)
     assert srv.count() == 1
     assert resolver.cache.stats.memory_hits == 2
-    assert get_resolver(rt) is resolver is rt.attachments  # type: ignore[attr-defined]
+    assert get_resolver(rt) is resolver is rt.local(AttachmentResolver)
 
 
 async def test_short_faq_marker_is_a_cache_key(runtime: Any, servers: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage import schema as t
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import Account, NewMessage, Tenant
@@ -28,7 +29,10 @@ from support.ce_api import Api, start_api
 
 @pytest.fixture
 async def storage(db_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
-    rt = Runtime(make_settings(database_url=db_url), create_plugin_manager(load_entry_points=False))
+    rt = Runtime.create(
+        make_settings(database_url=db_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
     rt.load_cipher()
     store = SqlStorage(rt, db_url)
     await store.start()

@@ -144,58 +144,37 @@ async def test_idle_tenants_get_an_empty_heartbeat_every_interval(
     assert len(ids) == 3  # every heartbeat is a new request id
 
 
-async def test_bounce_and_pec_events_map_to_their_fields(
+async def test_recorded_events_are_reported_in_the_shape_their_type_declares(
     start_app: Any, report_client: ReportClient
 ) -> None:
+    from mail_proxy.core.contracts.extensions import EventType
     from mail_proxy.core.contracts.model import NewEvent
 
     rc = report_client
     _client, rt = await start_app(client_sync_url=rc.url, sync_interval=3600)
     await rc.wait_requests(1)
+    rt.event_types.register(
+        "probe_hit",
+        EventType(
+            "probe_hit",
+            report=lambda ev: {"probe_ts": ev.event_ts, "probe": ev.metadata.get("what")},
+        ),
+        plugin="test",
+    )
     t0 = time.time() - 100
     await record_outcome(rt, "pb", "sent", ts=t0, wake=False)
-    added = await rt.storage.add_events(
+    added = await rt.record_events(
         [
-            NewEvent(
-                "default",
-                "pb",
-                "bounce",
-                t0 + 5,
-                "mailbox unknown",
-                {"bounce_type": "hard", "bounce_code": "5.1.1", "bounce_reason": "no user"},
-            ),
-            NewEvent(
-                "default",
-                "pb",
-                "pec_acceptance",
-                t0 + 6,
-                None,
-                {
-                    "pec_details": {"from": "posta-certificata@pec.example"},
-                    "pec_acceptance_ts": t0 + 6,
-                },
-            ),
-            NewEvent("default", "nobody", "bounce", t0, None, {}),  # unknown message: ignored
+            NewEvent("default", "pb", "probe_hit", t0 + 5, "seen", {"what": "x"}),
+            NewEvent("default", "pb", "undeclared", t0 + 6, "free text", {}),
+            NewEvent("default", "nobody", "probe_hit", t0, None, {}),  # unknown message: ignored
         ]
     )
-    assert added == 2
-    rt.wake_reporter()
+    assert [e.event_type for e in added] == ["probe_hit", "undeclared"]
     items = await rc.wait_items(3)
     assert items[1:] == [
-        {
-            "id": "pb",
-            "bounce_ts": t0 + 5,
-            "bounce_type": "hard",
-            "bounce_code": "5.1.1",
-            "bounce_reason": "no user",
-        },
-        {
-            "id": "pb",
-            "pec_event": "pec_acceptance",
-            "pec_ts": t0 + 6,
-            "pec_details": {"from": "posta-certificata@pec.example"},
-            "pec_acceptance_ts": t0 + 6,
-        },
+        {"id": "pb", "probe_ts": t0 + 5, "probe": "x"},
+        {"id": "pb", "event": "undeclared", "event_ts": t0 + 6, "description": "free text"},
     ]
 
 
@@ -255,8 +234,7 @@ async def test_failing_client_keeps_its_events_and_never_blocks_others(
             },
         )
         assert resp.status == 200, await resp.text()
-        rt.scheduler_active = True
-        rt.wake_dispatcher()
+        rt.scheduler.resume()
         items = await good.wait_items(2)
         assert items[1]["id"] == "live" and set(items[1]) == {"id", "sent_ts"}
 

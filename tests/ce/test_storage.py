@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
+from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage.engine import current_heads
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import (
@@ -25,7 +26,10 @@ from mail_proxy.core.plugins.loader import create_plugin_manager
 
 @pytest.fixture
 async def storage(db_url: str, make_settings) -> AsyncIterator[SqlStorage]:  # type: ignore[no-untyped-def]
-    rt = Runtime(make_settings(database_url=db_url), create_plugin_manager(load_entry_points=False))
+    rt = Runtime.create(
+        make_settings(database_url=db_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
     rt.load_cipher()
     store = SqlStorage(rt, db_url)
     await store.start()
@@ -47,7 +51,7 @@ def msg(i: int | str, priority: int = 2, tenant: str = "default", **kw) -> NewMe
 
 async def test_schema_comes_from_migrations(storage: SqlStorage) -> None:
     async with storage.engine.connect() as conn:
-        assert await current_heads(conn) == {"0003"}
+        assert await current_heads(conn) == {"0004"}
         tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
     assert {
         "messages",
@@ -309,7 +313,8 @@ async def test_settings_command_log_and_plugin_events(storage: SqlStorage) -> No
             NewEvent("default", "nope", "bounce", now),
         ]
     )
-    assert added == 1
+    assert [(e.message_id, e.message_pk) for e in added] == [("m1", added[0].message_pk)]
+    assert added[0].message_pk
     [ev] = await storage.fetch_unreported("default", 10)
     assert ev.event_type == "bounce" and ev.metadata == {"bounce_type": "hard"}
 
@@ -354,7 +359,10 @@ async def test_a_group_that_clashes_with_another_writer_is_retried_call_by_call(
 
     import asyncpg
 
-    rt = Runtime(make_settings(database_url=pg_url), create_plugin_manager(load_entry_points=False))
+    rt = Runtime.create(
+        make_settings(database_url=pg_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
     store = SqlStorage(rt, pg_url)
     await store.start()
     schema = pg_url.rsplit("schema=", 1)[1]

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import NewMessage
 from mail_proxy.core.engine.runtime import Runtime
@@ -29,7 +30,10 @@ def new(payload: dict[str, Any]) -> NewMessage:
 
 @pytest.fixture
 async def store(pg_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
-    rt = Runtime(make_settings(database_url=pg_url), create_plugin_manager(load_entry_points=False))
+    rt = Runtime.create(
+        make_settings(database_url=pg_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
     storage = SqlStorage(rt, pg_url)
     await storage.start()
     await storage.enqueue([new({"subject": "first"})], time.time())
@@ -107,7 +111,10 @@ async def test_instances_starting_together_both_create_the_default_tenant(
         "INSERT INTO tenants (id, name, active, created_at, updated_at)"
         " VALUES ('default', 'Default tenant', true, 0, 0)"
     )
-    rt = Runtime(make_settings(database_url=pg_url), create_plugin_manager(load_entry_points=False))
+    rt = Runtime.create(
+        make_settings(database_url=pg_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
     second = SqlStorage(rt, pg_url)
     try:
         await while_held(pg_url, insert_default, second.start())  # no IntegrityError

@@ -22,6 +22,7 @@ from mail_proxy.core.contracts.model import Tenant
 from mail_proxy.core.engine.attachment_cache import AttachmentCache
 from mail_proxy.core.engine.attachments import (
     AttachmentError,
+    AttachmentResolver,
     get_resolver,
     infer_mode,
     parse_spec,
@@ -210,7 +211,7 @@ async def test_resolver_is_one_per_runtime(runtime: Callable[..., Runtime]) -> N
     rt = runtime()
     resolver = get_resolver(rt)
     assert get_resolver(rt) is resolver
-    assert rt.attachments is resolver  # type: ignore[attr-defined]
+    assert rt.local(AttachmentResolver) is resolver
     assert get_resolver(runtime()) is not resolver
 
 

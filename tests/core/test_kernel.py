@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,15 +97,40 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="GMP_SCHEDULER_ACTIVE"):
         load_settings(env={"GMP_SCHEDULER_ACTIVE": "perhaps"})
     cfg.write_text("prot = 1\n")
-    with pytest.raises(ConfigError, match="prot: unknown setting"):
-        load_settings(env={}, config_file=cfg)
+    with pytest.raises(ConfigError, match="prot: unknown setting"):  # when the plugins are known
+        load_settings(env={}, config_file=cfg).bind_sections({})
     assert load_settings(env={}).resolved_database_url().startswith("sqlite:///")
+
+
+def test_plugin_settings_sections_read_the_same_sources(tmp_path: Path) -> None:
+    from mail_proxy.ce.settings import SmtpSettings
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("smtp_idle_timeout = 12\n")
+    s = load_settings(env={"GMP_SMTP_CONNECT_TIMEOUT": "3"}, config_file=cfg)
+    s.bind_sections({"smtp": SmtpSettings})
+    assert (s.section("smtp").smtp_idle_timeout, s.section("smtp").smtp_connect_timeout) == (12, 3)
+    cfg.write_text("[smtp]\nsmtp_idle_timeout = 7\n")  # or in the section's own table
+    s = load_settings(env={}, config_file=cfg)
+    s.bind_sections({"smtp": SmtpSettings})
+    assert s.section("smtp").smtp_idle_timeout == 7
+    with pytest.raises(ConfigError, match="GMP_SMTP_IDLE_TIMEOUT: invalid value"):
+        load_settings(env={"GMP_SMTP_IDLE_TIMEOUT": "-1"}).bind_sections({"smtp": SmtpSettings})
+    cfg.write_text("[nosuch]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"\[nosuch\]: unknown setting"):
+        load_settings(env={}, config_file=cfg).bind_sections({"smtp": SmtpSettings})
+    with pytest.raises(ConfigError, match="no installed plugin declares"):
+        load_settings(env={}).section("smtp")
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", doc, re.M))
+    sections: Registry[Any] = Registry("settings section")
+    create_plugin_manager().fill("register_settings", "sections", sections)
     declared = {f.metadata["env"] for f in setting_fields()}
+    for _name, section in sections.items():  # every installed plugin's own settings too
+        declared |= {f.metadata["env"] for f in setting_fields(section.settings)}
     assert declared == documented
 
 

@@ -12,6 +12,7 @@ from mail_proxy.core.plugins import hookimpl
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.extensions import SettingsSection, TenantSetting
     from mail_proxy.core.contracts.fetch import Fetcher
     from mail_proxy.core.contracts.reports import ReportSink
     from mail_proxy.core.contracts.routes import RouteTable
@@ -79,3 +80,49 @@ def register_commands(commands: CommandRegistry) -> None:
     from .cli import register
 
     register(commands, PLUGIN)
+
+
+@hookimpl
+def register_settings(sections: Registry[SettingsSection]) -> None:
+    from mail_proxy.core.contracts.extensions import SettingsSection
+
+    from .settings import FETCH, REPORT_SINK, SMTP, FetchSettings, ReportSinkSettings, SmtpSettings
+
+    for name, cls in (
+        (SMTP, SmtpSettings),
+        (FETCH, FetchSettings),
+        (REPORT_SINK, ReportSinkSettings),
+    ):
+        sections.register(name, SettingsSection(name, cls, PLUGIN), plugin=PLUGIN)
+
+
+@hookimpl
+def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
+    from .api.directory import directory_of
+
+    directory_of(runtime).invalidate(tenant_id)
+
+
+@hookimpl
+def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
+    from .api.directory import directory_of
+
+    directory_of(runtime).invalidate(tenant_id)
+
+
+#: Tenant settings of the enterprise plugins, for a clear answer when one is not installed.
+OPTIONAL_TENANT_SETTINGS = {
+    "large_file_config": ("large-files", "genro-mail-proxy[large-files]"),
+    "bounce": ("bounce", "genro-mail-proxy[bounce]"),
+}
+
+
+@hookimpl
+def register_tenant_settings(settings: Registry[TenantSetting]) -> None:
+    from mail_proxy.core.contracts.extensions import TenantSetting
+
+    for name, (plugin, extra) in OPTIONAL_TENANT_SETTINGS.items():
+        hint = f"needs the {plugin} plugin (pip install '{extra}')"
+        settings.register(
+            name, TenantSetting(name, None, doc=hint), plugin=PLUGIN, placeholder=True
+        )

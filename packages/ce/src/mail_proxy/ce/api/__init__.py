@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mail_proxy.core.contracts.routes import RouteTable
 
-from . import accounts, commands, instance, messages, status
+from . import accounts, commands, instance, messages, status, tenant_settings
 from .models import (
     AccountBody,
     AddMessagesBody,
@@ -203,4 +203,42 @@ def register(routes: RouteTable, plugin: str) -> None:
         query=ExportQuery,
         plugin=plugin,
         summary="The audit trail as JSON lines (streamed)",
+    )
+    # -- plugins' per-tenant settings ----------------------------------------------------
+    add(
+        "GET",
+        "/tenant-settings",
+        tenant_settings.list_settings,
+        scope="tenant",
+        query=TenantQuery,
+        plugin=plugin,
+        summary="The tenant's plugin settings (secrets shown as <name>_set)",
+    )
+    add(
+        "GET",
+        "/tenant-settings/{name}",
+        tenant_settings.get_setting,
+        scope="tenant",
+        query=TenantQuery,
+        plugin=plugin,
+        summary="One plugin setting of the tenant",
+    )
+    add(
+        "PUT",
+        "/tenant-settings/{name}",
+        tenant_settings.put_setting,
+        scope="tenant",
+        query=TenantQuery,
+        body=tenant_settings.SettingValue,
+        plugin=plugin,
+        summary="Replace one plugin setting, validated by its plugin",
+    )
+    add(
+        "DELETE",
+        "/tenant-settings/{name}",
+        tenant_settings.delete_setting,
+        scope="tenant",
+        query=TenantQuery,
+        plugin=plugin,
+        summary="Remove one plugin setting",
     )

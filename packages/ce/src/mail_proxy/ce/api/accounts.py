@@ -12,7 +12,6 @@ from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import Account
 from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
 
-from .directory import directory_of
 from .models import AccountBody
 
 _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -102,7 +101,7 @@ async def save_account(request: web.Request) -> web.Response:
         extra=existing.extra if existing else {},
     )
     saved = await rt.storage.save_account(account)
-    directory_of(rt).invalidate(tenant_id)
+    await rt.tenant_changed(tenant_id)
     request[AUDIT_SUMMARY] = {"account_id": body.id, "created": existing is None}
     return ok({"account": public_account(saved)})
 
@@ -130,6 +129,6 @@ async def delete_account(request: web.Request) -> web.Response:
             active_messages=active,
         )
     await rt.storage.delete_account(tenant_id, account_id)
-    directory_of(rt).invalidate(tenant_id)
+    await rt.tenant_changed(tenant_id)
     request[AUDIT_SUMMARY] = {"account_id": account_id}
     return ok({"removed": account_id})

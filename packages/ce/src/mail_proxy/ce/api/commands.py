@@ -23,10 +23,10 @@ async def run_now(request: web.Request) -> web.Response:
     principal = principal_of(request)
     tenant_id = tenant_of(request)
     narrowed = tenant_named(request) or not principal.is_admin
-    if not principal.is_admin:
-        rt.report_priority_tenants.add(tenant_id)
+    if not principal.is_admin:  # the tenant's own run-now lifts its do-not-disturb window
+        rt.report_sync.request_sync(tenant_id, urgent=True)
     else:  # sync now (heartbeats included) every tenant, or the named one; DND respected
-        rt.report_sync_requested.add(tenant_id if narrowed else "*")
+        rt.report_sync.request_sync(tenant_id if narrowed else None)
     rt.wake_dispatcher()
     rt.wake_reporter()
     return ok({"tenant_id": tenant_id if narrowed else None})
@@ -35,9 +35,7 @@ async def run_now(request: web.Request) -> web.Response:
 async def _set_scheduler(request: web.Request, active: bool) -> web.Response:
     rt = runtime_of(request)
     await rt.storage.put_settings({"scheduler_active": active})
-    rt.scheduler_active = active
-    if active:
-        rt.wake_dispatcher()
+    rt.scheduler.set(active)
     request[AUDIT_SUMMARY] = {"scheduler_active": active}
     return ok({"scheduler_active": active})
 

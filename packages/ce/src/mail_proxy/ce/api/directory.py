@@ -12,7 +12,6 @@ than ``MISS_REFRESH`` seconds, so a just-created account works immediately.
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass, field
 
 from mail_proxy.core.contracts.model import DEFAULT_TENANT, Account, Tenant
@@ -90,12 +89,6 @@ class TenantDirectory:
             self._views.pop(tenant_id, None)
 
 
-_directories: weakref.WeakKeyDictionary[Runtime, TenantDirectory] = weakref.WeakKeyDictionary()
-
-
 def directory_of(runtime: Runtime) -> TenantDirectory:
     """The directory of ``runtime`` (one per running service, created on first use)."""
-    found = _directories.get(runtime)
-    if found is None:
-        found = _directories[runtime] = TenantDirectory(runtime)
-    return found
+    return runtime.local(TenantDirectory)

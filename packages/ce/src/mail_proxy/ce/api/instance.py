@@ -33,7 +33,7 @@ _FIELDS = {
 def instance_view(rt: Runtime) -> dict[str, Any]:
     s = rt.settings
     view: dict[str, Any] = {api: getattr(s, attr) for api, attr in _FIELDS.items()}
-    view["scheduler_active"] = rt.scheduler_active
+    view["scheduler_active"] = rt.scheduler.active
     view["version"] = __version__
     view["instance_id"] = rt.instance_id
     return view
@@ -61,7 +61,7 @@ async def put_instance(request: web.Request) -> web.Response:
         await rt.storage.put_settings(stored)
     for key, value in stored.items():
         if key == "scheduler_active":
-            rt.scheduler_active = value
+            rt.scheduler.set(value)
         else:
             setattr(rt.settings, key, value)
     if changes.get("scheduler_active") or "send_loop_interval" in stored:

@@ -15,7 +15,7 @@ async def status(request: web.Request) -> web.Response:
     pending = await rt.storage.count_pending(None if principal.is_admin else principal.tenant_id)
     return ok(
         {
-            "scheduler_active": rt.scheduler_active,
+            "scheduler_active": rt.scheduler.active,
             "version": __version__,
             "instance": rt.settings.instance_name,
             "plugins": rt.plugins.names(),

@@ -7,10 +7,10 @@ docs/api.md "Rejection reasons") and never blocks the valid ones. The accepted e
 
 Checks, in order: JSON shape (the :class:`~.models.Message` model), line-breaking characters
 in every string that reaches a header or the envelope (the MIME builder's own check,
-:func:`~mail_proxy.core.engine.mime.character_problem`), tenant, addresses (strict, see
-:mod:`.addresses`), extra headers, message id, account, attachments
-(``mail_proxy.core.engine.attachments.validate_attachments``, file names included) and
-finally the plugins' ``validate_message`` hook.
+:func:`~mail_proxy.core.engine.mime.character_problem`), tenant, number of recipients
+(``max_recipients``), addresses (strict, see :mod:`.addresses`), extra headers, message id,
+account, attachments (``mail_proxy.core.engine.attachments.validate_attachments``, file
+names included) and finally the plugins' ``validate_message`` hook.
 
 :func:`enqueue_batch` is usable outside HTTP (the CLI ``send`` command).
 """
@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.contracts.extensions import EnqueueContext, EnqueueRejected, MessageStep
 from mail_proxy.core.contracts.model import DEFAULT_TENANT, NewMessage
 from mail_proxy.core.engine.attachments import seal_auth, validate_attachments
 from mail_proxy.core.engine.mime import (
@@ -41,6 +42,7 @@ from .addresses import (
     format_mailbox,
     normalise_address_list,
     parse_mailbox,
+    split_address_list,
 )
 from .directory import TenantDirectory, TenantView, directory_of
 from .models import Message, priority_value
@@ -79,13 +81,18 @@ class BatchResult:
 
     queued: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    #: ``{"id", "warning"}`` from message steps that accepted an entry with a warning.
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.queued == 0 and self.rejected)
 
     def public(self) -> dict[str, Any]:
-        return {"ok": self.ok, "queued": self.queued, "rejected": self.rejected}
+        out = {"ok": self.ok, "queued": self.queued, "rejected": self.rejected}
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
 
 
 def _shown(text: str) -> str:
@@ -149,6 +156,13 @@ def _refuse_line_breaks(msg: Message) -> None:
             raise Rejected(problem)
 
 
+def _count(value: str | list[str] | None) -> int:
+    """How many mailboxes a ``to``/``cc``/``bcc`` value names (before parsing them)."""
+    if value is None:
+        return 0
+    return len(split_address_list(value)) if isinstance(value, str) else len(value)
+
+
 def _recipients(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
@@ -180,8 +194,15 @@ class MessageValidator:
     def __init__(self, runtime: Runtime, default_priority: int = DEFAULT_PRIORITY) -> None:
         self.runtime = runtime
         self.default_priority = default_priority
-        hook = runtime.plugins.hook.validate_message
-        self.hook: Any = hook if hook.get_hookimpls() else None
+        self.max_recipients = runtime.settings.max_recipients
+        steps = runtime.message_steps
+        #: The plugins' steps that look at each entry at enqueue, in name order.
+        self.steps = [
+            step
+            for step in (steps.get(name) for name in steps)
+            if type(step).at_enqueue is not MessageStep.at_enqueue
+        ]
+        self.warnings: list[dict[str, Any]] = []
 
     def shape(self, raw: Any) -> Message:
         """Check the JSON shape of one entry."""
@@ -196,6 +217,11 @@ class MessageValidator:
 
     async def build(self, msg: Message, view: TenantView, directory: TenantDirectory) -> NewMessage:
         """The :class:`NewMessage` of a shape-checked entry of ``view``'s tenant."""
+        count = _count(msg.to) + _count(msg.cc) + _count(msg.bcc)
+        if count > self.max_recipients:  # counted before parsing thousands of addresses
+            raise Rejected(
+                f"too many recipients: {count} (to + cc + bcc); the limit is {self.max_recipients}"
+            )
         from_name, from_addr = _mailbox(msg.from_, "from")
         payload: dict[str, Any] = {"from": format_mailbox(from_name, from_addr)}
         to = _recipients(msg.to)
@@ -261,24 +287,27 @@ class MessageValidator:
             batch_code=msg.batch_code,
             deferred_ts=msg.deferred_ts,
         )
-        if self.hook is not None:
-            self._ask_plugins(new, view)
+        if self.steps:
+            await self._run_steps(new, view, msg)
         return new
 
-    def _ask_plugins(self, new: NewMessage, view: TenantView) -> None:
-        message = {
-            "id": new.id,
-            "tenant_id": new.tenant_id,
-            "account_id": new.account_id,
-            "priority": new.priority,
-            "batch_code": new.batch_code,
-            "deferred_ts": new.deferred_ts,
-            "message_id": new.message_id,
-            **new.payload,
-        }
-        for reason in self.hook(message=message, tenant=view.tenant, runtime=self.runtime):
-            if reason:
-                raise Rejected(str(reason))
+    async def _run_steps(self, new: NewMessage, view: TenantView, msg: Message) -> None:
+        """The plugins' ``at_enqueue`` steps: each may refuse the entry, change its payload or
+        add a warning for the client."""
+        ctx = EnqueueContext(
+            view.tenant,
+            new.id,
+            new.payload,
+            self.runtime,
+            options={"account_id": new.account_id, "raw": msg.model_dump(by_alias=True)},
+        )
+        for step in self.steps:
+            try:
+                await step.at_enqueue(ctx)
+            except EnqueueRejected as exc:
+                raise Rejected(str(exc)) from None
+        new.payload = ctx.payload
+        self.warnings += [{"id": new.id, "warning": w} for w in ctx.warnings]
 
 
 async def enqueue_batch(
@@ -349,4 +378,6 @@ async def enqueue_batch(
             result.rejected.sort(key=lambda r: (r["index"] is None, r["index"] or 0))
         if stored.queued:
             runtime.notify_enqueued()
+        refused = {client_id for client_id, _ in stored.rejected}
+        result.warnings = [w for w in validator.warnings if w["id"] not in refused]
     return result

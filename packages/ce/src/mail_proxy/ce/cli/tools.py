@@ -34,6 +34,11 @@ _ADDS = {
     "transports": ("register_transports", "registry", "transport"),
     "report_sinks": ("register_report_sinks", "registry", "report sink"),
     "services": ("register_services", "services", "service"),
+    "settings_sections": ("register_settings", "sections", "settings section"),
+    "migration_branches": ("register_migrations", "branches", "migration branch"),
+    "tenant_settings": ("register_tenant_settings", "settings", "tenant setting"),
+    "event_types": ("register_event_types", "event_types", "event type"),
+    "message_steps": ("register_message_steps", "steps", "message step"),
 }
 
 
@@ -83,16 +88,17 @@ def collect_additions(pm: Any) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for key, (hook, arg, kind) in _ADDS.items():
         registry: Registry[Any] = Registry(kind)
-        getattr(pm.hook, hook)(**{arg: registry})
+        pm.fill(hook, arg, registry)
         for name in registry:
-            out[registry.owner(name)][key].append(name)
+            if not registry.is_placeholder(name):
+                out[registry.owner(name)][key].append(name)
     commands = CommandRegistry()
-    pm.hook.register_commands(commands=commands)
+    pm.register_commands(commands)
     for spec in commands.all():
         label = spec.name if spec.level == "global" else f"{spec.level}:{spec.name}"
         out[spec.plugin]["commands"].append(label)
     routes = RouteTable()
-    pm.hook.register_routes(routes=routes)
+    pm.register_routes(routes)
     for route in routes:
         out[route.plugin]["routes"].append(f"{route.method} {route.path}")
     return out

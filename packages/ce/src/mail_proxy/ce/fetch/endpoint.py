@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mail_proxy.ce.settings import FETCH
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 from mail_proxy.core.contracts.model import DEFAULT_TENANT
@@ -66,7 +67,9 @@ class EndpointFetcher(Fetcher):
         return None
 
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
-        url, trusted = endpoint_url(request.tenant, runtime.settings.attachment_base_url)
+        url, trusted = endpoint_url(
+            request.tenant, runtime.settings.section(FETCH).attachment_base_url
+        )
         # The attachment's own auth when it has one, else the tenant's client_auth.
         headers = auth_headers(request.auth or request.tenant.client_auth)
         body = {"storage_path": request.storage_path}

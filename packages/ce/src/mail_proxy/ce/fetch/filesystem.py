@@ -25,6 +25,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
+from mail_proxy.ce.settings import FETCH
 from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
 
 if TYPE_CHECKING:
@@ -139,11 +140,11 @@ class FilesystemFetcher(Fetcher):
 
     def validate(self, storage_path: str, runtime: Runtime) -> str | None:
         try:
-            lexical_path(storage_path, runtime.settings.attachment_base_dirs)
+            lexical_path(storage_path, runtime.settings.section(FETCH).attachment_base_dirs)
         except ValueError as exc:
             return str(exc)
         return None
 
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
-        bases = list(runtime.settings.attachment_base_dirs)
+        bases = list(runtime.settings.section(FETCH).attachment_base_dirs)
         return await asyncio.to_thread(read_file, request.storage_path, bases, request.max_bytes)

@@ -13,7 +13,10 @@ policy therefore:
   addresses is loopback, private, link-local, multicast, reserved, unspecified, shared
   (100.64.0.0/10), not globally routable, or a cloud metadata address; IPv6 forms that embed
   an IPv4 address (mapped, 6to4, Teredo, NAT64) are judged by that address too;
-* lets the operator re-allow networks with ``GMP_FETCH_ALLOW_NETWORKS`` (CIDRs).
+* lets the operator re-allow networks with ``GMP_FETCH_ALLOW_NETWORKS`` (CIDRs);
+* never allows the proxy's own listening address (``GMP_HOST``:``GMP_PORT``; with a wildcard
+  host, that port on loopback or on any address of this machine), even when the allow-list
+  covers it: a message must not make the proxy call its own API.
 
 :class:`PolicyResolver` plugs the same check into aiohttp's connector, so the connection goes
 to the very addresses that were checked (a second DNS answer cannot rebind it elsewhere).
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from mail_proxy.ce.settings import FETCH
 from mail_proxy.core.contracts.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -122,15 +126,76 @@ def is_legacy_numeric_host(host: str) -> bool:
     return False
 
 
+def _plain(ip: IPAddress) -> IPAddress:
+    """``ip`` without an IPv6 scope, and an IPv4-mapped IPv6 address as IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+    return ip
+
+
+def _is_local_address(ip: IPAddress) -> bool:
+    """True when ``ip`` is an address of this machine (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+class OwnEndpoints:
+    """The addresses the proxy's HTTP server listens on, as ``(host, port)`` pairs.
+
+    A literal host is kept as is; a wildcard host (``0.0.0.0``, ``::``, empty) stands for the
+    port on every local address; a host name is resolved once, here (it is the operator's own
+    setting, normally ``localhost`` or a literal).
+    """
+
+    def __init__(self, listen: Iterable[tuple[str, int]] = ()) -> None:
+        self.exact: set[tuple[IPAddress, int]] = set()
+        self.any_address_ports: set[int] = set()
+        for host, port in listen:
+            ip = literal_ip(host) if host else ipaddress.IPv4Address(0)
+            if ip is not None and ip.is_unspecified:
+                self.any_address_ports.add(port)
+            elif ip is not None:
+                self.exact.add((_plain(ip), port))
+            else:
+                try:
+                    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                except (OSError, UnicodeError):
+                    continue  # the server cannot listen there either
+                for info in infos:
+                    address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+                    self.exact.add((_plain(address), port))
+
+    def __contains__(self, endpoint: tuple[IPAddress, int]) -> bool:
+        ip, port = _plain(endpoint[0]), endpoint[1]
+        if (ip, port) in self.exact:
+            return True
+        if ip.is_unspecified:  # connecting to 0.0.0.0 / :: reaches this machine
+            return port in self.any_address_ports or any(p == port for _, p in self.exact)
+        if port in self.any_address_ports:
+            return ip.is_loopback or _is_local_address(ip)
+        return False
+
+
 class AddressPolicy:
     """Decides whether a URL / an address may be fetched."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
+    def __init__(self, allow: Iterable[str] = (), own: Iterable[tuple[str, int]] = ()) -> None:
         self.allow = parse_networks(allow)
+        self.own = OwnEndpoints(own)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AddressPolicy:
-        return cls(settings.fetch_allow_networks)
+        return cls(
+            settings.section(FETCH).fetch_allow_networks, own=[(settings.host, settings.port)]
+        )
 
     def _allowed(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self.allow)
@@ -148,6 +213,19 @@ class AddressPolicy:
                 if reason is not None:
                     return f"{reason} ({inner} embedded in an IPv6 address)"
         return _basic_refusal(ip)
+
+    def _refuse_own(self, host: str, ip: IPAddress, port: int) -> AddressRefused | None:
+        """The refusal when ``ip``:``port`` is where this proxy listens, else None."""
+        if (ip, port) not in self.own:
+            return None
+        if host != str(ip):
+            shown = f"{host!r} ({ip}) port {port}"
+        else:
+            shown = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        return AddressRefused(
+            f"refused by the address policy: {shown} is this proxy's own listening address "
+            f"(never fetched, whatever {ALLOW_SETTING} allows)"
+        )
 
     def _refuse(self, host: str, ip: IPAddress, reason: str) -> AddressRefused:
         shown = host if host == str(ip) else f"{host!r} resolves to {ip}, which"
@@ -171,6 +249,9 @@ class AddressPolicy:
             )
         ip = literal_ip(host)
         if ip is not None:
+            own = self._refuse_own(str(ip), ip, parsed.port or 0)
+            if own is not None:
+                raise own
             reason = self.refusal(ip)
             if reason is not None:
                 raise self._refuse(str(ip), ip, reason)
@@ -197,6 +278,9 @@ class AddressPolicy:
         for fam, _type, _proto, _canon, sockaddr in infos:
             address = str(sockaddr[0])
             ip = ipaddress.ip_address(address.split("%", 1)[0])
+            own = self._refuse_own(host, ip, port)
+            if own is not None:
+                raise own
             reason = self.refusal(ip)
             if reason is not None:
                 raise self._refuse(host, ip, reason)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
+from mail_proxy.ce.settings import REPORT_SINK
 from mail_proxy.core import __version__
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.contracts.fetch import FetchError
@@ -70,7 +71,7 @@ def sync_target(tenant: Tenant, runtime: Runtime) -> SyncTarget | None:
 
     Raises ``ValueError`` for unusable credentials (an invalid ``client_auth``).
     """
-    s = runtime.settings
+    s = runtime.settings.section(REPORT_SINK)
     if tenant.client_base_url:
         path = tenant.client_sync_path or DEFAULT_SYNC_PATH
         if not path.startswith("/"):
@@ -138,7 +139,7 @@ class HttpSyncSink(ReportSink):
         self._warned_unsigned: set[str] = set()
 
     def configured_for(self, tenant: Tenant, runtime: Runtime) -> bool:
-        return bool(tenant.client_base_url or runtime.settings.client_sync_url)
+        return bool(tenant.client_base_url or runtime.settings.section(REPORT_SINK).client_sync_url)
 
     def describe(self, tenant: Tenant, runtime: Runtime) -> str | None:
         """The URL reports go to (without credentials or query), for status pages."""

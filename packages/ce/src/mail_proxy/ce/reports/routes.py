@@ -73,7 +73,7 @@ async def list_reports(request: web.Request) -> web.Response:
     events = await rt.storage.fetch_unreported(tenant_id, query.limit + 1, after_pk=after)
     has_more = len(events) > query.limit
     events = events[: query.limit]
-    items = [{**report_item(e), "cursor": encode_cursor(e.pk)} for e in events]
+    items = [{**report_item(e, rt.event_types), "cursor": encode_cursor(e.pk)} for e in events]
     next_cursor = items[-1]["cursor"] if items else query.after
     return ok({"delivery_report": items, "next_cursor": next_cursor, "has_more": has_more})
 

@@ -10,6 +10,7 @@ an accepted message survives a crash or power loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,14 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         cur.close()
 
 
-async def migrate(engine: AsyncEngine, schema: str | None) -> None:
-    """Create the schema if needed and upgrade it to the newest revision of every branch."""
+async def migrate(
+    engine: AsyncEngine, schema: str | None, branches: Sequence[tuple[str, str, Any]] = ()
+) -> None:
+    """Create the schema if needed and upgrade every branch to its newest revision: the
+    Community Edition's own, then each installed plugin's ``(name, versions_dir,
+    metadata)``. Each plugin branch keeps its revision in its own table
+    (``alembic_version_<name>``), so a plugin installed later gets its tables on the next
+    start, and an uninstalled plugin's tables and revision are left as they are."""
     async with engine.begin() as conn:
         if schema:
             await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
@@ -78,23 +85,43 @@ async def migrate(engine: AsyncEngine, schema: str | None) -> None:
         if engine.dialect.name == "postgresql":
             # One migrator at a time when several instances start together.
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7236001)"))
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(_upgrade, None, str(MIGRATIONS / "versions"), None)
+        for name, versions_dir, metadata in branches:
+            await conn.run_sync(_upgrade, name, versions_dir, metadata)
 
 
-def _upgrade(sync_conn: Any) -> None:
+def _upgrade(sync_conn: Any, branch: str | None, versions_dir: str, metadata: Any) -> None:
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = alembic_config(branch, versions_dir, metadata)
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "heads")
 
 
-async def current_heads(conn: AsyncConnection) -> set[str]:
+def alembic_config(branch: str | None, versions_dir: str, metadata: Any = None) -> Any:
+    """The alembic configuration of one branch (``None``: the Community Edition's)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", versions_dir)
+    cfg.attributes["version_table"] = version_table(branch)
+    cfg.attributes["metadata"] = metadata
+    return cfg
+
+
+def version_table(branch: str | None) -> str:
+    return "alembic_version" if branch is None else f"alembic_version_{branch}"
+
+
+async def current_heads(conn: AsyncConnection, branch: str | None = None) -> set[str]:
+    """The revisions recorded for ``branch`` (``None``: the Community Edition's)."""
+
     def read(sync_conn: Any) -> set[str]:
         from alembic.runtime.migration import MigrationContext
 
-        return set(MigrationContext.configure(sync_conn).get_current_heads())
+        ctx = MigrationContext.configure(sync_conn, opts={"version_table": version_table(branch)})
+        return set(ctx.get_current_heads())
 
     return await conn.run_sync(read)

@@ -20,11 +20,21 @@ tenants = sa.Table(
     sa.Column("client_attachment_path", sa.Text),
     sa.Column("client_auth_enc", sa.Text),
     sa.Column("rate_limits", sa.JSON),
-    sa.Column("large_file_config", sa.JSON),
     sa.Column("api_key_hash", sa.String(128), unique=True),
     sa.Column("api_key_expires_at", sa.Float),
     sa.Column("sync_secret_enc", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Plugins' per-tenant configuration (``register_tenant_settings``): one JSON value per tenant
+# and setting name; secret members are stored as ``{"$enc": token}``.
+tenant_settings = sa.Table(
+    "tenant_settings",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
@@ -95,6 +105,8 @@ sa.Index(
     postgresql_where=messages.c.status.in_(ACTIVE),
 )
 sa.Index("ix_messages_tenant_pk", messages.c.tenant_id, messages.c.pk)
+# Finding a message by the Message-ID the proxy generated (bounces, receipts quote it).
+sa.Index("ix_messages_message_id", messages.c.message_id)
 # Retention scan of finished rows. Partial, so that the claim query (active rows) is never
 # tempted to use it instead of ix_messages_ready.
 FINISHED = ("sent", "error")

@@ -53,6 +53,7 @@ from mail_proxy.core.engine.runtime import KEY_CHECK_SETTING
 
 from . import schema as t
 from .engine import make_engine, migrate
+from .plugin_data import PluginDataMixin
 
 if TYPE_CHECKING:
     from mail_proxy.core.engine.runtime import Runtime
@@ -77,7 +78,7 @@ EVENTS_LOCK = 7236002  # advisory lock key serialising outbox writers on Postgre
 WINDOWS = (("per_minute", 60.0), ("per_hour", 3600.0), ("per_day", 86400.0))
 
 
-class SqlStorage(Storage):
+class SqlStorage(PluginDataMixin, Storage):
     def __init__(self, runtime: Runtime | None, url: str) -> None:
         self.runtime = runtime
         self.engine, self.dialect, self.schema = make_engine(url)
@@ -109,9 +110,16 @@ class SqlStorage(Storage):
                 raise StorageUnavailable(str(exc).splitlines()[0]) from exc
             raise
 
+    @property
+    def database(self) -> Any:
+        """The engine plugins keep their own tables on (their migration branches)."""
+        return self.engine
+
     async def start(self) -> None:
         try:
-            await migrate(self.engine, self.schema)
+            found = [] if self.runtime is None else self.runtime.migration_branches.items()
+            branches = [(name, b.versions_dir, b.metadata) for name, b in found]
+            await migrate(self.engine, self.schema, branches)
         except (OperationalError, DBAPIError, OSError) as exc:
             if _is_connection_error(exc):
                 raise StorageUnavailable(f"cannot open the database: {exc}") from exc
@@ -171,7 +179,6 @@ class SqlStorage(Storage):
             client_attachment_path=row.client_attachment_path,
             client_auth=json.loads(auth) if auth else None,
             rate_limits=row.rate_limits,
-            large_file_config=row.large_file_config,
             api_key_hash=row.api_key_hash,
             api_key_expires_at=row.api_key_expires_at,
             sync_secret=self._decrypt(row.sync_secret_enc),
@@ -203,7 +210,6 @@ class SqlStorage(Storage):
             if tenant.client_auth
             else None,
             "rate_limits": tenant.rate_limits,
-            "large_file_config": tenant.large_file_config,
             "api_key_hash": tenant.api_key_hash,
             "api_key_expires_at": tenant.api_key_expires_at,
             "sync_secret_enc": self._encrypt(tenant.sync_secret) if tenant.sync_secret else None,
@@ -231,7 +237,14 @@ class SqlStorage(Storage):
             gone = (
                 await conn.execute(t.tenants.delete().where(t.tenants.c.id == tenant_id))
             ).rowcount
-            for table in (t.accounts, t.messages, t.events, t.suspensions, t.sync_state):
+            for table in (
+                t.accounts,
+                t.messages,
+                t.events,
+                t.suspensions,
+                t.sync_state,
+                t.tenant_settings,
+            ):
                 await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
             await conn.execute(
                 # exact match: '_' in a tenant id is a LIKE wildcard (another tenant's buckets)
@@ -887,9 +900,9 @@ class SqlStorage(Storage):
         return int(res.rowcount or 0)
 
     # -- events and reports -----------------------------------------------------------------------
-    async def add_events(self, events: Sequence[NewEvent]) -> int:
+    async def add_events(self, events: Sequence[NewEvent]) -> list[EventRecord]:
         if not events:
-            return 0
+            return []
         m = t.messages.c
         wanted: dict[str, set[str]] = defaultdict(set)
         for ev in events:
@@ -922,7 +935,19 @@ class SqlStorage(Storage):
                 )
             if rows:
                 await self._insert_events(conn, rows)
-        return len(rows)
+        return [
+            EventRecord(
+                0,
+                r["tenant_id"],
+                r["message_pk"],
+                r["message_id"],
+                r["event_type"],
+                r["event_ts"],
+                r["description"],
+                r["metadata"],
+            )
+            for r in rows
+        ]
 
     async def _insert_events(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Insert outbox events so that ``pk`` order is commit order.
@@ -1126,6 +1151,7 @@ class SqlStorage(Storage):
                     tenant_rows,
                 )
             changed += await self._reencrypt_attachment_auth(conn, transform)
+            changed += await self._reencrypt_tenant_settings(conn, transform)
             if new_check is not None and new_check != stored_check:
                 await conn.execute(
                     t.instance_settings.update()

@@ -56,6 +56,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from mail_proxy.ce.settings import SMTP as SMTP_SETTINGS
 from mail_proxy.ce.transport.wire import DataPieces, data_pieces
 from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
 
@@ -290,8 +291,9 @@ class SmtpTransport(Transport):
         settings = runtime.settings
         self._runtime = runtime
         self._pool_size = max(1, int(settings.max_sends_per_account))
-        self._idle_timeout = float(settings.smtp_idle_timeout)
-        self._connect_timeout = float(settings.smtp_connect_timeout)
+        smtp = settings.section(SMTP_SETTINGS)
+        self._idle_timeout = float(smtp.smtp_idle_timeout)
+        self._connect_timeout = float(smtp.smtp_connect_timeout)
         self._noop_after = noop_after
         self._pools: dict[_PoolKey, _Pool] = {}
         self._tls_contexts: dict[tuple[str | None, bool], asyncio.Future[ssl.SSLContext]] = {}

@@ -82,7 +82,7 @@ def load_commands() -> CommandRegistry:
     disabled = [n.strip() for n in os.environ.get("GMP_DISABLED_PLUGINS", "").split(",")]
     pm = create_plugin_manager(disabled=[n for n in disabled if n])
     registry = CommandRegistry()
-    pm.hook.register_commands(commands=registry)
+    pm.register_commands(registry)
     _registry = registry
     return registry
 

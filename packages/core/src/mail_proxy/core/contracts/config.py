@@ -27,7 +27,7 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
 
-def _bool(raw: Any) -> bool:
+def parse_bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -38,7 +38,7 @@ def _bool(raw: Any) -> bool:
     raise ValueError(f"expected a boolean (true/false), got {raw!r}")
 
 
-def _float_list(raw: Any) -> list[float]:
+def parse_float_list(raw: Any) -> list[float]:
     if isinstance(raw, list | tuple):
         values = [float(v) for v in raw]
     else:
@@ -48,7 +48,7 @@ def _float_list(raw: Any) -> list[float]:
     return values
 
 
-def _str_list(sep: str) -> Callable[[Any], list[str]]:
+def parse_str_list(sep: str) -> Callable[[Any], list[str]]:
     def parse(raw: Any) -> list[str]:
         if isinstance(raw, list | tuple):
             return [str(v) for v in raw if str(v)]
@@ -57,7 +57,7 @@ def _str_list(sep: str) -> Callable[[Any], list[str]]:
     return parse
 
 
-def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(raw: Any) -> Any:
         value = kind(raw)
         if value <= 0:
@@ -67,7 +67,7 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
-def _non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse(raw: Any) -> Any:
         value = kind(raw)
         if value < 0:
@@ -77,14 +77,14 @@ def _non_negative(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
-def _log_level(raw: Any) -> str:
+def parse_log_level(raw: Any) -> str:
     value = str(raw).upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
 
-def _opt_str(raw: Any) -> str | None:
+def parse_opt_str(raw: Any) -> str | None:
     text = str(raw).strip()
     return text or None
 
@@ -116,40 +116,46 @@ class Settings:
         "GMP_INSTANCE_DIR",
         "Directory holding the instance's SQLite database, key and logs "
         "(default: current directory for `serve`).",
-        _opt_str,
+        parse_opt_str,
     )
     host: str = setting("127.0.0.1", "GMP_HOST", "Address the HTTP server listens on.")
-    port: int = setting(8000, "GMP_PORT", "HTTP port.", _positive(int))
+    port: int = setting(8000, "GMP_PORT", "HTTP port.", positive(int))
     api_token: str | None = setting(
         None,
         "GMP_API_TOKEN",
-        "Admin token (X-API-Token). Required unless GMP_INSECURE=1.",
-        _opt_str,
+        "Admin token (X-API-Token), at least 16 characters. Required unless GMP_INSECURE=1.",
+        parse_opt_str,
     )
     insecure: bool = setting(
         False,
         "GMP_INSECURE",
         "Run without an admin token (prints a warning; never in production).",
-        _bool,
+        parse_bool,
     )
-    log_level: str = setting("INFO", "GMP_LOG_LEVEL", "Logging level.", _log_level)
+    log_level: str = setting("INFO", "GMP_LOG_LEVEL", "Logging level.", parse_log_level)
     max_request_bytes: int = setting(
         10 * 1024 * 1024,
         "GMP_MAX_REQUEST_BYTES",
         "Largest accepted request body (413 beyond).",
-        _positive(int),
+        positive(int),
     )
     max_batch_messages: int = setting(
         1000,
         "GMP_MAX_BATCH_MESSAGES",
         "Most messages in one add-messages call (413 beyond).",
-        _positive(int),
+        positive(int),
+    )
+    max_recipients: int = setting(
+        1000,
+        "GMP_MAX_RECIPIENTS",
+        "Most recipients (to + cc + bcc) of one message; a message with more is rejected.",
+        positive(int),
     )
     disabled_plugins: list[str] = setting(
         None,
         "GMP_DISABLED_PLUGINS",
         "Comma-separated plugin names not to load.",
-        _str_list(","),
+        parse_str_list(","),
         factory=list,
     )
 
@@ -158,13 +164,13 @@ class Settings:
         None,
         "GMP_DATABASE_URL",
         "Database URL: sqlite:///path or postgresql://user@host/db. Overrides GMP_DB_PATH.",
-        _opt_str,
+        parse_opt_str,
     )
     db_path: str | None = setting(
         None,
         "GMP_DB_PATH",
         "SQLite file (default: mail_proxy.db in the instance directory).",
-        _opt_str,
+        parse_opt_str,
     )
 
     # -- dispatch ----------------------------------------------------------------------
@@ -172,78 +178,69 @@ class Settings:
         True,
         "GMP_SCHEDULER_ACTIVE",
         "Start with the dispatcher running (false = suspended).",
-        _bool,
+        parse_bool,
     )
     test_mode: bool = setting(
-        False, "GMP_TEST_MODE", "Loops wait for POST /commands/run-now instead of polling.", _bool
+        False,
+        "GMP_TEST_MODE",
+        "Loops wait for POST /commands/run-now instead of polling.",
+        parse_bool,
     )
     send_loop_interval: float = setting(
-        0.5, "GMP_SEND_LOOP_INTERVAL", "Idle dispatcher poll interval (seconds).", _positive(float)
+        0.5, "GMP_SEND_LOOP_INTERVAL", "Idle dispatcher poll interval (seconds).", positive(float)
     )
     intake_priority_max_hold: float = setting(
         1.0,
         "GMP_INTAKE_PRIORITY_MAX_HOLD",
         "While many messages are being accepted at once, the dispatcher holds new claims for "
         "at most this long at a time (seconds; 0 = no intake priority).",
-        _non_negative(float),
+        non_negative(float),
     )
     batch_size_per_account: int = setting(
         50,
         "GMP_BATCH_SIZE_PER_ACCOUNT",
         "Most messages claimed per account in one round.",
-        _positive(int),
+        positive(int),
     )
     claim_batch_size: int = setting(
         500,
         "GMP_CLAIM_BATCH_SIZE",
         "Most messages claimed in one round (all accounts).",
-        _positive(int),
+        positive(int),
     )
     max_concurrent_sends: int = setting(
-        64, "GMP_MAX_CONCURRENT_SENDS", "Global bound on deliveries in flight.", _positive(int)
+        64, "GMP_MAX_CONCURRENT_SENDS", "Global bound on deliveries in flight.", positive(int)
     )
     max_sends_per_account: int = setting(
         8,
         "GMP_MAX_SENDS_PER_ACCOUNT",
         "Bound on deliveries in flight per account (also its SMTP pool size).",
-        _positive(int),
+        positive(int),
     )
     claim_lease_seconds: float = setting(
         300.0,
         "GMP_CLAIM_LEASE_SECONDS",
         "How long a claimed message belongs to an instance before others may retake it.",
-        _positive(float),
+        positive(float),
     )
     max_retries: int = setting(
         5,
         "GMP_MAX_RETRIES",
         "Retries of a temporary failure before the message fails.",
-        _non_negative(int),
+        non_negative(int),
     )
     retry_delays: list[float] = setting(
         None,
         "GMP_RETRY_DELAYS",
         "Comma-separated backoff delays in seconds for retry 1, 2, ... (last one repeats).",
-        _float_list,
+        parse_float_list,
         factory=lambda: [60.0, 300.0, 900.0, 3600.0, 7200.0],
     )
     retry_jitter: float = setting(
         0.1,
         "GMP_RETRY_JITTER",
         "Random spread added to each retry delay (fraction).",
-        _non_negative(float),
-    )
-    smtp_idle_timeout: float = setting(
-        60.0,
-        "GMP_SMTP_IDLE_TIMEOUT",
-        "Pooled SMTP connections idle longer are closed.",
-        _positive(float),
-    )
-    smtp_connect_timeout: float = setting(
-        15.0,
-        "GMP_SMTP_CONNECT_TIMEOUT",
-        "SMTP connect + greeting + TLS + AUTH timeout.",
-        _positive(float),
+        non_negative(float),
     )
 
     # -- attachments -------------------------------------------------------------------
@@ -251,111 +248,70 @@ class Settings:
         30.0,
         "GMP_ATTACHMENT_TIMEOUT",
         "Timeout of one attachment fetch (seconds).",
-        _positive(float),
+        positive(float),
     )
     attachment_max_mb: float = setting(
-        25.0, "GMP_ATTACHMENT_MAX_MB", "Largest attachment accepted (MB).", _positive(float)
+        25.0, "GMP_ATTACHMENT_MAX_MB", "Largest attachment accepted (MB).", positive(float)
     )
     attachment_memory_budget_mb: float = setting(
         128.0,
         "GMP_ATTACHMENT_MEMORY_BUDGET_MB",
         "Memory reserved for messages with attachments being built and sent (MB); each "
         "reserves about 4x its attachments' size, large ones take turns.",
-        _positive(float),
+        positive(float),
     )
     max_concurrent_attachments: int = setting(
         8,
         "GMP_MAX_CONCURRENT_ATTACHMENTS",
         "Attachment fetches in flight (all messages).",
-        _positive(int),
-    )
-    attachment_base_url: str | None = setting(
-        None,
-        "GMP_ATTACHMENT_BASE_URL",
-        "Endpoint base URL when the tenant has none (trusted).",
-        _opt_str,
-    )
-    attachment_base_dirs: list[str] = setting(
-        None,
-        "GMP_ATTACHMENT_BASE_DIRS",
-        "':'-separated directories the filesystem fetch mode may read (empty = mode disabled).",
-        _str_list(":"),
-        factory=list,
-    )
-    fetch_allow_networks: list[str] = setting(
-        None,
-        "GMP_FETCH_ALLOW_NETWORKS",
-        "Comma-separated CIDRs that message/tenant URLs may reach despite the address policy.",
-        _str_list(","),
-        factory=list,
+        positive(int),
     )
     cache_memory_max_mb: float = setting(
-        50.0, "GMP_CACHE_MEMORY_MAX_MB", "Memory attachment cache size (MB).", _non_negative(float)
+        50.0, "GMP_CACHE_MEMORY_MAX_MB", "Memory attachment cache size (MB).", non_negative(float)
     )
     cache_memory_item_max_kb: float = setting(
         512.0,
         "GMP_CACHE_MEMORY_ITEM_MAX_KB",
         "Items up to this size go to the memory tier, larger ones to disk (KB).",
-        _non_negative(float),
+        non_negative(float),
     )
     cache_memory_ttl: float = setting(
-        300.0, "GMP_CACHE_MEMORY_TTL", "Memory cache entry lifetime (seconds).", _positive(float)
+        300.0, "GMP_CACHE_MEMORY_TTL", "Memory cache entry lifetime (seconds).", positive(float)
     )
     cache_disk_dir: str | None = setting(
         None,
         "GMP_CACHE_DISK_DIR",
         "Directory of the disk attachment cache (unset = no disk tier).",
-        _opt_str,
+        parse_opt_str,
     )
     cache_disk_max_mb: float = setting(
-        500.0, "GMP_CACHE_DISK_MAX_MB", "Disk attachment cache size (MB).", _non_negative(float)
+        500.0, "GMP_CACHE_DISK_MAX_MB", "Disk attachment cache size (MB).", non_negative(float)
     )
     cache_disk_ttl: float = setting(
-        3600.0, "GMP_CACHE_DISK_TTL", "Disk cache entry lifetime (seconds).", _positive(float)
+        3600.0, "GMP_CACHE_DISK_TTL", "Disk cache entry lifetime (seconds).", positive(float)
     )
 
     # -- delivery reports ----------------------------------------------------------------
-    client_sync_url: str | None = setting(
-        None,
-        "GMP_CLIENT_SYNC_URL",
-        "Global delivery-report URL for tenants without their own.",
-        _opt_str,
-    )
-    client_sync_user: str | None = setting(
-        None, "GMP_CLIENT_SYNC_USER", "Basic-auth user for GMP_CLIENT_SYNC_URL.", _opt_str
-    )
-    client_sync_password: str | None = setting(
-        None, "GMP_CLIENT_SYNC_PASSWORD", "Basic-auth password for GMP_CLIENT_SYNC_URL.", _opt_str
-    )
-    client_sync_token: str | None = setting(
-        None, "GMP_CLIENT_SYNC_TOKEN", "Bearer token for GMP_CLIENT_SYNC_URL.", _opt_str
-    )
-    client_sync_secret: str | None = setting(
-        None,
-        "GMP_CLIENT_SYNC_SECRET",
-        "Signing secret for reports sent to GMP_CLIENT_SYNC_URL.",
-        _opt_str,
-    )
     sync_interval: float = setting(
         300.0,
         "GMP_SYNC_INTERVAL",
         "Heartbeat interval of delivery-report sync (seconds).",
-        _positive(float),
+        positive(float),
     )
     sync_timeout: float = setting(
         30.0,
         "GMP_SYNC_TIMEOUT",
         "Timeout of one delivery-report request (seconds).",
-        _positive(float),
+        positive(float),
     )
     report_batch_size: int = setting(
-        500, "GMP_REPORT_BATCH_SIZE", "Most events in one delivery-report request.", _positive(int)
+        500, "GMP_REPORT_BATCH_SIZE", "Most events in one delivery-report request.", positive(int)
     )
     report_retention_seconds: float = setting(
         7 * 86400.0,
         "GMP_DELIVERY_REPORT_RETENTION_SECONDS",
         "Finished, fully reported messages are purged after this long.",
-        _positive(float),
+        positive(float),
     )
 
     # -- secrets ---------------------------------------------------------------------------
@@ -364,8 +320,48 @@ class Settings:
         "MAIL_PROXY_ENCRYPTION_KEY",
         "Base64 of 32 bytes (AES-256-GCM) for stored secrets; else /run/secrets/encryption_key, "
         "else the instance's encryption.key file.",
-        _opt_str,
+        parse_opt_str,
     )
+
+    # -- plugin sections (bound by the runtime, see bind_sections) ----------------------
+    _sources: _Sources = field(default_factory=lambda: _Sources(), repr=False, compare=False)
+    _sections: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def section(self, name: str) -> Any:
+        """The settings of the plugin section ``name`` (declared with ``register_settings``)."""
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise ConfigError(name, "no installed plugin declares this settings section") from None
+
+    def bind_sections(self, sections: Mapping[str, type]) -> None:
+        """Build each plugin section from the same sources as the core settings (config file,
+        environment, overrides); a key that neither the core nor a section declares is a
+        :class:`ConfigError` (a typo must not be silently ignored)."""
+        src = self._sources
+        claimed: set[str] = set()
+        for name, cls in sections.items():
+            table = src.tables.get(name, {})
+            values: dict[str, Any] = {}
+            for f in fields(cls):
+                if "env" not in f.metadata:
+                    continue
+                for raw_source, key in ((src.flat, f.name), (table, f.name)):
+                    if key in raw_source:
+                        values[f.name] = _parse(f, raw_source[key], key)
+                        claimed.add(f.name)
+                if f.metadata["env"] in src.env:
+                    values[f.name] = _parse(f, src.env[f.metadata["env"]], f.metadata["env"])
+                if f.name in src.overrides:
+                    values[f.name] = src.overrides[f.name]
+                    claimed.add(f.name)
+            self._sections[name] = cls(**values)
+        unknown = sorted(
+            [k for k in (*src.flat, *src.overrides) if k not in claimed]
+            + [f"[{t}]" for t in src.tables if t not in sections]
+        )
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting{src.where}")
 
     # ---------------------------------------------------------------------------------------
     def resolved_database_url(self) -> str:
@@ -380,8 +376,21 @@ class Settings:
         return int(self.attachment_max_mb * 1024 * 1024)
 
 
-def setting_fields() -> list[dataclasses.Field[Any]]:
-    return [f for f in fields(Settings) if "env" in f.metadata]
+@dataclass
+class _Sources:
+    """What :func:`load_settings` read but the core does not declare: kept for the plugin
+    sections (bound once the plugins are known)."""
+
+    flat: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
+
+
+def setting_fields(cls: type = Settings) -> list[dataclasses.Field[Any]]:
+    """The declared settings of ``cls`` (core's :class:`Settings` or a plugin section)."""
+    return [f for f in fields(cls) if "env" in f.metadata]
 
 
 def load_settings(
@@ -394,6 +403,7 @@ def load_settings(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     by_name = {f.name: f for f in setting_fields()}
+    sources = _Sources(env={k: v for k, v in env.items() if k.startswith("GMP_")})
 
     if config_file is not None:
         path = Path(config_file)
@@ -403,10 +413,14 @@ def load_settings(
             raise ConfigError(str(path), "config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        sources.where = f" in {path}"
         for key, raw in data.items():
-            if key not in by_name:
-                raise ConfigError(key, f"unknown setting in {path}")
-            values[key] = _parse(by_name[key], raw, key)
+            if isinstance(raw, dict):
+                sources.tables[key] = raw  # a plugin section's [table]
+            elif key in by_name:
+                values[key] = _parse(by_name[key], raw, key)
+            else:
+                sources.flat[key] = raw  # a plugin section's key, or a typo: bind_sections
 
     for f in setting_fields():
         name = f.metadata["env"]
@@ -414,11 +428,12 @@ def load_settings(
             values[f.name] = _parse(f, env[name], name)
 
     for key, value in (overrides or {}).items():
-        if key not in by_name:
-            raise ConfigError(key, "unknown setting")
-        values[key] = value
+        if key in by_name:
+            values[key] = value
+        else:
+            sources.overrides[key] = value
 
-    settings = Settings(**values)
+    settings = Settings(**values, _sources=sources)
     if settings.max_retries > 0 and not settings.retry_delays:
         raise ConfigError("GMP_RETRY_DELAYS", "at least one delay is needed")
     return settings

@@ -43,7 +43,6 @@ class Tenant:
     #: Decrypted ``{"method": "none"|"bearer"|"basic", ...}``; never returned by the API.
     client_auth: dict[str, Any] | None = None
     rate_limits: dict[str, Any] | None = None
-    large_file_config: dict[str, Any] | None = None
     api_key_hash: str | None = None
     api_key_expires_at: float | None = None
     #: Secret for signing delivery reports (decrypted); never returned except at creation.
@@ -191,9 +190,21 @@ class EventRecord:
         }
 
 
+@dataclass(frozen=True)
+class MessageRef:
+    """Where a message is, found by the Message-ID the proxy generated for it."""
+
+    pk: int
+    tenant_id: str
+    id: str
+    account_id: str
+    status: str
+    message_id: str
+
+
 @dataclass
 class NewEvent:
-    """An event added by a plugin service (bounce, PEC) through ``Storage.add_events``."""
+    """An event a plugin's service records on a message (``Runtime.record_events``)."""
 
     tenant_id: str
     message_id: str

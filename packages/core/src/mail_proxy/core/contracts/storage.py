@@ -22,6 +22,7 @@ from mail_proxy.core.contracts.model import (
     CommandLogEntry,
     EventRecord,
     MessageRecord,
+    MessageRef,
     NewEvent,
     NewMessage,
     Outcome,
@@ -223,10 +224,11 @@ class Storage(abc.ABC):
 
     # -- events and reports ---------------------------------------------------------
     @abc.abstractmethod
-    async def add_events(self, events: Sequence[NewEvent]) -> int:
-        """Record events produced outside dispatch (bounce, PEC) for existing messages.
-        Events naming an unknown (tenant, message id) are ignored; returns how many were
-        recorded."""
+    async def add_events(self, events: Sequence[NewEvent]) -> list[EventRecord]:
+        """Record events produced outside dispatch (by a plugin's service) for existing
+        messages, in one transaction. Events naming an unknown (tenant, message id) are
+        ignored; the recorded ones are returned (their outbox ``pk`` is not read back: 0).
+        Services call ``Runtime.record_events``, which also tells the plugins."""
 
     @abc.abstractmethod
     async def fetch_unreported(
@@ -259,6 +261,26 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def save_sync_state(self, state: SyncState) -> None: ...
+
+    # -- what plugins keep (contracts/extensions.py) ---------------------------------
+    @abc.abstractmethod
+    async def get_tenant_settings(self, tenant_id: str) -> dict[str, Any]:
+        """The plugins' stored settings of a tenant, by name (secret members sealed)."""
+
+    @abc.abstractmethod
+    async def put_tenant_setting(self, tenant_id: str, name: str, value: Any | None) -> None:
+        """Store (or with None remove) one plugin setting of a tenant."""
+
+    @abc.abstractmethod
+    async def find_messages_by_message_id(self, message_ids: Sequence[str]) -> list[MessageRef]:
+        """The messages whose generated Message-ID (with its angle brackets) is one of
+        ``message_ids``, across tenants: the caller checks the tenant it expects."""
+
+    @property
+    def database(self) -> Any:
+        """The SQLAlchemy ``AsyncEngine`` on which plugins keep their own tables (created by
+        their ``MigrationBranch``), or None for a storage that is not SQL."""
+        return None
 
     # -- instance settings and audit -------------------------------------------------
     @abc.abstractmethod

@@ -460,9 +460,5 @@ async def _all_or_nothing(coros: list[Any]) -> list[bytes]:
 
 
 def get_resolver(runtime: Runtime) -> AttachmentResolver:
-    """The runtime's resolver (created on first use, then kept as ``runtime.attachments``)."""
-    found = runtime.__dict__.get("attachments")
-    if not isinstance(found, AttachmentResolver):
-        found = AttachmentResolver(runtime)
-        runtime.__dict__["attachments"] = found
-    return found
+    """The runtime's resolver (created on first use, then kept by the runtime)."""
+    return runtime.local(AttachmentResolver)

@@ -3,7 +3,7 @@
 One round: claim up to the free capacity (priority 0 → 3, FIFO inside a priority, at most
 ``batch_size_per_account`` per account, with a lease) → apply rate limits per account (and per
 tenant when the tenant has quotas) in one reservation per bucket → deliver each message
-concurrently (attachments → MIME → ``prepare_message`` hooks → transport), bounded globally
+concurrently (message steps → attachments → steps → MIME → steps → transport), bounded globally
 (``max_concurrent_sends``) and per account (``max_sends_per_account``) → hand each outcome to
 the :class:`OutcomeWriter`, which commits outcomes *with their events* in batched
 transactions (group commit), fenced by the claim token.
@@ -23,8 +23,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mail_proxy.core.contracts.errors import MessageContentError
+from mail_proxy.core.contracts.extensions import DeliveryContext, Event, MessageStep
 from mail_proxy.core.contracts.fetch import FetchError
-from mail_proxy.core.contracts.model import Account, MessageRecord, Outcome, Tenant
+from mail_proxy.core.contracts.model import Account, MessageRecord, NewEvent, Outcome, Tenant
 from mail_proxy.core.contracts.services import Service
 from mail_proxy.core.contracts.storage import RateLimits
 from mail_proxy.core.contracts.transport import SendResult, TransportError
@@ -43,6 +45,14 @@ BUILD_IN_THREAD_BYTES = 256 * 1024
 BATCH_WINDOW = 0.005
 
 
+def _overrides_delivery(step: MessageStep) -> bool:
+    """True when ``step`` does something before fetching, after fetching or before sending."""
+    return any(
+        getattr(type(step), name) is not getattr(MessageStep, name)
+        for name in ("before_fetch", "after_fetch", "before_send")
+    )
+
+
 @dataclass
 class _Cached:
     value: Any
@@ -55,17 +65,17 @@ class OutcomeWriter:
     def __init__(self, runtime: Runtime, max_batch: int = 500) -> None:
         self.rt = runtime
         self.max_batch = max_batch
-        self._buffer: list[tuple[Outcome, str, str, asyncio.Future[None]]] = []
+        self._buffer: list[tuple[Outcome, MessageRecord, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="outcome-writer")
 
-    def add(self, outcome: Outcome, tenant_id: str, account_id: str) -> asyncio.Future[None]:
-        """Queue an outcome; the returned future completes once it is committed."""
+    def add(self, outcome: Outcome, rec: MessageRecord) -> asyncio.Future[None]:
+        """Queue an outcome of ``rec``; the returned future completes once it is committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buffer.append((outcome, tenant_id, account_id, done))
+        self._buffer.append((outcome, rec, done))
         self._ready.set()
         return done
 
@@ -97,14 +107,24 @@ class OutcomeWriter:
                 await asyncio.sleep(1.0)
                 continue
             now = time.time()
-            for outcome, tenant_id, account_id, done in batch:
+            for outcome, rec, done in batch:
                 if not done.done():
                     done.set_result(None)
                 if outcome.pk not in applied:
                     log.warning("outcome for message pk=%s fenced off (claim retaken)", outcome.pk)
                     continue
                 if outcome.kind != "released":
-                    self.rt.emit(outcome.kind, tenant_id, account_id)
+                    self.rt.emit(
+                        Event(
+                            outcome.kind,
+                            rec.tenant_id,
+                            rec.account_id,
+                            rec.pk,
+                            rec.id,
+                            outcome.ts,
+                            outcome.metadata,
+                        )
+                    )
                 if outcome.kind == "sent" and outcome.metadata.get("created_at"):
                     self.rt.metrics.queue_latency.observe(now - outcome.metadata["created_at"])
             self.rt.wake_reporter()
@@ -135,6 +155,12 @@ class Dispatcher(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: The plugins' message steps that do something at delivery time, in name order.
+        self._steps: list[MessageStep] = [
+            step
+            for step in (runtime.message_steps.get(n) for n in runtime.message_steps)
+            if _overrides_delivery(step)
+        ]
 
     @property
     def policy(self) -> RetryPolicy:
@@ -228,7 +254,7 @@ class Dispatcher(Service):
         """Claim (at most ``limit``) and start delivering one batch; returns how many messages
         were claimed."""
         rt = self.rt
-        if not rt.scheduler_active or self._stopping:
+        if not rt.scheduler.active or self._stopping:
             return 0
         s = rt.settings
         free = min(self._free(), limit)
@@ -295,7 +321,9 @@ class Dispatcher(Service):
                 await self.rt.storage.release_sends(bucket, got - granted, now)
         held = group[granted:]
         for rec in held:
-            self.rt.emit("rate_limited", rec.tenant_id, rec.account_id)
+            self.rt.emit(
+                Event("rate_limited", rec.tenant_id, rec.account_id, rec.pk, rec.id, now, {})
+            )
             if account.limit_behavior == "reject":
                 self._finish(rec, self._error(rec, "rate limit exceeded"))
             else:
@@ -378,30 +406,46 @@ class Dispatcher(Service):
         from mail_proxy.core.engine.mime import MimeError, build_email, envelope
 
         rt = self.rt
-        payload = rec.payload
+        ctx = DeliveryContext(rec, account, tenant, rt, rec.payload)
+        steps = self._steps
         try:
-            attachments = []
-            if payload.get("attachments"):
+            for step in steps:
+                await step.before_fetch(ctx)
+            ctx.attachments = []
+            if ctx.payload.get("attachments"):
                 from mail_proxy.core.engine.attachments import get_resolver
 
-                attachments = await get_resolver(rt).resolve(tenant, payload["attachments"])
+                ctx.attachments = await get_resolver(rt).resolve(tenant, ctx.payload["attachments"])
                 if reservation is not None:  # larger than estimated: reserve the real size
-                    await reservation.ensure(COPIES * sum(len(a.content) for a in attachments))
+                    await reservation.ensure(COPIES * sum(len(a.content) for a in ctx.attachments))
+            for step in steps:
+                await step.after_fetch(ctx)
+            attachments, ctx.attachments = ctx.attachments, None
             build = functools.partial(
                 build_email,
-                payload,
+                ctx.payload,
                 message_id=rec.message_id,
                 mail_id=rec.id,
                 attachments=attachments,
             )
             # encoding large attachments takes tens of ms: off the event loop
             large = sum(len(a.content) for a in attachments) >= BUILD_IN_THREAD_BYTES
-            email = await asyncio.to_thread(build) if large else build()
-            del attachments  # the MIME message holds the content now
-        except (FetchError, MimeError) as exc:
+            ctx.email = await asyncio.to_thread(build) if large else build()
+            del attachments, build  # the MIME message holds the content now
+            ctx.sender, ctx.recipients = envelope(ctx.payload)
+            for step in steps:
+                await step.before_send(ctx)
+        except (FetchError, MimeError, MessageContentError) as exc:
             return self._error(rec, str(exc))
-        rt.plugins.hook.prepare_message(email=email, record=rec, account=account, runtime=rt)
-        sender, recipients = envelope(payload)
+        finally:
+            if ctx.events:  # e.g. an attachment offloaded: recorded before the outcome
+                await rt.record_events(
+                    [
+                        NewEvent(rec.tenant_id, rec.id, kind, time.time(), text, meta)
+                        for kind, text, meta in ctx.events
+                    ]
+                )
+        sender, recipients, email = ctx.sender, ctx.recipients, ctx.email
         done = {r.lower() for r in rec.delivered_rcpts}
         todo = [r for r in recipients if r.lower() not in done]
         if not todo:
@@ -434,7 +478,7 @@ class Dispatcher(Service):
 
     # -- outcomes -----------------------------------------------------------------------------------
     def _finish(self, rec: MessageRecord, outcome: Outcome) -> asyncio.Future[None]:
-        return self.writer.add(outcome, rec.tenant_id, rec.account_id)
+        return self.writer.add(outcome, rec)
 
     @staticmethod
     def _sent(

@@ -1,7 +1,8 @@
 """The reporter: delivers the durable event outbox to each tenant's report sink.
 
-The dispatcher (and plugin pollers) write ``sent``/``error``/``deferred``/``bounce``/``pec_*``
-events in the same transaction as the message's state change; those rows are the outbox. The
+The dispatcher writes ``sent``/``error``/``deferred`` events in the same transaction as the
+message's state change, and plugin services record their own (``Runtime.record_events``);
+those rows are the outbox. The
 reporter reads a tenant's unacknowledged events in order, turns each into a report item
 (:func:`report_item`, the shapes of API.md "Delivery reports"), hands a batch to the
 tenant's sink and acknowledges the events only when the sink says the client accepted them.
@@ -45,8 +46,10 @@ from mail_proxy.core.contracts.model import EventRecord, SyncState, Tenant
 from mail_proxy.core.contracts.services import Service
 
 if TYPE_CHECKING:
+    from mail_proxy.core.contracts.extensions import EventType
     from mail_proxy.core.contracts.reports import ReportSink, SinkAnswer
     from mail_proxy.core.engine.runtime import Runtime
+    from mail_proxy.core.plugins.registry import Registry
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -68,41 +71,18 @@ MAX_FOLLOWUPS = 100
 MAX_ERROR_TEXT = 500
 
 
-def report_item(event: EventRecord) -> dict[str, Any]:
-    """The delivery-report item of one outbox event (API.md "Delivery reports").
-
-    ``id`` is the client's message id; then, by event type: ``sent_ts``; ``error_ts`` and
-    ``error``; ``deferred_ts`` (when it will be retried) and ``deferred_reason``;
-    ``bounce_ts``, ``bounce_type``, ``bounce_code``, ``bounce_reason``; ``pec_event``,
-    ``pec_ts``, ``pec_details`` and, when the PEC plugin recorded them, ``pec_acceptance_ts``
-    / ``pec_delivery_ts``. An event type nobody documented (a third-party plugin's) is
-    reported as ``{"id", "event", "event_ts", "description"}``.
-    """
-    meta = event.metadata or {}
-    kind = event.event_type
+def report_item(event: EventRecord, event_types: Registry[EventType]) -> dict[str, Any]:
+    """The delivery-report item of one outbox event (API.md "Delivery reports"): ``id`` (the
+    client's message id), then the fields its :class:`EventType` declares (the core's
+    ``sent``/``error``/``deferred`` in :mod:`mail_proxy.core.engine.event_types`, a plugin's
+    own); a type nobody declared is reported as ``{"id", "event", "event_ts",
+    "description"}``."""
     item: dict[str, Any] = {"id": event.message_id}
-    if kind == "sent":
-        item["sent_ts"] = event.event_ts
-    elif kind == "error":
-        item["error_ts"] = event.event_ts
-        item["error"] = event.description or meta.get("error") or "delivery failed"
-    elif kind == "deferred":
-        item["deferred_ts"] = meta.get("deferred_ts")
-        item["deferred_reason"] = meta.get("deferred_reason") or event.description
-    elif kind == "bounce":
-        item["bounce_ts"] = event.event_ts
-        item["bounce_type"] = meta.get("bounce_type")
-        item["bounce_code"] = meta.get("bounce_code")
-        item["bounce_reason"] = meta.get("bounce_reason") or event.description
-    elif kind.startswith("pec_"):
-        item["pec_event"] = kind
-        item["pec_ts"] = event.event_ts
-        item["pec_details"] = meta.get("pec_details", event.description)
-        for key in ("pec_acceptance_ts", "pec_delivery_ts"):
-            if meta.get(key) is not None:
-                item[key] = meta[key]
+    declared = event_types.get(event.event_type) if event.event_type in event_types else None
+    if declared is not None and declared.report is not None:
+        item.update(declared.report(event))
     else:
-        item.update(event=kind, event_ts=event.event_ts, description=event.description)
+        item.update(event=event.event_type, event_ts=event.event_ts, description=event.description)
     return item
 
 
@@ -230,8 +210,7 @@ class Reporter(Service):
         rt = self.rt
         now = time.time()
         self._last_cycle = time.monotonic()
-        requested = set(rt.report_sync_requested)
-        rt.report_sync_requested.difference_update(requested)
+        requested, priority = rt.report_sync.take()
         refresh = bool(requested) or now >= self._refreshed + self.refresh_interval
         if refresh:
             await self._refresh_tenants(now)
@@ -243,8 +222,6 @@ class Reporter(Service):
             if any(tid not in self._tenants for tid in self._backlog):
                 await self._refresh_tenants(now)
                 sinks = {tid: self._sink_for(ts.tenant) for tid, ts in self._tenants.items()}
-        priority = set(rt.report_priority_tenants)
-        rt.report_priority_tenants.difference_update(priority)
         deadline = now + self.refresh_interval
         for tid, ts in self._tenants.items():
             ts.backlog = self._backlog.get(tid, 0)
@@ -253,7 +230,7 @@ class Reporter(Service):
                 ts.state.dnd_until = None
                 ts.retry_at = 0.0
                 ts.force = True
-            elif ("*" in requested or tid in requested) and not (
+            elif (rt.report_sync.ALL in requested or tid in requested) and not (
                 ts.state.dnd_until and ts.state.dnd_until > now
             ):
                 ts.force = True  # admin run-now: a sync (heartbeat if nothing is pending)
@@ -443,7 +420,9 @@ class Reporter(Service):
         from mail_proxy.core.contracts.reports import SinkAnswer
 
         try:
-            return await sink.deliver(tenant, [report_item(e) for e in events], self.rt)
+            return await sink.deliver(
+                tenant, [report_item(e, self.rt.event_types) for e in events], self.rt
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -8,20 +8,28 @@ secrets, the metrics and the services. The web application keeps it under
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mail_proxy.core.contracts.errors import ConfigError
+from mail_proxy.core.contracts.extensions import (
+    Event,
+    EventType,
+    MessageStep,
+    MigrationBranch,
+    SettingsSection,
+    TenantSetting,
+)
 from mail_proxy.core.contracts.fetch import Fetcher
-from mail_proxy.core.contracts.model import Principal
+from mail_proxy.core.contracts.model import EventRecord, NewEvent, Principal
 from mail_proxy.core.contracts.reports import ReportSink
 from mail_proxy.core.contracts.transport import Transport, TransportFactory
+from mail_proxy.core.engine.controls import ReportSync, Scheduler
 from mail_proxy.core.engine.encryption import Cipher, EncryptionError, load_key
 from mail_proxy.core.engine.intake import IntakePressure
 from mail_proxy.core.plugins.manager import PluginManager
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
     from mail_proxy.core.engine.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEY_CHECK_SETTING = "encryption_key_check"
 KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
@@ -86,11 +95,16 @@ class Runtime:
         self.intake = IntakePressure()
         #: Set to wake the reporter now (new events, run-now).
         self.report_wakeup = asyncio.Event()
-        #: Tenants whose do-not-disturb a tenant run-now cleared (read by the reporter).
-        self.report_priority_tenants: set[str] = set()
-        #: Tenants (``"*"`` = all) an admin run-now asked to sync now, DND respected.
-        self.report_sync_requested: set[str] = set()
-        self.scheduler_active = settings.scheduler_active
+        #: Pause/resume the dispatcher; ask for a delivery-report sync now.
+        self.scheduler = Scheduler(settings.scheduler_active, self.dispatch_wakeup)
+        self.report_sync = ReportSync(self.report_wakeup)
+        #: What plugins declared beyond engines (contracts/extensions.py).
+        self.settings_sections: Registry[SettingsSection] = Registry("settings section")
+        self.migration_branches: Registry[MigrationBranch] = Registry("migration branch")
+        self.tenant_settings: Registry[TenantSetting] = Registry("tenant setting")
+        self.event_types: Registry[EventType] = Registry("event type")
+        self.message_steps: Registry[MessageStep] = Registry("message step")
+        self._locals: dict[type, Any] = {}
         self.started_at = time.time()
 
     # -- construction -----------------------------------------------------------------
@@ -98,13 +112,32 @@ class Runtime:
     def create(cls, settings: Settings, plugins: PluginManager) -> Runtime:
         """Fill the registries from the plugins' ``register_*`` hooks."""
         rt = cls(settings, plugins)
-        hook = plugins.hook
-        hook.register_storage_backends(registry=rt.storage_backends)
-        hook.register_fetchers(registry=rt.fetchers)
-        hook.register_transports(registry=rt.transport_factories)
-        hook.register_report_sinks(registry=rt.report_sinks)
-        hook.register_services(services=rt.service_factories)
+        for hook_name, argument, registry in (
+            ("register_settings", "sections", rt.settings_sections),
+            ("register_storage_backends", "registry", rt.storage_backends),
+            ("register_migrations", "branches", rt.migration_branches),
+            ("register_fetchers", "registry", rt.fetchers),
+            ("register_transports", "registry", rt.transport_factories),
+            ("register_report_sinks", "registry", rt.report_sinks),
+            ("register_services", "services", rt.service_factories),
+            ("register_tenant_settings", "settings", rt.tenant_settings),
+            ("register_event_types", "event_types", rt.event_types),
+            ("register_message_steps", "steps", rt.message_steps),
+        ):
+            plugins.fill(hook_name, argument, registry)
+        settings.bind_sections(
+            {name: rt.settings_sections.get(name).settings for name in rt.settings_sections}
+        )
         return rt
+
+    def local(self, cls: type[T], factory: Callable[[Runtime], T] | None = None) -> T:
+        """This runtime's one instance of ``cls`` (built on first use with ``factory``, or
+        ``cls(runtime)``): per-runtime state a plugin or module keeps, typed, in one place."""
+        found = self._locals.get(cls)
+        if found is None:
+            make: Callable[[Runtime], T] = factory or cls  # type: ignore[assignment]
+            found = self._locals[cls] = make(self)
+        return found  # type: ignore[no-any-return]
 
     def load_cipher(self) -> None:
         """Load the encryption key (startup error if it is bad or unreadable)."""
@@ -132,7 +165,7 @@ class Runtime:
         await self._verify_key()
         stored = await self.storage.get_settings()
         if "scheduler_active" in stored:
-            self.scheduler_active = bool(stored["scheduler_active"])
+            self.scheduler.set(bool(stored["scheduler_active"]))
         for key in LIVE_SETTINGS:  # changed with PUT /instance: they outlive a restart
             if key in stored:
                 setattr(self.settings, key, stored[key])
@@ -276,20 +309,40 @@ class Runtime:
     def wake_reporter(self) -> None:
         self.report_wakeup.set()
 
-    def emit(self, event_type: str, tenant_id: str, account_id: str | None) -> None:
-        """Tell plugins (metrics, audit) about a committed outcome."""
-        self.plugins.hook.on_event(
-            event_type=event_type, tenant_id=tenant_id, account_id=account_id, runtime=self
-        )
+    def emit(self, event: Event) -> None:
+        """Tell plugins (metrics, audit, services) about a committed event."""
+        self.plugins.on_event(event, self)
+
+    async def record_events(self, events: Sequence[NewEvent]) -> list[EventRecord]:
+        """Record events on existing messages from a service (a bounce, a receipt): stored in
+        one transaction, then each one told to plugins and the reporter woken. Events naming
+        an unknown message are ignored; the recorded ones are returned."""
+        recorded = await self.storage.add_events(events)
+        for rec in recorded:
+            self.emit(
+                Event(
+                    rec.event_type,
+                    rec.tenant_id,
+                    rec.metadata.get("account_id"),
+                    rec.message_pk,
+                    rec.message_id,
+                    rec.event_ts,
+                    rec.metadata,
+                )
+            )
+        if recorded:
+            self.wake_reporter()
+        return recorded
+
+    async def tenant_changed(self, tenant_id: str) -> None:
+        """A tenant (or its accounts, its settings) changed: every owner clears its cache."""
+        await self.plugins.tenant_changed(tenant_id, self)
+
+    async def tenant_deleted(self, tenant_id: str) -> None:
+        """A tenant was deleted: every owner deletes and drops what it holds of it."""
+        self.report_sync.forget(tenant_id)
+        await self.plugins.tenant_deleted(tenant_id, self)
 
     async def authenticate(self, request: web.Request, token: str) -> Principal | None:
-        """Ask the ``authenticate`` implementations in hook order; the first non-None wins
-        and later ones are not called (the admin token never costs a key lookup)."""
-        args = {"request": request, "token": token, "runtime": self}
-        for impl in reversed(self.plugins.hook.authenticate.get_hookimpls()):
-            result = impl.function(*(args[name] for name in impl.argnames))
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                return result  # type: ignore[no-any-return]
-        return None
+        """The first ``authenticate`` implementation's answer, in hook order."""
+        return await self.plugins.authenticate(request, token, self)  # type: ignore[no-any-return]

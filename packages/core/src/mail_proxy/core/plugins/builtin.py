@@ -14,6 +14,7 @@ from mail_proxy.core.plugins import hookimpl
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from mail_proxy.core.contracts.extensions import Event, EventType
     from mail_proxy.core.engine.runtime import Runtime, ServiceFactory
     from mail_proxy.core.plugins.registry import Registry
 
@@ -33,15 +34,15 @@ def authenticate(request: web.Request, token: str, runtime: Runtime) -> Principa
 
 
 @hookimpl
-def on_event(event_type: str, tenant_id: str, account_id: str | None, runtime: Runtime) -> None:
+def on_event(event: Event, runtime: Runtime) -> None:
     m = runtime.metrics
-    labels = {"tenant_id": tenant_id, "account_id": account_id or ""}
+    labels = {"tenant_id": event.tenant_id, "account_id": event.account_id or ""}
     counter = {
         "sent": m.sent,
         "error": m.errors,
         "deferred": m.deferred,
         "rate_limited": m.rate_limited,
-    }.get(event_type)
+    }.get(event.type)
     if counter is not None:
         counter.labels(**labels).inc()
 
@@ -55,3 +56,28 @@ def register_services(services: Registry[ServiceFactory]) -> None:
     services.register("dispatcher", Dispatcher.create, plugin="core")
     services.register("reporter", Reporter.create, plugin="core")
     services.register("housekeeping", Housekeeping.create, plugin="core")
+
+
+@hookimpl
+def register_event_types(event_types: Registry[EventType]) -> None:
+    from mail_proxy.core.engine.event_types import CORE_EVENT_TYPES
+
+    for event_type in CORE_EVENT_TYPES:
+        event_types.register(event_type.name, event_type, plugin="core")
+
+
+@hookimpl
+async def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
+    """Drop the deleted tenant's cached settings and attachments (memory and disk)."""
+    from mail_proxy.core.engine.attachments import get_resolver
+    from mail_proxy.core.engine.tenant_settings import TenantSettings
+
+    runtime.local(TenantSettings).forget(tenant_id)
+    await get_resolver(runtime).cache.purge_tenant(tenant_id)
+
+
+@hookimpl
+def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
+    from mail_proxy.core.engine.tenant_settings import TenantSettings
+
+    runtime.local(TenantSettings).forget(tenant_id)

@@ -13,7 +13,6 @@ error naming the plugin (see ``create_plugin_manager``).
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -22,8 +21,16 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.extensions import (
+        Event,
+        EventType,
+        MessageStep,
+        MigrationBranch,
+        SettingsSection,
+        TenantSetting,
+    )
     from mail_proxy.core.contracts.fetch import Fetcher
-    from mail_proxy.core.contracts.model import Account, MessageRecord, Principal, Tenant
+    from mail_proxy.core.contracts.model import Principal
     from mail_proxy.core.contracts.reports import ReportSink
     from mail_proxy.core.contracts.routes import RouteTable
     from mail_proxy.core.contracts.transport import TransportFactory
@@ -93,23 +100,60 @@ def authenticate(
 
 
 @hookspec
-def validate_message(message: dict[str, Any], tenant: Tenant, runtime: Runtime) -> str | None:
-    """Called at enqueue for every message that passed the core validation. Return a
-    rejection reason (a stable string) to refuse it, or None."""
+def register_settings(sections: Registry[SettingsSection]) -> None:
+    """Called once, before the settings are loaded (sync). Declare the plugin's own settings
+    section (:class:`~mail_proxy.core.contracts.extensions.SettingsSection`); read it later
+    with ``runtime.settings.section(name)``. Example: docs/plugins.md "Settings"."""
 
 
 @hookspec
-def prepare_message(
-    email: EmailMessage, record: MessageRecord, account: Account, runtime: Runtime
-) -> None:
-    """Called for every delivery attempt after the MIME message is built and before it is
-    handed to the transport. Modify ``email`` in place (add headers, rewrite parts)."""
+def register_migrations(branches: Registry[MigrationBranch]) -> None:
+    """Called once at startup, before storage starts (sync). Add the plugin's tables as an
+    alembic branch (:class:`~mail_proxy.core.contracts.extensions.MigrationBranch`); every
+    installed branch is upgraded to its head. Example: docs/plugins.md "Tables"."""
 
 
 @hookspec
-def on_event(event_type: str, tenant_id: str, account_id: str | None, runtime: Runtime) -> None:
-    """Called after an outcome (``sent``, ``error``, ``deferred``, ``rate_limited``,
-    ``bounce``, ...) is committed. For metrics and audit; must not block."""
+def register_tenant_settings(settings: Registry[TenantSetting]) -> None:
+    """Called once at startup (sync). Declare typed per-tenant configuration fields
+    (:class:`~mail_proxy.core.contracts.extensions.TenantSetting`), validated by the
+    plugin's model and stored generically. Example: docs/plugins.md "Tenant settings"."""
+
+
+@hookspec
+def register_event_types(event_types: Registry[EventType]) -> None:
+    """Called once at startup (sync). Declare the report shape of the event types the plugin
+    records (:class:`~mail_proxy.core.contracts.extensions.EventType`). Example:
+    docs/plugins.md "Event types"."""
+
+
+@hookspec
+def register_message_steps(steps: Registry[MessageStep]) -> None:
+    """Called once at startup (sync). Add
+    :class:`~mail_proxy.core.contracts.extensions.MessageStep` objects whose ``async``
+    methods run at enqueue, before and after fetching attachments, and before sending (where
+    a step may change the message and the envelope). Example: docs/plugins.md "Message
+    steps"."""
+
+
+@hookspec
+def on_event(event: Event, runtime: Runtime) -> None:
+    """Called (sync, must not block: metrics, audit, waking a service) after an event is
+    committed: delivery outcomes (``sent``, ``error``, ``deferred``, ``rate_limited``) and
+    the events plugins record (``Runtime.record_events``). ``event`` is a
+    :class:`~mail_proxy.core.contracts.extensions.Event`."""
+
+
+@hookspec
+def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
+    """Called after a tenant (or one of its accounts or settings) is created or changed:
+    clear what you cache of it. May be ``async`` (return a coroutine)."""
+
+
+@hookspec
+def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
+    """Called after a tenant and its core data are deleted: delete what your plugin keeps of
+    it (its rows, its files) and drop what you cache. May be ``async``."""
 
 
 @hookspec

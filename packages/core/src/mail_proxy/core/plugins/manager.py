@@ -3,14 +3,25 @@ lists them. Built by :func:`mail_proxy.core.plugins.loader.create_plugin_manager
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from mail_proxy.core.plugins import hookspecs
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.extensions import Event
+    from mail_proxy.core.contracts.routes import RouteTable
+    from mail_proxy.core.engine.runtime import Runtime
+
 ENTRY_POINT_GROUP = "mail_proxy"
+log = logging.getLogger(__name__)
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
 
@@ -39,16 +50,13 @@ class PluginInfo:
 
 
 class PluginManager:
-    """A typed facade over :class:`pluggy.PluginManager`."""
+    """A typed facade over :class:`pluggy.PluginManager`: one method per hook, so callers
+    never touch ``pluggy`` and implementations that return awaitables are awaited here."""
 
     def __init__(self, pm: pluggy.PluginManager, disabled: set[str]) -> None:
         self._pm = pm
         self.disabled = disabled
         self._dists: dict[str, tuple[str | None, str | None]] = {}
-
-    @property
-    def hook(self) -> Any:
-        return self._pm.hook
 
     def register(
         self, plugin: object, name: str, dist: tuple[str | None, str | None] = (None, None)
@@ -91,3 +99,55 @@ class PluginManager:
                 info.edition = str(data.get("edition", ""))
             infos.append(info)
         return sorted(infos, key=lambda i: i.name)
+
+    # -- one method per hook ------------------------------------------------------------
+    def fill(self, hook_name: str, argument: str, target: Any) -> None:
+        """Call the ``register_*`` hook ``hook_name`` with ``target`` as ``argument``."""
+        getattr(self._pm.hook, hook_name)(**{argument: target})
+
+    def register_commands(self, commands: CommandRegistry) -> None:
+        self._pm.hook.register_commands(commands=commands)
+
+    def register_routes(self, routes: RouteTable) -> None:
+        self._pm.hook.register_routes(routes=routes)
+
+    async def authenticate(self, request: web.Request, token: str, runtime: Runtime) -> Any:
+        """The first non-None :class:`Principal` in hook order; later implementations are not
+        called (the admin token never costs a key lookup)."""
+        return await self._first("authenticate", request=request, token=token, runtime=runtime)
+
+    def on_event(self, event: Event, runtime: Runtime) -> None:
+        """Tell every plugin about a committed event; one failing plugin does not stop the
+        others (it is logged)."""
+        for impl in reversed(self._pm.hook.on_event.get_hookimpls()):
+            try:
+                impl.function(**_args(impl, event=event, runtime=runtime))
+            except Exception:
+                log.exception("plugin %s: on_event failed", impl.plugin_name)
+
+    async def tenant_changed(self, tenant_id: str, runtime: Runtime) -> None:
+        await self._all("tenant_changed", tenant_id=tenant_id, runtime=runtime)
+
+    async def tenant_deleted(self, tenant_id: str, runtime: Runtime) -> None:
+        await self._all("tenant_deleted", tenant_id=tenant_id, runtime=runtime)
+
+    async def _all(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation, awaiting those that return awaitables."""
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            result = impl.function(**_args(impl, **kwargs))
+            if inspect.isawaitable(result):
+                await result
+
+    async def _first(self, hook_name: str, **kwargs: Any) -> Any:
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            result = impl.function(**_args(impl, **kwargs))
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
+
+
+def _args(impl: Any, **available: Any) -> dict[str, Any]:
+    """The arguments an implementation asked for (pluggy lets it take a subset)."""
+    return {name: available[name] for name in impl.argnames}

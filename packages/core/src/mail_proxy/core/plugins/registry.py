@@ -24,18 +24,28 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._owners: dict[str, str] = {}
+        self._placeholders: set[str] = set()
 
-    def register(self, name: str, item: T, *, plugin: str = "?") -> None:
-        """Add ``item`` under ``name``; a second registration of the same name is an error."""
+    def register(self, name: str, item: T, *, plugin: str = "?", placeholder: bool = False) -> None:
+        """Add ``item`` under ``name``; a second registration of the same name is an error.
+
+        A ``placeholder`` stands for a name whose plugin may not be installed (to say which
+        plugin to install): a real registration replaces it, whatever the order."""
         if not name or not isinstance(name, str):
             raise RegistryError(f"{self.kind}: a name must be a non-empty string, got {name!r}")
-        if name in self._items:
+        if placeholder and name in self._items:
+            return
+        if name in self._placeholders:
+            self._placeholders.discard(name)
+        elif name in self._items:
             raise RegistryError(
                 f"{self.kind} {name!r} is registered twice "
                 f"(by {self._owners[name]!r} and by {plugin!r})"
             )
         self._items[name] = item
         self._owners[name] = plugin
+        if placeholder:
+            self._placeholders.add(name)
 
     def get(self, name: str) -> T:
         """Return the implementation registered as ``name`` or raise :class:`RegistryError`."""
@@ -45,11 +55,19 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items)) or "none"
             raise RegistryError(f"unknown {self.kind} {name!r} (known: {known})") from None
 
+    def is_placeholder(self, name: str) -> bool:
+        """True for a name registered only to say which plugin provides it."""
+        return name in self._placeholders
+
     def owner(self, name: str) -> str:
         return self._owners[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, item)`` pairs in name order."""
+        return [(name, self._items[name]) for name in sorted(self._items)]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

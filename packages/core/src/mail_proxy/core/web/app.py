@@ -305,6 +305,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 # -- the application factory --------------------------------------------------------------------
+#: Shortest admin token the server starts with (``mail-proxy start`` generates 43 characters).
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
 def create_app(settings: Settings, plugins: PluginManager | None = None) -> web.Application:
     """Build the aiohttp application for ``settings``. Storage opens at startup."""
     if not settings.api_token and not settings.insecure:
@@ -313,13 +317,20 @@ def create_app(settings: Settings, plugins: PluginManager | None = None) -> web.
             "no admin token configured: set GMP_API_TOKEN (or run with GMP_INSECURE=1 "
             "for local experiments only)",
         )
+    if settings.api_token and len(settings.api_token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            "GMP_API_TOKEN",
+            f"the admin token has {len(settings.api_token)} characters, at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH} are required (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')",
+        )
     if not settings.api_token:
         log.warning("GMP_INSECURE=1: the API accepts requests WITHOUT a token")
     plugins = plugins or create_plugin_manager(disabled=settings.disabled_plugins)
     rt = Runtime.create(settings, plugins)
     routes = RouteTable()
     _core_routes(routes)
-    plugins.hook.register_routes(routes=routes)
+    plugins.register_routes(routes)
 
     app = web.Application(
         client_max_size=settings.max_request_bytes, middlewares=[error_middleware]

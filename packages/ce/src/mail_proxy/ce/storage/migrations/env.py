@@ -1,7 +1,9 @@
 """Alembic environment: runs on the connection handed over by :mod:`..engine`.
 
-Migrations run programmatically at startup (``SqlStorage.start``); the connection comes in
-``config.attributes["connection"]``. Offline (SQL script) mode is not supported.
+Migrations run programmatically at startup (``SqlStorage.start``), once per branch: the
+Community Edition's (version table ``alembic_version``) and each plugin's (its own
+``alembic_version_<name>``, its own metadata); the connection, the version table and the
+metadata come in ``config.attributes``. Offline (SQL script) mode is not supported.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ if connection is None:  # pragma: no cover - only for `alembic revision --autoge
 
 context.configure(
     connection=connection,
-    target_metadata=metadata,
+    target_metadata=context.config.attributes.get("metadata") or metadata,
+    version_table=context.config.attributes.get("version_table", "alembic_version"),
     render_as_batch=True,
     compare_type=True,
 )
