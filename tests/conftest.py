@@ -19,6 +19,7 @@ import pytest
 
 from mail_proxy.core.contracts.config import Settings, load_settings
 from mail_proxy.core.engine.encryption import generate_key
+from support.dovecot import dovecot  # noqa: F401  (the real IMAP server fixture)
 
 PG_URL = os.environ.get("GMP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -86,7 +86,13 @@ async def get_message(request: web.Request) -> web.Response:
     record = await rt.storage.get_message(tenant_of(request), request.match_info["id"])
     if record is None:
         raise ApiError(404, "message_not_found", "no message with this id for this tenant")
-    return ok({"message": message_detail(record)})
+    detail = message_detail(record)
+    views = [et.message_view for _, et in rt.event_types.items() if et.message_view is not None]
+    if views:  # fields plugins derive from the message's events (bounce_type, pec_*, ...)
+        events = await rt.storage.list_events(record.tenant_id, record.id) or []
+        for view in views:
+            detail.update(view(events))
+    return ok({"message": detail})
 
 
 async def message_events(request: web.Request) -> web.Response:
