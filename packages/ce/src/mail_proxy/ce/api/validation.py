@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.extensions import EnqueueContext, EnqueueRejected, MessageStep
@@ -203,16 +203,34 @@ class MessageValidator:
             if type(step).at_enqueue is not MessageStep.at_enqueue
         ]
         self.warnings: list[dict[str, Any]] = []
+        #: Message fields the steps accept beside the core ones (``MessageStep.message_fields``).
+        self.step_fields: dict[str, TypeAdapter[Any]] = {
+            name: TypeAdapter(kind)
+            for step in self.steps
+            for name, kind in step.message_fields.items()
+        }
+        self._step_values: dict[int, dict[str, Any]] = {}
 
     def shape(self, raw: Any) -> Message:
-        """Check the JSON shape of one entry."""
+        """Check the JSON shape of one entry (the steps' own fields checked by their type)."""
         if not isinstance(raw, dict):
             raise Rejected("invalid message")
+        values: dict[str, Any] = {}
+        if self.step_fields and any(name in raw for name in self.step_fields):
+            raw = dict(raw)
+            for name, adapter in self.step_fields.items():
+                if name in raw:
+                    try:
+                        values[name] = adapter.validate_python(raw.pop(name))
+                    except ValidationError:
+                        raise Rejected(f"invalid {name}") from None
         try:
             msg = Message.model_validate(raw)
         except ValidationError as exc:
             raise Rejected(reason_from_error(exc)) from None
         _refuse_line_breaks(msg)
+        if values:
+            self._step_values[id(msg)] = values
         return msg
 
     async def build(self, msg: Message, view: TenantView, directory: TenantDirectory) -> NewMessage:
@@ -299,7 +317,7 @@ class MessageValidator:
             new.id,
             new.payload,
             self.runtime,
-            options={"account_id": new.account_id, "raw": msg.model_dump(by_alias=True)},
+            options={"account_id": new.account_id, **self._step_values.pop(id(msg), {})},
         )
         for step in self.steps:
             try:

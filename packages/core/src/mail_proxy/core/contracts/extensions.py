@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Account, EventRecord, MessageRecord, Tenant
@@ -114,7 +114,8 @@ class EnqueueRejected(Exception):
 @dataclass
 class EnqueueContext:
     """One entry being accepted: ``payload`` is the validated message (a step may change
-    it), ``warnings`` are returned to the client beside ``queued``."""
+    it), ``options`` the entry's ``account_id`` and the values of the steps' own
+    ``message_fields``, ``warnings`` are returned to the client beside ``queued``."""
 
     tenant: Tenant
     message_id: str
@@ -157,6 +158,11 @@ class MessageStep:
     """
 
     name: str = ""
+    #: Fields a client may add to a message for this step, by name → type (checked at enqueue
+    #: with pydantic, e.g. ``{"ignore_suppression": bool}``); their values reach
+    #: ``at_enqueue`` in ``ctx.options`` and are not stored unless the step puts them in the
+    #: payload.
+    message_fields: ClassVar[dict[str, Any]] = {}
 
     async def at_enqueue(self, ctx: EnqueueContext) -> None:
         """After validation, before the message is stored. Raise :class:`EnqueueRejected`
