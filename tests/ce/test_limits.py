@@ -3,6 +3,7 @@ and the proxy's own address as an attachment URL."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -30,14 +31,22 @@ async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_
 
 async def test_recipients_per_message_are_capped(api: Api) -> None:
     answer = await api.send(
-        message("five", to=["a@example.com", "b@example.com"], cc="c@example.com, d@example.com",
-                bcc=["e@example.com"]),
+        message(
+            "five",
+            to=["a@example.com", "b@example.com"],
+            cc="c@example.com, d@example.com",
+            bcc=["e@example.com"],
+        ),
         message("six", to="a@x.com, b@x.com, c@x.com", cc=["d@x.com"], bcc=["e@x.com", "f@x.com"]),
         message("many", to=[f"r{i}@example.com" for i in range(10_000)]),
     )
     assert answer["queued"] == 1
     assert answer["rejected"] == [
-        {"id": "six", "reason": "too many recipients: 6 (to + cc + bcc); the limit is 5", "index": 1},
+        {
+            "id": "six",
+            "reason": "too many recipients: 6 (to + cc + bcc); the limit is 5",
+            "index": 1,
+        },
         {
             "id": "many",
             "reason": "too many recipients: 10000 (to + cc + bcc); the limit is 5",
