@@ -4,6 +4,7 @@ and the proxy's own address as an attachment URL."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mail_proxy.ce.fetch.netpolicy import AddressPolicy, AddressRefused
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.engine.encryption import generate_key
 from support.ce_api import Api, message, start_api
@@ -144,6 +146,39 @@ async def test_the_proxy_never_fetches_from_its_own_address(tmp_path: Path) -> N
         finally:
             svc.stop()
             await files.stop()
+
+
+def _outbound_address() -> str | None:
+    """An address of this machine other than loopback (the route to a test network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP: no packet is sent
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::", "localhost", "127.0.0.1"])
+def test_own_endpoint_matching(listen: str) -> None:
+    port = 8123
+    policy = AddressPolicy(["0.0.0.0/0", "::/0"], own=[(listen, port)])
+    refused = [f"http://127.0.0.1:{port}/", f"http://[::ffff:127.0.0.1]:{port}/"]
+    refused += [f"http://0.0.0.0:{port}/"]
+    allowed = [f"http://127.0.0.1:{port + 1}/", f"http://198.51.100.7:{port}/"]
+    wildcard = listen in ("0.0.0.0", "::")
+    local = _outbound_address()
+    if wildcard:
+        refused.append(f"http://127.0.0.9:{port}/")  # all of 127/8 is this machine
+        if local:
+            refused.append(f"http://{local}:{port}/")
+    else:
+        allowed.append(f"http://127.0.0.9:{port}/")  # not where this listener is
+    for url in refused:
+        with pytest.raises(AddressRefused, match="this proxy's own listening address"):
+            policy.check_url(url)
+    for url in allowed:
+        policy.check_url(url)
 
 
 async def _wait_finished(svc: ServiceProcess, msg_id: str, timeout: float = 15) -> Any:
