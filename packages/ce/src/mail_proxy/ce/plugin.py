@@ -12,7 +12,7 @@ from mail_proxy.core.plugins import hookimpl
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.commands import CommandRegistry
-    from mail_proxy.core.contracts.extensions import SettingsSection, TenantSetting
+    from mail_proxy.core.contracts.extensions import AccountFields, SettingsSection, TenantSetting
     from mail_proxy.core.contracts.fetch import Fetcher
     from mail_proxy.core.contracts.reports import ReportSink
     from mail_proxy.core.contracts.routes import RouteTable
@@ -126,3 +126,17 @@ def register_tenant_settings(settings: Registry[TenantSetting]) -> None:
         settings.register(
             name, TenantSetting(name, None, doc=hint), plugin=PLUGIN, placeholder=True
         )
+
+
+#: Account fields of the enterprise plugins, for a clear answer when one is not installed.
+OPTIONAL_ACCOUNT_FIELDS = {
+    "pec": "pec accounts need the PEC plugin (pip install 'genro-mail-proxy[pec]')"
+}
+
+
+@hookimpl
+def register_account_fields(fields: Registry[AccountFields]) -> None:
+    from mail_proxy.core.contracts.extensions import AccountFields
+
+    for name, hint in OPTIONAL_ACCOUNT_FIELDS.items():
+        fields.register(name, AccountFields(name, None, doc=hint), plugin=PLUGIN, placeholder=True)

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import Account
+from mail_proxy.core.engine.account_fields import AccountFieldsCodec
+from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
 
 from .models import AccountBody
@@ -18,9 +20,10 @@ _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
 
 
-def public_account(account: Account) -> dict[str, Any]:
-    """The account as the API shows it: no password, no plugin-owned extras."""
+def public_account(account: Account, runtime: Runtime) -> dict[str, Any]:
+    """The account as the API shows it: no password; the plugins' fields without secrets."""
     return {
+        **runtime.local(AccountFieldsCodec).public(account.extra),
         "id": account.id,
         "tenant_id": account.tenant_id,
         "transport": account.transport,
@@ -76,6 +79,9 @@ async def save_account(request: web.Request) -> web.Response:
     _check(body, request)
     tenant_id = tenant_of(request)
     existing = await rt.storage.get_account(tenant_id, body.id)
+    plugin_fields = rt.local(AccountFieldsCodec).split(
+        body.model_extra or {}, existing.extra if existing else None
+    )
     if "password" in body.model_fields_set:
         password_enc = rt.encrypt(body.password) if body.password else None
     else:
@@ -98,18 +104,18 @@ async def save_account(request: web.Request) -> web.Response:
         default=body.default,
         transport=body.transport,
         options=body.options,
-        extra=existing.extra if existing else {},
+        extra=plugin_fields,
     )
     saved = await rt.storage.save_account(account)
     await rt.tenant_changed(tenant_id)
     request[AUDIT_SUMMARY] = {"account_id": body.id, "created": existing is None}
-    return ok({"account": public_account(saved)})
+    return ok({"account": public_account(saved, rt)})
 
 
 async def list_accounts(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     accounts = await rt.storage.list_accounts(tenant_of(request))
-    return ok({"accounts": [public_account(a) for a in accounts]})
+    return ok({"accounts": [public_account(a, rt) for a in accounts]})
 
 
 async def delete_account(request: web.Request) -> web.Response:

@@ -109,7 +109,10 @@ class CleanupBody(_Strict):
 
 
 class AccountBody(_Strict):
-    """API.md "Account", plus the transport plugin and its options."""
+    """API.md "Account", plus the transport plugin and its options. Other fields are the
+    installed plugins' account fields (``register_account_fields``), checked by the route."""
+
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
 
     id: Ident
     tenant_id: str | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from mail_proxy.core.contracts.model import MessageRef
-from mail_proxy.core.engine.tenant_settings import SEALED
+from mail_proxy.core.engine.sealed import SEALED
 
 from . import schema as t
 
@@ -70,25 +70,27 @@ class PluginDataMixin:
                 ]
         return found
 
-    async def _reencrypt_tenant_settings(
+    async def _reencrypt_plugin_values(
         self, conn: AsyncConnection, transform: Callable[[str], str]
     ) -> int:
-        """Re-encrypt every sealed member of the plugins' tenant settings (key rotation)."""
-        ts = t.tenant_settings.c
-        query = sa.select(ts.tenant_id, ts.name, ts.value)
-        if self._pg:
-            query = query.with_for_update()
+        """Re-encrypt every sealed member of the plugins' tenant settings and account fields
+        (key rotation), in the caller's transaction."""
         changed = 0
-        for row in (await conn.execute(query)).all():
-            count = [0]
-            value = _reseal(row.value, transform, count)
-            if count[0]:
-                changed += count[0]
-                await conn.execute(
-                    t.tenant_settings.update()
-                    .where(ts.tenant_id == row.tenant_id, ts.name == row.name)
-                    .values(value=value)
-                )
+        for table, keys, column in (
+            (t.tenant_settings, ("tenant_id", "name"), "value"),
+            (t.accounts, ("tenant_id", "id"), "extra"),
+        ):
+            cols = [table.c[k] for k in keys]
+            query = sa.select(*cols, table.c[column]).where(table.c[column].is_not(None))
+            if self._pg:
+                query = query.with_for_update()
+            for row in (await conn.execute(query)).all():
+                count = [0]
+                value = _reseal(row[-1], transform, count)
+                if count[0]:
+                    changed += count[0]
+                    where = [c == row[i] for i, c in enumerate(cols)]
+                    await conn.execute(table.update().where(*where).values({column: value}))
         return changed
 
 

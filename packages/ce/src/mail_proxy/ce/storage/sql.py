@@ -1151,7 +1151,7 @@ class SqlStorage(PluginDataMixin, Storage):
                     tenant_rows,
                 )
             changed += await self._reencrypt_attachment_auth(conn, transform)
-            changed += await self._reencrypt_tenant_settings(conn, transform)
+            changed += await self._reencrypt_plugin_values(conn, transform)
             if new_check is not None and new_check != stored_check:
                 await conn.execute(
                     t.instance_settings.update()

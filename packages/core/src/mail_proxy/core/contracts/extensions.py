@@ -77,6 +77,23 @@ class TenantSetting:
 
 
 @dataclass(frozen=True)
+class AccountFields:
+    """Fields a plugin adds to accounts (e.g. a PEC account's ``pec`` and ``imap_*``).
+
+    The names of ``model`` (a pydantic model) are accepted at the top level of an account
+    body, validated together by the model, stored in the account's ``extra[name]`` (members
+    in ``secret_fields`` sealed, never returned: ``"<member>_set": true`` instead) and shown
+    by the account routes. Read them decrypted with
+    ``runtime.local(PluginFields).account(account, name)``."""
+
+    name: str
+    model: Any
+    secret_fields: tuple[str, ...] = ()
+    doc: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
 class EventType:
     """The report shape of one event type, declared by whoever records it.
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.contracts.extensions import (
+    AccountFields,
     Event,
     EventType,
     MessageStep,
@@ -102,6 +103,7 @@ class Runtime:
         self.settings_sections: Registry[SettingsSection] = Registry("settings section")
         self.migration_branches: Registry[MigrationBranch] = Registry("migration branch")
         self.tenant_settings: Registry[TenantSetting] = Registry("tenant setting")
+        self.account_fields: Registry[AccountFields] = Registry("account fields")
         self.event_types: Registry[EventType] = Registry("event type")
         self.message_steps: Registry[MessageStep] = Registry("message step")
         self._locals: dict[type, Any] = {}
@@ -121,6 +123,7 @@ class Runtime:
             ("register_report_sinks", "registry", rt.report_sinks),
             ("register_services", "services", rt.service_factories),
             ("register_tenant_settings", "settings", rt.tenant_settings),
+            ("register_account_fields", "fields", rt.account_fields),
             ("register_event_types", "event_types", rt.event_types),
             ("register_message_steps", "steps", rt.message_steps),
         ):

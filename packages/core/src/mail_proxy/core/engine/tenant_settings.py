@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
-
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.extensions import TenantSetting
+from mail_proxy.core.engine.sealed import seal, shown, unsealed
 
 if TYPE_CHECKING:
     from mail_proxy.core.engine.runtime import Runtime
-
-#: How a secret member is stored (also what key rotation looks for).
-SEALED = "$enc"
 
 
 class TenantSettings:
@@ -60,27 +56,13 @@ class TenantSettings:
             raise ApiError(403, "admin_only", f"{name} is set with the admin token only")
         if raw is None:
             return None
-        try:
-            value = spec.model.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in (name, *err["loc"]))
-            raise ApiError(400, "invalid_setting", f"{where}: {err['msg']}", field=name) from None
-        data = value.model_dump(mode="json") if isinstance(value, BaseModel) else dict(value)
-        for secret in spec.secret_fields:
-            if data.get(secret) is not None:
-                data[secret] = {SEALED: self.rt.encrypt(str(data[secret]))}
-        return data
+        return seal(self.rt, spec.model, spec.secret_fields, raw, name)
 
     def public(self, name: str, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """What answers show: secret members replaced by ``"<member>_set": true``."""
-        if stored is None:
-            return None
-        spec = self.rt.tenant_settings.get(name) if name in self.rt.tenant_settings else None
-        out = dict(stored)
-        for secret in spec.secret_fields if spec else ():
-            out[f"{secret}_set"] = out.pop(secret, None) is not None
-        return {k: v for k, v in out.items() if not _sealed(v)}
+        registry = self.rt.tenant_settings
+        secrets = registry.get(name).secret_fields if name in registry else ()
+        return shown(stored, secrets)
 
     async def stored(self, tenant_id: str) -> dict[str, Any]:
         """Every stored setting of ``tenant_id`` (sealed), cached until the tenant changes."""
@@ -95,8 +77,7 @@ class TenantSettings:
         data = (await self.stored(tenant_id)).get(name)
         if data is None:
             return None
-        plain = {k: self.rt.decrypt(v[SEALED]) if _sealed(v) else v for k, v in data.items()}
-        return spec.model.model_validate(plain)
+        return unsealed(self.rt, spec.model, data)
 
     async def put(self, tenant_id: str, name: str, value: dict[str, Any] | None) -> None:
         """Store a value :meth:`validate` returned; the tenant's owners are told."""
@@ -105,7 +86,3 @@ class TenantSettings:
 
     def forget(self, tenant_id: str) -> None:
         self._cache.pop(tenant_id, None)
-
-
-def _sealed(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {SEALED}

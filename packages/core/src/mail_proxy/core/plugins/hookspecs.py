@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from mail_proxy.core.contracts.commands import CommandRegistry
     from mail_proxy.core.contracts.extensions import (
+        AccountFields,
         Event,
         EventType,
         MessageStep,
@@ -118,6 +119,13 @@ def register_tenant_settings(settings: Registry[TenantSetting]) -> None:
     """Called once at startup (sync). Declare typed per-tenant configuration fields
     (:class:`~mail_proxy.core.contracts.extensions.TenantSetting`), validated by the
     plugin's model and stored generically. Example: docs/plugins.md "Tenant settings"."""
+
+
+@hookspec
+def register_account_fields(fields: Registry[AccountFields]) -> None:
+    """Called once at startup (sync). Declare fields the plugin adds to accounts
+    (:class:`~mail_proxy.core.contracts.extensions.AccountFields`), validated by its model,
+    stored with the account. Example: docs/plugins.md "Account fields"."""
 
 
 @hookspec

@@ -1,0 +1,80 @@
+"""Fields plugins add to accounts (``register_account_fields``): split out of an account body,
+validated by the plugin's model, stored sealed in ``account.extra[name]``, shown without
+secrets. The account routes use :meth:`AccountFieldsCodec.split` and :meth:`public`;
+plugins read their fields with :meth:`AccountFieldsCodec.get`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mail_proxy.core.contracts.errors import ApiError
+from mail_proxy.core.engine.sealed import seal, shown, unsealed
+
+if TYPE_CHECKING:
+    from mail_proxy.core.contracts.model import Account
+    from mail_proxy.core.engine.runtime import Runtime
+
+
+class AccountFieldsCodec:
+    """One per runtime (``runtime.local(AccountFieldsCodec)``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def _owner(self) -> dict[str, str]:
+        """Field name → the registered group that accepts it."""
+        reg = self.rt.account_fields
+        return {
+            field: name
+            for name, spec in reg.items()
+            if not reg.is_placeholder(name)
+            for field in spec.model.model_fields
+        }
+
+    def split(
+        self, extra_fields: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The plugins' part of an account: ``extra_fields`` (what the core account body did
+        not know) grouped by plugin, validated and sealed, merged over ``previous`` (the
+        stored ``extra``). 400 for a field no installed plugin accepts (naming the plugin to
+        install when it is a known one)."""
+        reg = self.rt.account_fields
+        owner = self._owner()
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in extra_fields.items():
+            if key in owner:
+                groups.setdefault(owner[key], {})[key] = value
+            elif key in reg and reg.is_placeholder(key):
+                raise ApiError(400, "plugin_not_installed", reg.get(key).doc, field=key)
+            else:
+                raise ApiError(400, "validation_error", f"unknown account field {key!r}", field=key)
+        extra = dict(previous or {})
+        for name, raw in groups.items():
+            spec = reg.get(name)
+            kept = {  # a secret left out of an update keeps its stored value
+                s: extra[name][s]
+                for s in spec.secret_fields
+                if s not in raw and isinstance(extra.get(name), dict) and s in extra[name]
+            }
+            sealed = seal(self.rt, spec.model, spec.secret_fields, raw, "")
+            for secret, value in kept.items():
+                if sealed.get(secret) is None:
+                    sealed[secret] = value
+            extra[name] = sealed
+        return extra
+
+    def public(self, extra: dict[str, Any] | None) -> dict[str, Any]:
+        """The plugins' fields of an account, flat, as the API shows them."""
+        reg = self.rt.account_fields
+        out: dict[str, Any] = {}
+        for name, stored in (extra or {}).items():
+            if name in reg and not reg.is_placeholder(name) and isinstance(stored, dict):
+                out.update(shown(stored, reg.get(name).secret_fields) or {})
+        return out
+
+    def get(self, account: Account, name: str) -> Any:
+        """The plugin's model instance for ``account`` (secrets decrypted), or None."""
+        stored = (account.extra or {}).get(name)
+        if stored is None or name not in self.rt.account_fields:
+            return None
+        return unsealed(self.rt, self.rt.account_fields.get(name).model, stored)
