@@ -37,13 +37,15 @@ _ADDS = {
     "settings_sections": ("register_settings", "sections", "settings section"),
     "migration_branches": ("register_migrations", "branches", "migration branch"),
     "tenant_settings": ("register_tenant_settings", "settings", "tenant setting"),
+    "account_fields": ("register_account_fields", "fields", "account fields"),
     "event_types": ("register_event_types", "event_types", "event type"),
     "message_steps": ("register_message_steps", "steps", "message step"),
 }
 
 
 def plugins(*, json: bool = False) -> int:
-    """List the installed plugins: distribution, version, edition, hooks and what they add.
+    """List the installed plugins (less ``GMP_DISABLED_PLUGINS``): distribution, version,
+    edition, hooks and what they add.
 
     Parameters
     ----------
@@ -51,9 +53,12 @@ def plugins(*, json: bool = False) -> int:
         Print JSON: {"plugins": [{"name", "distribution", "version", "edition", "hooks",
         "description", "adds": {...}}]}.
     """
+    import os
+
     from mail_proxy.core.plugins.loader import create_plugin_manager
 
-    pm = create_plugin_manager()
+    disabled = [n.strip() for n in os.environ.get("GMP_DISABLED_PLUGINS", "").split(",")]
+    pm = create_plugin_manager(disabled=[n for n in disabled if n])
     adds = collect_additions(pm)
     rows = []
     for info in pm.plugins():

@@ -1,0 +1,1 @@
+"""The worked example plugin of docs/plugins.md (entry point ``example``)."""
