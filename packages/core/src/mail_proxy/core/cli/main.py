@@ -166,6 +166,11 @@ def _app(name: str, help: str, usage: str | None = None, **kwargs: Any) -> App:
 
 def _add(app: App, registry: CommandRegistry, level: CommandLevel, group: str | None) -> None:
     for spec in registry.at(level):
+        if spec.name in app:
+            # A plugin may name a global command and an instance/tenant command alike
+            # (``mail-proxy pec parse`` and ``mail-proxy NAME pec status``): the root app
+            # keeps the global one; dispatch() sends NAME-prefixed lines to the other.
+            continue
         if group is None:
             app.command(spec.target, name=spec.name, help=spec.help)
         else:
