@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.contracts.errors import ApiError
-from mail_proxy.core.engine.sealed import seal, shown, unsealed
+from mail_proxy.core.engine.sealed import SEALED, is_sealed, seal, shown, unsealed
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Account
@@ -51,16 +51,16 @@ class AccountFieldsCodec:
         extra = dict(previous or {})
         for name, raw in groups.items():
             spec = reg.get(name)
-            kept = {  # a secret left out of an update keeps its stored value
-                s: extra[name][s]
+            stored = extra.get(name) if isinstance(extra.get(name), dict) else {}
+            # A secret left out of an update keeps its stored value, and the model validates
+            # the account as it will be (so a model may require a secret).
+            kept = {
+                s: stored[s]
                 for s in spec.secret_fields
-                if s not in raw and isinstance(extra.get(name), dict) and s in extra[name]
+                if s not in raw and is_sealed(stored.get(s))
             }
-            sealed = seal(self.rt, spec.model, spec.secret_fields, raw, "")
-            for secret, value in kept.items():
-                if sealed.get(secret) is None:
-                    sealed[secret] = value
-            extra[name] = sealed
+            full = {**raw, **{s: self.rt.decrypt(token[SEALED]) for s, token in kept.items()}}
+            extra[name] = seal(self.rt, spec.model, spec.secret_fields, full, "")
         return extra
 
     def public(self, extra: dict[str, Any] | None) -> dict[str, Any]:
