@@ -56,5 +56,12 @@ class Metrics:
             registry=r,
         )
 
+        self.loop_lag = Histogram(
+            "gmp_event_loop_lag_seconds",
+            "How late the event loop ran a timer (engine/loop_lag.py): time the loop was held.",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

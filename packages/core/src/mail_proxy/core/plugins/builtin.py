@@ -51,11 +51,13 @@ def on_event(event: Event, runtime: Runtime) -> None:
 def register_services(services: Registry[ServiceFactory]) -> None:
     from mail_proxy.core.engine.dispatcher import Dispatcher
     from mail_proxy.core.engine.housekeeping import Housekeeping
+    from mail_proxy.core.engine.loop_lag import LoopLagMonitor
     from mail_proxy.core.engine.reporter import Reporter
 
     services.register("dispatcher", Dispatcher.create, plugin="core")
     services.register("reporter", Reporter.create, plugin="core")
     services.register("housekeeping", Housekeeping.create, plugin="core")
+    services.register("loop-lag", LoopLagMonitor.create, plugin="core")
 
 
 @hookimpl
