@@ -44,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from email.message import Message
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from xml.parsers import expat
 
 __all__ = [
@@ -93,6 +93,11 @@ class PecReceipt:
     event: str | None = None
     #: the original message's Message-ID, always in the ``<...>`` form
     reference: str | None = None
+    #: daticert's ``<msgid>`` (``<...>`` form): the signed reference, which may differ from
+    #: the ``X-Riferimento-Message-ID`` header (correlation tries the header, then this)
+    daticert_msgid: str | None = None
+    #: the receipt's own ``Message-ID`` header (``<...>`` form)
+    message_id: str | None = None
     #: for delivery/error receipts the ``<consegna>`` address, else the single recipient
     recipient: str | None = None
     recipients: list[str] = field(default_factory=list)
@@ -141,6 +146,7 @@ def parse_receipt(raw: bytes) -> PecReceipt:
 
     header_kind = (_header(msg, "X-Ricevuta") or "").lower() or None
     header_ref = _message_id(_header(msg, "X-Riferimento-Message-ID"))
+    own_id = _message_id(_header(msg, "Message-ID"))
 
     content = _unwrap(msg, warnings)
     daticert_part = _find_daticert(content) if content is not None else None
@@ -180,6 +186,7 @@ def parse_receipt(raw: bytes) -> PecReceipt:
             kind=kind,
             event=EVENTS[kind],
             reference=header_ref,
+            message_id=own_id,
             warnings=warnings,
         )
 
@@ -197,6 +204,8 @@ def parse_receipt(raw: bytes) -> PecReceipt:
         kind=kind,
         event=EVENTS[kind],
         reference=header_ref or dati.msgid,
+        daticert_msgid=dati.msgid,
+        message_id=own_id,
         recipient=recipient,
         recipients=list(dati.destinatari),
         error=": ".join(x for x in (dati.error_code, dati.error_detail) if x) or None,
@@ -309,7 +318,7 @@ def _parse_daticert(data: bytes) -> ET.Element:
         decl = found.group(1).decode("ascii").upper()
         raise DaticertError(f"contains a <!{decl} declaration (DTDs and entities are refused)")
 
-    def refuse(*_args: object) -> None:
+    def refuse(*_args: object) -> NoReturn:
         raise DaticertError("contains a DOCTYPE/ENTITY declaration (DTDs are refused)")
 
     builder = ET.TreeBuilder()
