@@ -41,6 +41,11 @@ GRAMMAR = (
 )
 INSTANCE_GROUP = "Instance commands: mail-proxy NAME COMMAND"
 TENANT_GROUP = "Tenant commands: mail-proxy NAME [TENANT] COMMAND"
+#: What ``mail-proxy`` says when no installed plugin provides a command (core alone).
+NO_COMMANDS = (
+    "no commands installed: genro-mail-proxy-core is only the framework; add the Community "
+    "Edition with: pip install genro-mail-proxy (or genro-mail-proxy-ce)"
+)
 
 _registry: CommandRegistry | None = None
 
@@ -51,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tokens = list(sys.argv[1:] if argv is None else argv)
     try:
-        return dispatch(tokens, load_commands())
+        code = dispatch(tokens, load_commands())
+        sys.stdout.flush()  # inside the try: a reader gone early is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        # `mail-proxy ... | head`: the reader has what it wanted; not an error.
+        return _stdout_closed()
     except CliError as exc:
         return _fail(exc.message, exc.exit_code)
     except CycloptsError as exc:
@@ -72,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"mail-proxy: error: {message}", file=sys.stderr)
     return code
+
+
+def _stdout_closed() -> int:
+    """Exit 0 quietly once the reader closed stdout: point stdout at /dev/null so the flush
+    at interpreter exit does not fail again (and print "Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def load_commands() -> CommandRegistry:
@@ -98,6 +120,8 @@ def dispatch(argv: list[str], registry: CommandRegistry) -> int:
     glob, inst, ten = (
         {s.name for s in registry.at(level)} for level in ("global", "instance", "tenant")
     )
+    if not registry.all():
+        return _no_commands(argv)
     if not argv or argv[0].startswith("-") or argv[0] in glob:
         bind(None)
         return run(root_app(registry), argv)
@@ -128,6 +152,18 @@ def dispatch(argv: list[str], registry: CommandRegistry) -> int:
         raise UsageError(_unknown(instance, tenant, rest[0] if rest else None, inst))
     bind(Target(instance, check_name(tenant, "tenant")))
     return run(tenant_app(registry, instance, tenant), rest)
+
+
+def _no_commands(argv: list[str]) -> int:
+    """Core alone: say in one line which package to add; exit 1 unless asked for help or the
+    version."""
+    if argv[:1] == ["--version"]:
+        print(_version())
+        return 0
+    if argv[:1] and argv[0] in HELP_FLAGS:
+        print(f"mail-proxy: {NO_COMMANDS}")
+        return 0
+    raise CliError(NO_COMMANDS)
 
 
 def _unknown(instance: str, tenant: str, command: str | None, inst: set[str]) -> str:
