@@ -1,0 +1,157 @@
+"""VERP: the envelope sender of every message names the message, authenticated.
+
+With a ``return_path`` (``bounces@example.com``) configured, :class:`VerpStep` (a
+``before_send`` message step) sets the envelope sender to ``bounces+TOKEN@example.com``.
+A bounce is delivered to that address, so it names its message even when the reporting
+server quotes none of the original headers.
+
+``TOKEN`` is ``<pk>-<mac>``: the message's storage key in base 36, and the first 12 base-32
+characters (60 bits) of an HMAC-SHA256 over the key, tenant, client id and Message-ID of the
+message, keyed with an instance secret. Lower case letters and digits only (some servers
+lower-case local parts), about 20 characters: well inside the 64 of a local part. A token
+that does not verify is forged (or belongs to a message since purged and its key reused):
+:func:`resolve` says so and the bounce changes nothing.
+
+The secret is 32 random bytes made once per database (the first instance that needs it
+wins), stored sealed with the instance key in ``bounce_secrets``; there is no built-in
+default. Key rotation (``mail-proxy NAME rotate-key``) does not know this table: after a
+rotation the secret sealed with the old key cannot be opened on the next start, a new one
+is made (logged), and bounces of messages sent before then are matched by their quoted
+Message-ID only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from mail_proxy.core.contracts.extensions import DeliveryContext, MessageStep
+from mail_proxy.core.contracts.storage import MessageFilter
+
+from . import schema
+from .config import BounceConfigs
+from .sqlutil import insert_ignore
+
+if TYPE_CHECKING:
+    from mail_proxy.core.contracts.model import MessageRecord
+    from mail_proxy.core.engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SECRET_NAME = "verp"
+MAC_CHARS = 12
+_TOKEN = re.compile(rf"([0-9a-z]{{1,13}})-([a-z2-7]{{{MAC_CHARS}}})")
+
+
+def _b36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        value, rest = divmod(value, 36)
+        out = digits[rest] + out
+        if not value:
+            return out
+
+
+def mac(secret: bytes, pk: int, tenant_id: str, client_id: str, message_id: str) -> str:
+    data = "\n".join((str(pk), tenant_id, client_id, message_id)).encode()
+    digest = hmac.new(secret, data, hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:MAC_CHARS]
+
+
+def make_token(secret: bytes, rec: MessageRecord) -> str:
+    return f"{_b36(rec.pk)}-{mac(secret, rec.pk, rec.tenant_id, rec.id, rec.message_id)}"
+
+
+def verp_address(return_path: str, token: str) -> str:
+    local, _, domain = return_path.rpartition("@")
+    return f"{local}+{token}@{domain}"
+
+
+def token_in(address: str, return_paths: set[str]) -> str | None:
+    """The token of ``address`` when it is a VERP address of one of ``return_paths``
+    (``local+TOKEN@domain``, compared without case), else None."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    base, plus, token = local.rpartition("+")
+    if not at or not plus or f"{base}@{domain}" not in return_paths:
+        return None
+    return token
+
+
+class VerpSecret:
+    """The instance secret of the tokens (``runtime.local(VerpSecret)``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._value: bytes | None = None
+
+    async def get(self) -> bytes:
+        if self._value is None:
+            self._value = await self._load()
+        return self._value
+
+    async def _load(self) -> bytes:
+        engine = self.rt.storage.database
+        t = schema.secrets
+        fresh = base64.b64encode(os.urandom(32)).decode()
+        async with engine.begin() as conn:
+            await insert_ignore(
+                conn,
+                t,
+                [{"name": SECRET_NAME, "value": self.rt.encrypt(fresh), "created_at": time.time()}],
+            )
+            stored = await conn.scalar(sa.select(t.c.value).where(t.c.name == SECRET_NAME))
+            try:
+                return base64.b64decode(self.rt.decrypt(stored))
+            except Exception:
+                log.error(
+                    "bounce: the VERP secret does not open with the current encryption key "
+                    "(rotated?): a new secret is made; bounces of messages sent before are "
+                    "matched by their quoted Message-ID only"
+                )
+                await conn.execute(
+                    t.update()
+                    .where(t.c.name == SECRET_NAME)
+                    .values(value=self.rt.encrypt(fresh), created_at=time.time())
+                )
+                return base64.b64decode(fresh)
+
+
+class VerpStep(MessageStep):
+    """``before_send``: the envelope sender becomes the message's VERP address."""
+
+    name = "bounce-verp"
+
+    async def before_send(self, ctx: DeliveryContext) -> None:
+        rt = ctx.runtime
+        config = await rt.local(BounceConfigs).effective(ctx.record.tenant_id)
+        if config is None or not config.return_path or rt.cipher is None:
+            return
+        secret = await rt.local(VerpSecret).get()
+        ctx.sender = verp_address(config.return_path, make_token(secret, ctx.record))
+
+
+async def resolve(runtime: Runtime, token: str) -> tuple[str, MessageRecord | None]:
+    """``("ok", message)`` for a token that verifies, ``("forged", None)`` for one that does
+    not, ``("unmatched", None)`` when the message is gone (purged)."""
+    found = _TOKEN.fullmatch(token)
+    if found is None:
+        return "forged", None
+    pk = int(found.group(1), 36)
+    rows = await runtime.storage.list_messages(MessageFilter(after_pk=pk - 1, limit=1))
+    rec = rows[0] if rows and rows[0].pk == pk else None
+    if rec is None:
+        return "unmatched", None
+    secret = await runtime.local(VerpSecret).get()
+    expected = mac(secret, rec.pk, rec.tenant_id, rec.id, rec.message_id)
+    if not hmac.compare_digest(expected, found.group(2)):
+        return "forged", None
+    return "ok", rec
