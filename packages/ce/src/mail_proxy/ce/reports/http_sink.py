@@ -12,8 +12,10 @@ Target, per tenant:
   signed with ``GMP_CLIENT_SYNC_SECRET``. This shared URL may receive several tenants'
   reports, so for every tenant but ``default`` the body also carries ``"tenant_id"``.
 
-The body is ``{"delivery_report": [...]}``; the answer counts as accepted only when it is a
-2xx with a JSON object whose ``ok`` is ``true``. Redirects are not followed (a 3xx is a
+The body is ``{"delivery_report": [...]}``; a 2xx answer whose body is valid JSON
+acknowledges the batch, unless that JSON is an object saying ``"ok": false`` (so ``{}``,
+``{"ok": true}`` and ``{"received": 3}`` all acknowledge; an empty or non-JSON body does not).
+``queued`` and ``next_sync_after`` are read from an acknowledging object. Redirects are not followed (a 3xx is a
 failure: a report must not be re-posted to a place nobody configured). Answers are read up to
 :data:`MAX_ANSWER_BYTES`. One aiohttp session per kind of target is kept for the life of the
 runtime; no cookies, no proxy from the environment.
@@ -118,8 +120,12 @@ def parse_answer(status: int, raw: bytes) -> SinkAnswer:
         data = json.loads(raw)
     except (ValueError, RecursionError):
         return SinkAnswer(False, error=f"HTTP {status} with an answer that is not JSON")
-    if not isinstance(data, dict) or data.get("ok") is not True:
-        return SinkAnswer(False, error=f'HTTP {status} without "ok": true in the answer')
+    if not isinstance(data, dict):
+        return SinkAnswer(True)  # valid JSON that is not an object: acknowledged, no hints
+    if data.get("ok") is False:
+        said = data.get("error")
+        detail = f": {str(said)[:200]}" if isinstance(said, str) and said else ""
+        return SinkAnswer(False, error=f'HTTP {status} with "ok": false{detail}')
     queued = data.get("queued")
     if isinstance(queued, bool) or not isinstance(queued, int) or queued < 0:
         queued = 0
