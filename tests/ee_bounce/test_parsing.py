@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mail_proxy.ee.bounce.parsing import REASONS, BounceReport, parse_bounce
-from mail_proxy.ee.bounce.parsing.classify import reason_for, type_for
+from mail_proxy.ee.bounce.parsing.classify import notice_declares, reason_for, type_for
 from mail_proxy.ee.bounce.parsing.report import parse_files
 
 ORIGINAL_ID = "<171a2b3c.0123456789abcdef.1@sender.example>"
@@ -566,7 +566,7 @@ def test_sender_refusal_at_mail_from_is_a_policy() -> None:
 def test_type_rules(
     status: str, smtp: str, action: str, notice: str, reason: str, expected: str
 ) -> None:
-    assert type_for(status, smtp, action, notice, reason)[0] == expected
+    assert type_for(status, smtp, action, notice_declares(notice), reason)[0] == expected
 
 
 def test_to_dict_is_json_and_parse_files(tmp_path: Path) -> None:
@@ -640,3 +640,22 @@ def test_recipient_positions_in_text(body: str, addresses: list[str], reason: st
     report = parse_bounce(raw)
     assert [r.address for r in report.recipients] == addresses
     assert {r.reason for r in report.recipients} == {reason}
+
+
+def test_huge_and_pathological_input_stays_fast() -> None:
+    # linear-time address finding and bounded reads: none of these may take seconds
+    import time
+
+    blob = "QUJD" * 100_000  # a long token of address characters without spaces
+    listed = " ".join(f"u{i}@d{i}.example" for i in range(5000))
+    repeated = "\n".join(f"john@dest.example: user unknown {i}" for i in range(5000))
+    for text in (blob, listed, repeated, "a@" * 50_000):
+        raw = _crlf(
+            "From: MAILER-DAEMON@mx.example.net\nTo: shop@sender.example\n"
+            f"Subject: Undeliverable\n\n<john@dest.example>: 550 5.1.1 user unknown\n{text}\n"
+        )
+        started = time.perf_counter()
+        report = parse_bounce(raw)
+        assert time.perf_counter() - started < 10
+        assert report.is_bounce
+        assert 1 <= len(report.recipients) <= 500

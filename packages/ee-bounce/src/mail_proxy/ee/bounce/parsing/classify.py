@@ -44,12 +44,15 @@ in the queue) becomes expired (:func:`settle_expiry`).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .dsn import status_code
-from .mime import EMAIL_RE
+from .mime import mask_emails
 from .patterns import JUDGEMENT_TIER, TIERS
 
+_READ_LIMIT = 4000
+_NOTICE_LIMIT = 20000
 _DEFINITIVE: dict[str, str] = {
     "1.1": "user_unknown",
     "1.10": "user_unknown",
@@ -136,8 +139,15 @@ def locate(text: str) -> tuple[str, str, int] | None:
     The first tier with a match decides; inside it, the first pattern in table order
     (all tiers but one) or the phrase found first in the text (the judgement tier).
     """
-    # addresses are masked: a local part such as "spam@" or "mailboxfull@" is not a reason
-    flat = " ".join(EMAIL_RE.sub("<addr>", text or "").split()).lower()
+    # addresses are masked: a local part such as "spam@" or "mailboxfull@" is not a reason;
+    # only the start is read: what a server says about a failure is short, and a pattern
+    # scan of a huge text (a pasted attachment) would cost seconds
+    return _locate_flat(" ".join(mask_emails((text or "")[:_READ_LIMIT]).split()).lower())
+
+
+@functools.lru_cache(maxsize=512)
+def _locate_flat(flat: str) -> tuple[str, str, int] | None:
+    # cached: the recipients of one report often share their text
     if not flat:
         return None
     for tier, patterns in enumerate(TIERS):
@@ -213,30 +223,48 @@ def reason_for(status: str, smtp: str, texts: list[tuple[str, str]]) -> tuple[st
     return "other", f"smtp {smtp} (text not recognised)" if smtp else "nothing recognised"
 
 
-def settle_expiry(reason: str, rule: str, action: str, context: str) -> tuple[str, str]:
+def says_expired(context: str) -> bool:
+    """Whether a notice (with its subject) says the message was given up after retrying."""
+    flat = " ".join((context or "")[:_NOTICE_LIMIT].split()).lower()
+    return bool(pattern("expired").search(flat))
+
+
+def settle_expiry(reason: str, rule: str, action: str, expired_notice: bool) -> tuple[str, str]:
     """A connection failure in a report that gave up after retrying is an expiry.
 
     The per-recipient text often shows only the last attempt ("Connection timed out") while
     the notice or its subject says the message was returned after days in the queue ("Cannot
     send message for 5 days", "retry timeout exceeded"): the message expired, and the
-    network is only why. A delay notice (``Action: delayed``) has not expired yet.
+    network is only why (``expired_notice`` is :func:`says_expired` of the notice). A delay
+    notice (``Action: delayed``) has not expired yet.
     """
-    flat = " ".join((context or "").split()).lower()
-    if reason == "network_error" and action != "delayed" and pattern("expired").search(flat):
+    if reason == "network_error" and action != "delayed" and expired_notice:
         return "expired", f"{rule}, in a notice that says the message expired"
     return reason, rule
 
 
-def type_for(status: str, smtp: str, action: str, notice: str, reason: str) -> tuple[str, str]:
-    """``(type, why)``: hard or soft, following the order in the module docstring."""
+def notice_declares(notice: str) -> str:
+    """``"soft"``, ``"hard"`` or ``""``: what the notice says of the failure in so many words
+    ("this is only a temporary failure report", "This is a permanent error")."""
+    head = (notice or "")[:_NOTICE_LIMIT]
+    if _TEMPORARY.search(head):
+        return "soft"
+    if _PERMANENT.search(head):
+        return "hard"
+    return ""
+
+
+def type_for(status: str, smtp: str, action: str, declared: str, reason: str) -> tuple[str, str]:
+    """``(type, why)``: hard or soft, following the order in the module docstring
+    (``declared`` is :func:`notice_declares` of the notice)."""
     if action == "delayed":
         return "soft", "action delayed"
     if status[:1] in ("4", "5"):
         return ("hard" if status[0] == "5" else "soft"), f"status {status}"
     if smtp[:1] in ("4", "5"):
         return ("hard" if smtp[0] == "5" else "soft"), f"smtp {smtp}"
-    if _TEMPORARY.search(notice or ""):
+    if declared == "soft":
         return "soft", "notice says temporary"
-    if _PERMANENT.search(notice or ""):
+    if declared == "hard":
         return "hard", "notice says permanent"
     return ("hard" if reason in _HARD_REASONS else "soft"), f"reason {reason}"

@@ -15,16 +15,20 @@ from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.message import Message
 
-#: An addr-spec as it appears in bounce text (quoted local parts are not worth the trouble).
-EMAIL_RE = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}(?![A-Za-z0-9-])"
+#: The characters of an unquoted local part (quoted local parts are not worth the trouble).
+_LOCAL_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~.-"
+)
+_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}(?![A-Za-z0-9-])"
 )
 _VALID_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
 _ADDRESS_TYPE = re.compile(r"^\s*(?:rfc822|rfc-822|x-[\w-]+|unknown)\s*;\s*", re.I)
 
 #: Leaf content types that carry the original message (never searched for recipients).
 ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
+#: How much of each text part is read: notices are short, what follows is the original.
+_TEXT_LIMIT = 256 * 1024
 DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 FEEDBACK_TYPES = ("message/feedback-report",)
 
@@ -139,7 +143,7 @@ def _walk(part: Message, parts: Parts, top: bool = False) -> None:
         return
     if part.get_content_maintype() in ("text", "multipart"):
         # a multipart whose boundary never appears arrives here as one text: read it as such
-        text = part_text(part)
+        text = part_text(part)[:_TEXT_LIMIT]
         if text.strip():
             parts.texts.append(text)
 
@@ -227,13 +231,55 @@ def field_blocks(text: str) -> list[dict[str, str]]:
     return blocks
 
 
+def find_emails(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, address)`` of each addr-spec in ``text``, in order.
+
+    Found from the ``@`` signs outwards rather than with one regular expression: a
+    backtracking pattern for "local@domain" is quadratic on long runs of address characters
+    (a base64 blob, a long token), and bounces carry those.
+    """
+    found: list[tuple[int, int, str]] = []
+    floor = 0
+    at = text.find("@")
+    while at != -1:
+        start = at
+        while start > floor and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        local = text[start:at]
+        if ".." in local:
+            cut = local.rindex("..") + 2
+            start, local = start + cut, local[cut:]
+        while local.startswith("."):
+            start, local = start + 1, local[1:]
+        domain = _DOMAIN.match(text, at + 1)
+        if local and not local.endswith(".") and domain:
+            found.append((start, domain.end(), text[start : domain.end()]))
+            floor = domain.end()
+            at = text.find("@", floor)
+        else:
+            floor = at + 1
+            at = text.find("@", floor)
+    return found
+
+
+def mask_emails(text: str, mask: str = "<addr>") -> str:
+    """``text`` with every address replaced by ``mask``."""
+    pieces, last = [], 0
+    for start, end, _address in find_emails(text):
+        pieces.append(text[last:start])
+        pieces.append(mask)
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
 def normalize_address(value: str) -> str:
     """``rfc822; <Someone@Example.COM>`` → ``someone@example.com``; ``""`` when not an address."""
     text = _ADDRESS_TYPE.sub("", decode_words(value or ""))
-    found = EMAIL_RE.search(text)
+    found = find_emails(text)
     if not found:
         return ""
-    address = found.group(0).strip(".").lower()
+    address = found[0][2].strip(".").lower()
     return address if _VALID_ADDRESS.match(address) else ""
 
 

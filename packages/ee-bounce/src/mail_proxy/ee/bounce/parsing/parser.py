@@ -20,6 +20,7 @@ contains when the outer message yields nothing.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from email.message import Message
 
 from . import classify, detect, dsn, original
@@ -86,8 +87,13 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     if failures and (strong or (evidence and auto < 2)):
         report.is_bounce = True
         report.kind = "bounce"
-        subject = header(msg, "Subject")
-        report.recipients = [_classify(f, notice, len(failures), subject) for f in failures]
+        context = _Context(
+            notice=notice,
+            count=len(failures),
+            declared=classify.notice_declares(notice),
+            expired=classify.says_expired(f"{header(msg, 'Subject')}\n{notice}"),
+        )
+        report.recipients = [_classify(f, context) for f in failures]
     elif auto:
         report.kind = "autoreply"
         sender = normalize_address(header(msg, "From"))
@@ -189,8 +195,20 @@ def _embedded(msg: Message, parts: Parts) -> BounceReport | None:
     return None
 
 
-def _classify(finding: Finding, notice: str, count: int, subject: str) -> RecipientFailure:
-    before = preamble(notice, finding.address) if count == 1 else ""
+@dataclass
+class _Context:
+    """What the classification of every recipient of one report shares (computed once)."""
+
+    notice: str
+    count: int
+    declared: str
+    expired: bool
+
+
+def _classify(finding: Finding, context: _Context) -> RecipientFailure:
+    count = context.count
+    # the reason, when written before the address, is just before it
+    before = preamble(context.notice, finding.address)[-3000:] if count == 1 else ""
     status = classify.pick_status(finding.status, finding.diagnostic, finding.text, before)
     smtp = classify.smtp_code(finding.diagnostic) or classify.smtp_code(finding.text)
     if not smtp and count == 1:
@@ -199,8 +217,8 @@ def _classify(finding: Finding, notice: str, count: int, subject: str) -> Recipi
     if count == 1:
         texts.append(("notice", before))
     reason, rule = classify.reason_for(status, smtp, texts)
-    reason, rule = classify.settle_expiry(reason, rule, finding.action, f"{subject}\n{notice}")
-    kind, why = classify.type_for(status, smtp, finding.action, notice, reason)
+    reason, rule = classify.settle_expiry(reason, rule, finding.action, context.expired)
+    kind, why = classify.type_for(status, smtp, finding.action, context.declared, reason)
     if not rule.startswith(why):
         rule = f"{rule}; {kind}: {why}"
     return RecipientFailure(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 
 from .dsn import unquote
-from .mime import EMAIL_RE
+from .mime import find_emails
 from .model import Finding
 
 _MARKER = re.compile(
@@ -87,15 +87,25 @@ def cut_original(text: str) -> str:
     return text
 
 
-def is_anchor(prefix: str) -> bool:
-    """Whether an address preceded by ``prefix`` (on its line) stands in a recipient place."""
-    listed = re.sub(r"[,;]", " ", EMAIL_RE.sub(" ", prefix))  # "a@x, b@y: reason" names both
+def is_anchor(prefix: str, after_addresses_only: bool = False) -> bool:
+    """Whether an address preceded by ``prefix`` (on its line) stands in a recipient place.
+
+    ``after_addresses_only``: the line before it holds nothing but punctuation and other
+    addresses (``a@x, b@y: reason`` names both).
+    """
     return bool(
-        _LEADING.match(listed)
-        or _LABEL.search(prefix)
-        or _SMTP_PREFIX.match(prefix)
-        or _MAILTO.match(prefix)
+        after_addresses_only
+        or _LEADING.match(prefix)
+        or _LABEL.search(prefix[-200:])
+        or (len(prefix) < 40 and _SMTP_PREFIX.match(prefix))
+        or (len(prefix) < 120 and _MAILTO.match(prefix))
     )
+
+
+#: More recipients than this in one notice is not a bounce worth reading further.
+MAX_RECIPIENTS = 500
+#: How much text after a recipient is kept as what the notice says about it.
+SEGMENT_LIMIT = 4000
 
 
 def find_recipients(notice: str, exclude: set[str], never: set[str] = frozenset()) -> list[Finding]:
@@ -108,27 +118,62 @@ def find_recipients(notice: str, exclude: set[str], never: set[str] = frozenset(
     anchors: list[tuple[int, int, int, str]] = []  # (line start, address end, line no, addr)
     offset = 0
     for number, line in enumerate(notice.splitlines(keepends=True)):
-        for match in EMAIL_RE.finditer(line):
-            address = match.group(0).strip(".").lower()
-            if address in never or not is_anchor(line[: match.start()]):
+        listed, last = True, 0
+        for begin, end, found in find_emails(line):
+            gap = re.sub(r"[,;]", " ", line[last:begin])
+            listed = listed and bool(_LEADING.match(gap))
+            last = end
+            address = found.strip(".").lower()
+            if address in never or not is_anchor(line[:begin], listed):
                 continue
-            anchors.append((offset, offset + match.end(), number, address))
+            anchors.append((offset, offset + end, number, address))
         offset += len(line)
     if any(anchor[3] not in exclude for anchor in anchors):
         anchors = [anchor for anchor in anchors if anchor[3] not in exclude]
+    kept = list(dict.fromkeys(anchor[3] for anchor in anchors))[:MAX_RECIPIENTS]
+    if len(kept) == MAX_RECIPIENTS:
+        anchors = [anchor for anchor in anchors if anchor[3] in set(kept)]
+    stops = _stops(anchors, len(notice))
     found: dict[str, Finding] = {}
-    for index, (start, _end, line, address) in enumerate(anchors):
-        stop = len(notice)
-        for later in anchors[index + 1 :]:
-            if later[3] != address and later[2] > line:
-                stop = later[0]
-                break
-        segment = notice[start:stop].strip()
+    for index, (start, _end, _line, address) in enumerate(anchors):
+        segment = notice[start : stops[index]][:SEGMENT_LIMIT].strip()
         if address not in found:
             found[address] = Finding(address=address, source="text", text=segment)
-        elif segment and segment not in found[address].text:
+        elif (
+            segment
+            and len(found[address].text) < SEGMENT_LIMIT
+            and segment not in found[address].text
+        ):
             found[address].text = f"{found[address].text}\n{segment}"
     return list(found.values())
+
+
+def _stops(anchors: list[tuple[int, int, int, str]], end: int) -> list[int]:
+    """For each anchor, where its text stops: the start of the next line that names another
+    recipient (lines naming only the same address again do not stop it)."""
+    groups: list[tuple[int, int, set[str]]] = []  # (line number, line start, addresses)
+    for start, _end, line, address in anchors:
+        if groups and groups[-1][0] == line:
+            groups[-1][2].add(address)
+        else:
+            groups.append((line, start, {address}))
+    count = len(groups)
+    # for a line naming a single address: the first later line that is not only that address
+    beyond: list[int] = [count] * count
+    for index in range(count - 2, -1, -1):
+        only = groups[index][2]
+        if len(only) == 1 and groups[index + 1][2] == only:
+            beyond[index] = beyond[index + 1]
+        else:
+            beyond[index] = index + 1
+    position = {line: index for index, (line, _start, _addresses) in enumerate(groups)}
+    stops = []
+    for _start, _end, line, address in anchors:
+        nxt = position[line] + 1
+        if nxt < count and groups[nxt][2] == {address}:
+            nxt = beyond[nxt]
+        stops.append(groups[nxt][1] if nxt < count else end)
+    return stops
 
 
 def preamble(notice: str, address: str) -> str:
