@@ -79,7 +79,7 @@ _AUTOREPLY_BODY = re.compile(
 def is_complaint(msg: Message, parts: Parts) -> bool:
     """An ARF feedback report or a Microsoft JMRP complaint."""
     if msg.get_content_type() == "multipart/report":
-        if (msg.get_param("report-type") or "").lower() == "feedback-report":
+        if str(msg.get_param("report-type") or "").lower() == "feedback-report":
             return True
     if parts.feedback:
         return True

@@ -27,7 +27,7 @@ from . import classify, detect, dsn, original
 from .mime import Parts, collapse, collect_parts, header, header_all, load, normalize_address
 from .model import BounceReport, Finding, RecipientFailure
 from .notifications import ses_notification
-from .text_formats import find_recipients, notice_text, preamble
+from .text_formats import MAX_RECIPIENTS, find_recipients, notice_text, preamble
 
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To")
 _RECEIVED_FOR = re.compile(r"\bfor\s+<?([^\s<>;]+@[^\s<>;]+?)>?\s*;", re.I)
@@ -75,7 +75,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
         return _with_original(report, headers)
 
     evidence = "report" if structured else detect.bounce_evidence(msg, notice)
-    auto, _why = detect.autoreply_evidence(msg, notice)
+    auto, auto_why = detect.autoreply_evidence(msg, notice)
     strong = structured or evidence in ("x-failed-recipients", "from mail system")
     if not failures and depth == 0:
         inner = _embedded(msg, parts)
@@ -97,7 +97,7 @@ def _parse(msg: Message, depth: int) -> BounceReport:
     elif auto:
         report.kind = "autoreply"
         sender = normalize_address(header(msg, "From"))
-        report.recipients = [RecipientFailure(address=sender, rule=_why)] if sender else []
+        report.recipients = [RecipientFailure(address=sender, rule=auto_why)] if sender else []
     return _with_original(report, headers)
 
 
@@ -108,7 +108,8 @@ def _findings(
     from_report = [f for blocks in parts.dsn for f in dsn.findings_from_blocks(blocks)]
     if not from_report:
         from_report = [f for text in parts.texts for f in dsn.findings_in_text(text)]
-    structured = bool(from_report) or (msg.get_param("report-type") or "") == "delivery-status"
+    report_type = str(msg.get_param("report-type") or "").lower()
+    structured = bool(from_report) or report_type == "delivery-status"
     never = {normalize_address(header(msg, "From"))}
     from_text = find_recipients(notice, _exclusions(msg, headers), never)
     by_address = {f.address: f for f in from_text}
@@ -120,7 +121,7 @@ def _findings(
                 match = from_text[0]
             if match is not None:
                 finding.text = match.text
-        return _dedupe(named), structured
+        return _dedupe(named)[:MAX_RECIPIENTS], structured
     if from_text:
         if len(from_report) == 1 and len(from_text) == 1:
             lone = from_report[0]
@@ -271,6 +272,8 @@ def _plain(finding: Finding, kind: str) -> RecipientFailure:
 
 def _complainers(parts: Parts, headers: dict[str, str]) -> list[RecipientFailure]:
     found = []
+    kinds = [b["feedback-type"].lower() for b in parts.feedback if b.get("feedback-type")]
+    rule = f"feedback report ({kinds[0]})" if kinds else "feedback report"
     for block in parts.feedback:
         for name in ("original-rcpt-to", "removal-recipient"):
             address = normalize_address(block.get(name, ""))
@@ -282,7 +285,7 @@ def _complainers(parts: Parts, headers: dict[str, str]) -> list[RecipientFailure
             found.append(address)
     if not found:
         found = [normalize_address(p) for p in headers.get("to", "").split(",")]
-    return [RecipientFailure(address=a, rule="feedback report") for a in dict.fromkeys(found) if a]
+    return [RecipientFailure(address=a, rule=rule) for a in dict.fromkeys(found) if a]
 
 
 def _with_original(report: BounceReport, headers: dict[str, str]) -> BounceReport:
