@@ -201,7 +201,7 @@ _TABLE: list[tuple[int, str, str, str]] = [
     (
         1,
         "host_unknown",
-        "null mx",
+        "domain accepts no mail",
         r"null mx|doesn't receive e?mail|does not (?:receive|accept) e?mail|not accepting "
         r"(?:network )?(?:messages|mail)",
     ),
