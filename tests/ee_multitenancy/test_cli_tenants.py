@@ -1,14 +1,19 @@
 """``mail-proxy NAME tenants ...`` through the real script against a real running instance
-(started once per module), checked against the REST API and with the keys it prints."""
+(started once per module), checked against the REST API and with the keys it prints.
+
+The instance and the CLI also load the test plugin :mod:`.probe_setting` (through its entry
+point, from ``PYTHONPATH``), so ``--setting`` is tried with settings a plugin declares."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ee_multitenancy import probe_setting
 
 from support.cli_runner import MAIL_PROXY, Cli, free_port, http, run_in_pty
 
@@ -18,7 +23,8 @@ SECRET_LINE = re.compile(r"Report signing secret \(shown only now[^\n]*\n\s+(\S+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    cli = Cli(tmp_path_factory.mktemp("home"))
+    site = probe_setting.site_dir(tmp_path_factory.mktemp("site"))
+    cli = Cli(tmp_path_factory.mktemp("home"), PYTHONPATH=site)
     cli.ok("start", "main", "--port", str(free_port()))
     yield cli
     cli.cleanup()
@@ -87,16 +93,6 @@ def test_update_changes_only_what_is_given(srv: Cli) -> None:
     tenant = rest(srv, "GET", "/tenant/upd")["tenant"]
     assert tenant["client_auth"] is None and tenant["name"] is None
     assert tenant["rate_limits"]["per_day"] == 500
-    srv.ok(
-        "main",
-        "tenants",
-        "update",
-        "upd",
-        "--large-file-config",
-        '{"enabled": true, "max_size_mb": 2, "action": "reject"}',
-    )
-    assert rest(srv, "GET", "/tenant/upd")["tenant"]["large_file_config"]["action"] == "reject"
-
     nothing = srv("main", "tenants", "update", "upd")
     assert nothing.code == 2 and "nothing to change" in nothing.err
     bad = srv("main", "tenants", "update", "upd", "--base-url", "ftp://x.example.com")
@@ -159,3 +155,37 @@ def test_add_asks_for_missing_values_on_a_terminal(srv: Cli, tmp_path: Path) -> 
     tenant = rest(srv, "GET", "/tenant/tty")["tenant"]
     assert tenant["name"] == "Tty Corp" and tenant["client_base_url"] == "https://tty.example.com"
     assert tenant["client_auth"] == {"method": "bearer", "has_secret": True}
+
+
+def test_plugin_settings_are_given_with_setting_and_shown(srv: Cli) -> None:
+    secret = "cli-probe-Sentinel-3b7"
+    note = '{"note": "from the CLI"}'
+    srv.ok("main", "tenants", "add", "plug", "--setting", f"probe_note={note}")
+    assert rest(srv, "GET", "/tenant/plug")["tenant"]["probe_note"] == {"note": "from the CLI"}
+    config = json.dumps({"level": 4, "token": secret})
+    out = srv.ok(
+        "main", "tenants", "update", "plug", "--setting", f"probe_config={config}", "--name", "P"
+    ).out
+    assert "probe_config" in out
+    shown = srv.ok("main", "tenants", "show", "plug").out
+    assert re.search(r"^probe_config\s+.*\"level\": 4.*\"token_set\": true", shown, re.M), shown
+    assert re.search(r"^probe_note\s+.*from the CLI", shown, re.M), shown
+    assert secret not in shown
+    assert secret not in srv.ok("main", "tenants", "show", "plug", "--json").out
+
+    srv.ok("main", "tenants", "update", "plug", "--setting", "probe_note=null")
+    assert rest(srv, "GET", "/tenant/plug")["tenant"]["probe_note"] is None
+
+    # refused by the server: a value the plugin's model rejects, a plugin not installed
+    bad = srv("main", "tenants", "update", "plug", "--setting", 'probe_config={"level": 0}')
+    assert bad.code == 1 and "invalid_setting" in bad.err and "probe_config.level" in bad.err
+    missing = srv("main", "tenants", "update", "plug", "--setting", "large_file_config={}")
+    assert missing.code == 1 and "plugin_not_installed" in missing.err
+    assert "large-files plugin" in missing.err
+    # refused by the CLI
+    for arg in ("probe_note", "probe_note={not json", "=1"):
+        usage = srv("main", "tenants", "update", "plug", "--setting", arg)
+        assert usage.code == 2 and "--setting" in usage.err, usage
+    twice = srv("main", "tenants", "add", "p2", "--name", "x", "--setting", 'name="y"')
+    assert twice.code == 2 and "given twice" in twice.err
+    assert rest(srv, "GET", "/tenant/plug")["tenant"]["probe_config"]["level"] == 4

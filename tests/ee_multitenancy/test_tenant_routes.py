@@ -1,4 +1,5 @@
-"""Tenant management: create, show, list, update, delete; configuration validation; secrets."""
+"""Tenant management: create, show, list, update, delete; configuration validation; secrets;
+plugins' tenant settings in the tenant bodies (with the test plugin :mod:`.probe_setting`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ee_multitenancy import probe_setting
 
 from mail_proxy.core.contracts.storage import RateLimits
 from mail_proxy.core.engine.attachments import get_resolver
+from mail_proxy.core.engine.tenant_settings import TenantSettings
+from mail_proxy.ee.multitenancy.keystore import TenantKeys
 from support.ce_api import Api, message, start_api
 from support.multitenancy import add_file_account, as_tenant, create_tenant
 
@@ -27,19 +31,24 @@ FULL = {
     "client_attachment_path": "/files",
     "client_auth": {"method": "bearer", "token": TOKEN},
     "rate_limits": {"per_minute": 10, "per_hour": 100},
-    "large_file_config": {
-        "enabled": True,
-        "max_size_mb": 5,
-        "storage_url": "s3://bucket/mail",
-        "public_base_url": "https://files.example.com",
-        "action": "rewrite",
-    },
 }
+PROBE_SECRET = "probe-Sentinel-51e0"
 
 
 @pytest.fixture
 async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
     return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+
+
+@pytest.fixture
+async def probe_api(
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
+) -> Api:
+    """The app with the test plugin declaring the tenant settings probe_config (admin only,
+    secret ``token``) and probe_note (a tenant may set it)."""
+    settings = make_settings(database_url=db_url, test_mode=True)
+    client = await aiohttp_client_factory(settings, plugins=probe_setting.plugins())
+    return Api(client, tmp_path)
 
 
 async def test_create_returns_secrets_once_and_never_again(api: Api) -> None:
@@ -52,8 +61,6 @@ async def test_create_returns_secrets_once_and_never_again(api: Api) -> None:
     assert tenant["client_base_url"] == "https://acme.example.com"  # trailing '/' dropped
     assert tenant["client_auth"] == {"method": "bearer", "has_secret": True}
     assert tenant["rate_limits"] == {"per_minute": 10, "per_hour": 100, "per_day": None}
-    assert tenant["large_file_config"]["action"] == "rewrite"
-    assert tenant["large_file_config"]["file_ttl_days"] == 30
     assert tenant["has_api_key"] and tenant["has_sync_secret"]
     assert tenant["api_key_expires_at"] is None
 
@@ -71,7 +78,8 @@ async def test_create_returns_secrets_once_and_never_again(api: Api) -> None:
     assert [t["id"] for t in answers[2]["tenants"]] == ["acme", "default"]
 
     stored = await api.runtime.storage.get_tenant("acme")
-    assert stored.api_key_hash == hashlib.sha256(acme.api_key.encode()).hexdigest()
+    key = await api.runtime.local(TenantKeys).of_tenant("acme")
+    assert key.key_hash == hashlib.sha256(acme.api_key.encode()).hexdigest()
     assert stored.client_auth == {"method": "bearer", "token": TOKEN}
     assert stored.sync_secret == acme.sync_secret
 
@@ -160,11 +168,7 @@ async def test_update_changes_only_given_fields_and_null_clears(api: Api) -> Non
 
 async def test_tenant_may_change_its_endpoints_but_not_its_quotas(api: Api) -> None:
     acme = await create_tenant(api, "acme", **FULL)
-    for field, value in (
-        ("active", False),
-        ("rate_limits", {"per_minute": 10**6}),
-        ("large_file_config", {"enabled": False}),
-    ):
+    for field, value in (("active", False), ("rate_limits", {"per_minute": 10**6})):
         answer = await as_tenant(api, acme, "PUT", "/tenant/acme", {field: value}, expect=403)
         assert answer["code"] == "admin_only_field" and answer["fields"] == [field]
     answer = await as_tenant(
@@ -177,6 +181,84 @@ async def test_tenant_may_change_its_endpoints_but_not_its_quotas(api: Api) -> N
     assert answer["tenant"]["name"] == "mine"
     tenant = (await api.get("/tenant/acme"))["tenant"]
     assert tenant["rate_limits"]["per_minute"] == 10 and tenant["active"] is True
+
+
+async def test_a_plugin_setting_without_its_plugin_is_refused_naming_the_plugin(api: Api) -> None:
+    config = {"enabled": True, "action": "warn"}
+    answer = await api.post("/tenant", {"id": "acme", "large_file_config": config}, expect=400)
+    assert answer["code"] == "plugin_not_installed" and answer["field"] == "large_file_config"
+    assert answer["error"] == (
+        "large_file_config needs the large-files plugin "
+        "(pip install 'genro-mail-proxy[large-files]')"
+    )
+    assert [t["id"] for t in (await api.get("/tenants"))["tenants"]] == ["default"]
+
+    acme = await create_tenant(api, "acme")
+    assert "large_file_config" not in acme.answer["tenant"]
+    for token in (None, acme):  # the same answer to the admin and to the tenant's own key
+        body = {"name": "changed", "large_file_config": config}
+        if token is None:
+            answer = await api.call("PUT", "/tenant/acme", body, expect=400)
+        else:
+            answer = await as_tenant(api, token, "PUT", "/tenant/acme", body, expect=400)
+        assert answer["code"] == "plugin_not_installed" and "large-files" in answer["error"]
+    assert (await api.get("/tenant/acme"))["tenant"]["name"] is None  # nothing changed
+
+
+async def test_a_plugin_setting_is_validated_stored_shown_without_secrets_and_removed(
+    probe_api: Api,
+) -> None:
+    api, rt = probe_api, probe_api.runtime
+    bad = await api.post("/tenant", {"id": "acme", "probe_config": {"level": 9}}, expect=400)
+    assert bad["code"] == "invalid_setting" and bad["field"] == "probe_config"
+    assert bad["error"].startswith("probe_config.level: ")
+    assert [t["id"] for t in (await api.get("/tenants"))["tenants"]] == ["default"]
+
+    config = {"level": 3, "token": PROBE_SECRET}
+    acme = await create_tenant(api, "acme", name="ACME", probe_config=config)
+    shown = acme.answer["tenant"]["probe_config"]
+    assert shown == {"level": 3, "label": "probe", "token_set": True}
+    assert acme.answer["tenant"]["probe_note"] is None
+    plain = await rt.local(TenantSettings).get("acme", "probe_config")
+    assert plain.level == 3 and plain.token == PROBE_SECRET  # what the plugin reads
+    assert PROBE_SECRET not in json.dumps(await rt.storage.get_tenant_settings("acme"))
+    answers = [
+        await api.get("/tenant/acme"),
+        await as_tenant(api, acme, "GET", "/tenant/acme"),
+        await api.get("/tenants"),
+        await api.get("/tenant-settings", params={"tenant_id": "acme"}),
+    ]
+    assert answers[0]["tenant"]["probe_config"] == shown == answers[1]["tenant"]["probe_config"]
+    assert [t["probe_config"] for t in answers[2]["tenants"]] == [shown, None]
+    assert answers[3]["settings"]["probe_config"] == shown
+    assert PROBE_SECRET not in json.dumps(answers)
+
+    # the tenant's own key may not set an admin-only setting, and may set the other one
+    refused = await as_tenant(
+        api, acme, "PUT", "/tenant/acme", {"name": "x", "probe_config": {"level": 1}}, expect=403
+    )
+    assert refused["code"] == "admin_only_field" and refused["fields"] == ["probe_config"]
+    assert (await api.get("/tenant/acme"))["tenant"]["name"] == "ACME"
+    noted = await as_tenant(api, acme, "PUT", "/tenant/acme", {"probe_note": {"note": "hi"}})
+    assert noted["tenant"]["probe_note"] == {"note": "hi"}
+    assert noted["tenant"]["probe_config"] == shown
+    empty = {"probe_note": {"note": ""}}
+    invalid = await as_tenant(api, acme, "PUT", "/tenant/acme", empty, expect=400)
+    assert invalid["code"] == "invalid_setting" and invalid["field"] == "probe_note"
+
+    # the admin replaces a setting as a whole; null removes it
+    replaced = await api.call("PUT", "/tenant/acme", {"probe_config": {"level": 5}})
+    assert replaced["tenant"]["probe_config"] == {"level": 5, "label": "probe", "token_set": False}
+    cleared = await api.call("PUT", "/tenant/acme", {"probe_config": None})
+    assert cleared["tenant"]["probe_config"] is None
+    assert await rt.local(TenantSettings).get("acme", "probe_config") is None
+
+    # deleting the tenant removes its settings: the same id created again starts without them
+    await api.call("PUT", "/tenant/acme", {"probe_config": config})
+    await api.call("DELETE", "/tenant/acme")
+    assert await rt.storage.get_tenant_settings("acme") == {}
+    again = (await create_tenant(api, "acme")).answer["tenant"]
+    assert again["probe_config"] is None and again["probe_note"] is None
 
 
 BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
@@ -209,12 +291,6 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"rate_limits": {"per_minute": -1}}, "rate_limits"),
     ({"rate_limits": {"per_minute": "10"}}, "rate_limits"),
     ({"rate_limits": {"per_week": 10}}, "rate_limits"),
-    ({"large_file_config": {"action": "drop"}}, "large_file_config"),
-    ({"large_file_config": {"enabled": True, "action": "rewrite"}}, "large_file_config"),
-    ({"large_file_config": {"max_size_mb": 0}}, "large_file_config"),
-    ({"large_file_config": {"storage_url": "s3://key:secret@bucket"}}, "large_file_config"),
-    ({"large_file_config": {"storage_url": "bucket/relative"}}, "large_file_config"),
-    ({"large_file_config": {"public_base_url": "file:///etc"}}, "large_file_config"),
     ({"api_key_expires_at": 1.0}, "api_key_expires_at"),
     ({"secret_sauce": 1}, "secret_sauce"),
 ]
@@ -446,6 +522,7 @@ async def test_delete_removes_everything_of_the_tenant_only(
     assert await cache.get("t_1", md5s[0]) is None and await cache.get("t_1", md5s[1]) is None
     assert len(await asyncio.to_thread(_names, tmp_path / "cache", "*.bin")) == 1
     assert (await as_tenant(api, gone, "GET", "/messages", expect=401))["code"] == "invalid_token"
+    assert await rt.local(TenantKeys).of_tenant("t_1") is None  # its key is deleted too
     assert (await api.get("/tenant/t_1", expect=404))["code"] == "tenant_not_found"
 
     # the other tenant, whose id matches 't_1' as a LIKE pattern, keeps everything

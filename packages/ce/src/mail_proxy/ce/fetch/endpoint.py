@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from mail_proxy.ce.settings import FETCH
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.contracts.fetch import Fetcher, FetchError, FetchRequest
-from mail_proxy.core.contracts.model import DEFAULT_TENANT
+from mail_proxy.core.contracts.model import DEFAULT_ATTACHMENT_PATH, DEFAULT_TENANT
 
 from .httpclient import HttpFetchClient, auth_headers
 from .netpolicy import AddressPolicy
@@ -25,13 +25,12 @@ if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Tenant
     from mail_proxy.core.engine.runtime import Runtime
 
-DEFAULT_PATH = "/mail-proxy/attachments"
 MAX_STORAGE_PATH = 8192
 
 
 def endpoint_url(tenant: Tenant, base_url: str | None) -> tuple[str, bool]:
     """``(url, trusted)`` for a tenant: its own URL (untrusted) or the operator's (trusted)."""
-    path = tenant.client_attachment_path or DEFAULT_PATH
+    path = tenant.client_attachment_path or DEFAULT_ATTACHMENT_PATH
     if not path.startswith("/"):
         path = "/" + path
     if tenant.client_base_url:

@@ -38,7 +38,7 @@ from mail_proxy.ce.settings import REPORT_SINK
 from mail_proxy.core import __version__
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.contracts.fetch import FetchError
-from mail_proxy.core.contracts.model import DEFAULT_TENANT
+from mail_proxy.core.contracts.model import DEFAULT_SYNC_PATH, DEFAULT_TENANT
 from mail_proxy.core.contracts.reports import ReportSink, SinkAnswer
 
 from ..fetch.httpclient import auth_headers, shown
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYNC_PATH = "/mail-proxy/sync"
 #: Largest client answer read; the answer is a small JSON object.
 MAX_ANSWER_BYTES = 64 * 1024
 USER_AGENT = f"genro-mail-proxy/{__version__}"

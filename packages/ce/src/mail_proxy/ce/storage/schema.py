@@ -20,8 +20,6 @@ tenants = sa.Table(
     sa.Column("client_attachment_path", sa.Text),
     sa.Column("client_auth_enc", sa.Text),
     sa.Column("rate_limits", sa.JSON),
-    sa.Column("api_key_hash", sa.String(128), unique=True),
-    sa.Column("api_key_expires_at", sa.Float),
     sa.Column("sync_secret_enc", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),

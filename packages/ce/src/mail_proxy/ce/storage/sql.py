@@ -179,8 +179,6 @@ class SqlStorage(PluginDataMixin, Storage):
             client_attachment_path=row.client_attachment_path,
             client_auth=json.loads(auth) if auth else None,
             rate_limits=row.rate_limits,
-            api_key_hash=row.api_key_hash,
-            api_key_expires_at=row.api_key_expires_at,
             sync_secret=self._decrypt(row.sync_secret_enc),
             created_at=row.created_at,
             updated_at=row.updated_at,
@@ -210,8 +208,6 @@ class SqlStorage(PluginDataMixin, Storage):
             if tenant.client_auth
             else None,
             "rate_limits": tenant.rate_limits,
-            "api_key_hash": tenant.api_key_hash,
-            "api_key_expires_at": tenant.api_key_expires_at,
             "sync_secret_enc": self._encrypt(tenant.sync_secret) if tenant.sync_secret else None,
             "updated_at": now,
         }
@@ -253,13 +249,6 @@ class SqlStorage(PluginDataMixin, Storage):
                 )
             )
         return bool(gone)
-
-    async def find_tenant_by_key_hash(self, key_hash: str) -> Tenant | None:
-        async with self._read() as conn:
-            row = (
-                await conn.execute(sa.select(t.tenants).where(t.tenants.c.api_key_hash == key_hash))
-            ).first()
-        return self._tenant(row) if row else None
 
     # -- accounts ---------------------------------------------------------------------------
     @staticmethod

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 DEFAULT_TENANT = "default"
+#: Appended to a tenant's ``client_base_url`` when its ``client_sync_path`` (delivery reports)
+#: or ``client_attachment_path`` (``endpoint`` attachments) is not set.
+DEFAULT_SYNC_PATH = "/mail-proxy/sync"
+DEFAULT_ATTACHMENT_PATH = "/mail-proxy/attachments"
 
 #: Message states stored in the database. ``scheduled`` is a pending message whose
 #: ``deferred_ts`` lies in the future; ``deferred`` waits for a retry or a rate-limit window.
@@ -43,8 +47,6 @@ class Tenant:
     #: Decrypted ``{"method": "none"|"bearer"|"basic", ...}``; never returned by the API.
     client_auth: dict[str, Any] | None = None
     rate_limits: dict[str, Any] | None = None
-    api_key_hash: str | None = None
-    api_key_expires_at: float | None = None
     #: Secret for signing delivery reports (decrypted); never returned except at creation.
     sync_secret: str | None = None
     created_at: float = 0.0

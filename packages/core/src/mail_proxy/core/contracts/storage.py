@@ -108,9 +108,6 @@ class Storage(abc.ABC):
     async def delete_tenant(self, tenant_id: str) -> bool:
         """Delete the tenant with its accounts, messages, events and sync state."""
 
-    @abc.abstractmethod
-    async def find_tenant_by_key_hash(self, key_hash: str) -> Tenant | None: ...
-
     # -- accounts ------------------------------------------------------------------
     @abc.abstractmethod
     async def save_account(self, account: Account) -> Account:

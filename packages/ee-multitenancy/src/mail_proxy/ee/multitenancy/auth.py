@@ -1,10 +1,11 @@
 """The tenant side of authentication: an API key → ``Principal("tenant", id)``.
 
-The key is looked up in storage on every request (by its hash, through a unique index), with
-no cache: rotation and revocation made through any instance sharing the database take effect
-on the very next request everywhere. An expired key is refused with 401 ``token_expired``, a
-key of an inactive tenant with 403 ``tenant_inactive``; an unknown key is simply not
-recognised (the core answers 401 ``invalid_token``).
+The key is looked up in the plugin's table on every request (by its hash, through a unique
+index), then its tenant in storage, with no cache: rotation, revocation and deactivation made
+through any instance sharing the database take effect on the very next request everywhere.
+An expired key is refused with 401 ``token_expired``, a key of an inactive tenant with 403
+``tenant_inactive``; an unknown key is simply not recognised (the core answers 401
+``invalid_token``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import Principal
 
 from .keys import hash_key, same_hash
+from .keystore import TenantKeys
 
 if TYPE_CHECKING:
     from mail_proxy.core.engine.runtime import Runtime
@@ -24,11 +26,13 @@ if TYPE_CHECKING:
 async def tenant_principal(token: str, runtime: Runtime) -> Principal | None:
     """The tenant principal for ``token``, None when no tenant holds that key."""
     digest = hash_key(token)
-    tenant = await runtime.storage.find_tenant_by_key_hash(digest)
-    if tenant is None or not same_hash(tenant.api_key_hash, digest):
+    key = await runtime.local(TenantKeys).find(digest)
+    if key is None or not same_hash(key.key_hash, digest):
         return None
-    expires = tenant.api_key_expires_at
-    if expires is not None and expires <= time.time():
+    tenant = await runtime.storage.get_tenant(key.tenant_id)
+    if tenant is None:
+        return None
+    if key.expires_at is not None and key.expires_at <= time.time():
         raise ApiError(
             401, "token_expired", "this API key has expired: ask the administrator for a new one"
         )

@@ -2,11 +2,14 @@
 
 Every command is a REST call to the running instance with its admin token (the CLI helpers
 of :mod:`mail_proxy.core.cli.main`), so the server's validation applies unchanged.
-Secrets (API key, report-signing secret) are printed once, when they are created.
+Secrets (API key, report-signing secret) are printed once, when they are created. A plugin's
+tenant setting is given as ``--setting NAME=JSON`` (the server knows which plugins are
+installed and validates the value with the plugin's model).
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import time
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import quote
@@ -34,7 +37,6 @@ Clearable = Literal[
     "attachment-path",
     "auth",
     "rate-limits",
-    "large-file-config",
 ]
 _CLEAR_FIELDS = {
     "name": "name",
@@ -43,7 +45,6 @@ _CLEAR_FIELDS = {
     "attachment-path": "client_attachment_path",
     "auth": "client_auth",
     "rate-limits": "rate_limits",
-    "large-file-config": "large_file_config",
 }
 COLUMNS = [
     ("id", "ID"),
@@ -63,7 +64,6 @@ SHOW_KEYS = [
     "client_attachment_path",
     "client_auth",
     "rate_limits",
-    "large_file_config",
     "has_api_key",
     "api_key_expires_at",
     "has_sync_secret",
@@ -138,7 +138,9 @@ def show(tenant_id: str, /, *, json: bool = False) -> int:
     tenant = dict(answer.get("tenant") or {})
     for key in ("api_key_expires_at", "created_at", "updated_at"):
         tenant[key] = fmt_ts(tenant.get(key))
-    print_fields(tenant, [k for k in SHOW_KEYS if k in tenant])
+    # the plugins' tenant settings, after the tenant's own fields
+    settings = sorted(k for k in tenant if k not in SHOW_KEYS)
+    print_fields(tenant, [k for k in SHOW_KEYS if k in tenant] + settings)
     return 0
 
 
@@ -161,6 +163,7 @@ def add(
     per_day: int | None = None,
     inactive: bool = False,
     key_expires_in: float | None = None,
+    setting: list[str] | None = None,
     json: bool = False,
 ) -> int:
     """Create a tenant. Its API key and report-signing secret are printed once.
@@ -198,6 +201,9 @@ def add(
         Create the tenant inactive (its token is refused, its messages are held).
     key_expires_in
         Days until the first API key expires (default: never).
+    setting
+        A plugin's tenant setting as NAME=JSON, e.g.
+        'large_file_config={"enabled": true, "action": "warn"}' (repeatable).
     json
         Print the POST /tenant answer (it contains the secrets).
     """
@@ -227,6 +233,7 @@ def add(
         body["rate_limits"] = limits
     if key_expires_in is not None:
         body["api_key_expires_at"] = _expiry(key_expires_in)
+    _put_settings(body, setting)
     answer = client.post("/tenant", body)
     if json:
         print_json(answer)
@@ -255,7 +262,7 @@ def update(
     per_hour: int | None = None,
     per_day: int | None = None,
     active: Annotated[bool | None, Parameter(negative="--inactive")] = None,
-    large_file_config: str | None = None,
+    setting: list[str] | None = None,
     clear: list[Clearable] | None = None,
     json: bool = False,
 ) -> int:
@@ -289,16 +296,16 @@ def update(
         Tenant-wide sends per day (0 = no limit).
     active
         --active resumes the tenant, --inactive holds its messages and refuses its token.
-    large_file_config
-        The large-file settings as JSON, e.g. '{"enabled": true, "action": "warn"}'.
+    setting
+        A plugin's tenant setting as NAME=JSON, replacing the stored one, e.g.
+        'large_file_config={"enabled": true, "action": "warn"}'; NAME=null removes it
+        (repeatable).
     clear
-        Fields to remove: name, base-url, sync-path, attachment-path, auth, rate-limits,
-        large-file-config (repeatable).
+        Fields to remove: name, base-url, sync-path, attachment-path, auth, rate-limits
+        (repeatable).
     json
         Print the PUT /tenant/{id} answer.
     """
-    import json as jsonlib
-
     client = _client()
     body: dict[str, Any] = {}
     _put(body, "name", name)
@@ -313,11 +320,7 @@ def update(
     if (per_minute, per_hour, per_day) != (None, None, None):
         existing = (client.get(_path(tenant_id)).get("tenant") or {}).get("rate_limits") or {}
         body["rate_limits"] = _limits(existing, per_minute, per_hour, per_day)
-    if large_file_config is not None:
-        try:
-            body["large_file_config"] = jsonlib.loads(large_file_config)
-        except ValueError as exc:
-            raise UsageError(f"--large-file-config is not valid JSON: {exc}") from None
+    _put_settings(body, setting)
     for item in clear or []:
         field = _CLEAR_FIELDS[item]
         if field in body:
@@ -406,6 +409,21 @@ def api_key(
 def _put(body: dict[str, Any], key: str, value: Any) -> None:
     if value is not None:
         body[key] = value
+
+
+def _put_settings(body: dict[str, Any], settings: list[str] | None) -> None:
+    """Add each ``--setting NAME=JSON`` to ``body`` under NAME."""
+    for item in settings or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--setting {item!r}: write NAME=JSON, e.g. bounce='{{...}}'")
+        if name in body:
+            raise UsageError(f"--setting {name}: {name} is given twice (or has its own option)")
+        try:
+            body[name] = jsonlib.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--setting {name}: the value is not valid JSON: {exc}") from None
 
 
 def _auth_method(text: str) -> AuthMethod:

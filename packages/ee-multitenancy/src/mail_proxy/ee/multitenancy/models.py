@@ -3,6 +3,11 @@
 The tenant configuration (API.md "Plugin routes") is validated here, field by field, so a bad
 value is a 400 ``validation_error`` naming the field. ``TenantUpdate`` has every field
 optional: only the fields present in the body change, and ``null`` clears one.
+
+Any other field of a tenant body is a plugin's tenant setting (``register_tenant_settings``,
+e.g. ``large_file_config``): the models let it through (``model_extra``) and the routes hand
+it to the core's :class:`~mail_proxy.core.engine.tenant_settings.TenantSettings`, which
+validates it with the model of the plugin that declares it.
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mail_proxy.ce.fetch import endpoint
-from mail_proxy.ce.reports import http_sink
+from mail_proxy.core.contracts.model import DEFAULT_ATTACHMENT_PATH, DEFAULT_SYNC_PATH
 
 #: Tenant ids appear in URL paths, rate-limit bucket names and CLI arguments: a safe alphabet
 #: (the CLI's own name rule: letters, digits, '.', '_', '-', up to 63 characters).
@@ -24,10 +28,6 @@ Epoch = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Limit = Annotated[int, Field(ge=0, le=10**9)]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
-_FSSPEC_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# the defaults the CE sink and fetcher apply (shown to clients in tenant views)
-DEFAULT_SYNC_PATH = http_sink.DEFAULT_SYNC_PATH
-DEFAULT_ATTACHMENT_PATH = endpoint.DEFAULT_PATH
 
 
 class _Strict(BaseModel):
@@ -119,46 +119,12 @@ class TenantRateLimits(_Strict):
     per_day: Limit | None = None
 
 
-class LargeFileConfig(_Strict):
-    """Attachments over ``max_size_mb``: ``warn``, ``reject``, or ``rewrite`` (upload to
-    ``storage_url`` and replace by a download link). Used by the large-files plugin."""
-
-    enabled: bool = False
-    max_size_mb: Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)] = 10.0
-    storage_url: str | None = Field(
-        None, min_length=1, max_length=2048, description="any fsspec URL (s3://, gcs://, ...)"
-    )
-    public_base_url: str | None = Field(None, max_length=2048)
-    file_ttl_days: Annotated[int, Field(ge=1, le=3650)] = 30
-    action: Literal["warn", "reject", "rewrite"] = "warn"
-
-    @field_validator("storage_url")
-    @classmethod
-    def _storage_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if _SPACE_OR_CONTROL.search(value):
-            raise ValueError("may not contain spaces or control characters")
-        if not (_FSSPEC_URL.match(value) or value.startswith("/")):
-            raise ValueError("must be an fsspec URL (protocol://...) or an absolute path")
-        if _FSSPEC_URL.match(value) and "@" in urlsplit(value).netloc:
-            raise ValueError("may not carry credentials (configure them for fsspec instead)")
-        return value
-
-    @field_validator("public_base_url")
-    @classmethod
-    def _public_base_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_http_url(value, "public_base_url")
-
-    @model_validator(mode="after")
-    def _rewrite_needs_storage(self) -> LargeFileConfig:
-        if self.enabled and self.action == "rewrite" and not self.storage_url:
-            raise ValueError("action 'rewrite' needs a storage_url")
-        return self
-
-
 class _TenantFields(_Strict):
-    """The configurable fields shared by create and update."""
+    """The configurable fields shared by create and update. Any other field is the tenant
+    setting of that name of an installed plugin (``GET /tenant-settings`` lists them, e.g.
+    ``large_file_config`` of the large-files plugin), validated by that plugin."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str | None = Field(None, min_length=1, max_length=255)
     client_base_url: str | None = Field(
@@ -174,7 +140,6 @@ class _TenantFields(_Strict):
     )
     client_auth: ClientAuth | None = None
     rate_limits: TenantRateLimits | None = None
-    large_file_config: LargeFileConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -195,7 +160,10 @@ class _TenantFields(_Strict):
 
 
 class TenantCreate(_TenantFields):
-    """``POST /tenant``: a new tenant; its API key and report-signing secret come back once."""
+    """``POST /tenant``: a new tenant; its API key and report-signing secret come back once.
+
+    Any other field is the tenant setting of that name of an installed plugin (e.g.
+    ``large_file_config``), validated by that plugin."""
 
     id: TenantId
     active: bool = True
@@ -205,10 +173,12 @@ class TenantCreate(_TenantFields):
 
 
 class TenantUpdate(_TenantFields):
-    """``PUT /tenant/{id}``: only the fields given change; ``null`` clears a field.
+    """``PUT /tenant/{id}``: only the fields given change; ``null`` clears a field. Any
+    other field is the tenant setting of that name of an installed plugin, replaced as a whole
+    (``null`` removes it).
 
-    ``active``, ``rate_limits`` and ``large_file_config`` are set by the admin only (a
-    tenant may not lift its own quotas or choose server-side storage).
+    ``active``, ``rate_limits`` and the plugin settings declared ``admin_only`` are set by
+    the admin only (a tenant may not lift its own quotas or choose server-side storage).
     """
 
     active: bool | None = None
@@ -220,7 +190,7 @@ class TenantUpdate(_TenantFields):
         return self
 
 
-ADMIN_ONLY_FIELDS = frozenset({"active", "rate_limits", "large_file_config"})
+ADMIN_ONLY_FIELDS = frozenset({"active", "rate_limits"})
 
 
 class ApiKeyBody(_Strict):

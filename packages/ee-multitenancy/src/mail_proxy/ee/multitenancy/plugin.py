@@ -6,13 +6,17 @@ storage lookups and the CLI are imported inside the hooks that need them.
 - ``register_routes``: ``/tenant``, ``/tenants``, ``/tenants/sync-status``,
   ``/tenant/{id}``, ``/tenant/{id}/api-key``, ``/tenant/{id}/sync-secret`` (:mod:`.routes`);
 - ``authenticate``: tenant API keys → ``Principal("tenant", id)`` (:mod:`.auth`);
-- ``register_commands``: ``mail-proxy NAME tenants list|add|show|update|delete|api-key``.
+- ``register_commands``: ``mail-proxy NAME tenants list|add|show|update|delete|api-key``;
+- ``register_migrations``: the branch ``multitenancy`` with the table of tenant API keys
+  (:mod:`.tables`, ``migrations/versions``);
+- ``tenant_deleted``: a deleted tenant's API key goes with it.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.plugins import hookimpl
@@ -23,11 +27,14 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from mail_proxy.core.contracts.commands import CommandRegistry
+    from mail_proxy.core.contracts.extensions import MigrationBranch
     from mail_proxy.core.contracts.model import Principal
     from mail_proxy.core.contracts.routes import RouteTable
     from mail_proxy.core.engine.runtime import Runtime
+    from mail_proxy.core.plugins.registry import Registry
 
 PLUGIN = "multitenancy"
+VERSIONS = Path(__file__).parent / "migrations" / "versions"
 
 
 @hookimpl
@@ -74,3 +81,22 @@ def register_commands(commands: CommandRegistry) -> None:
         level="instance",
         plugin=PLUGIN,
     )
+
+
+@hookimpl
+def register_migrations(branches: Registry[MigrationBranch]) -> None:
+    from mail_proxy.core.contracts.extensions import MigrationBranch
+
+    from .tables import metadata
+
+    branches.register(
+        PLUGIN, MigrationBranch(PLUGIN, str(VERSIONS), metadata, PLUGIN), plugin=PLUGIN
+    )
+
+
+@hookimpl
+async def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
+    """Delete the tenant's API key (its other data is the storage's and the core's)."""
+    from .keystore import TenantKeys
+
+    await runtime.local(TenantKeys).revoke(tenant_id)

@@ -7,9 +7,15 @@ runs and the handler reads the bound tenant with :func:`tenant_of`.
 
 Changes to one tenant are read-modify-write of its row (the storage saves whole tenants).
 They are serialised on this instance by one lock so that, for example, a configuration update
-cannot write back an API key that a concurrent rotation has just replaced. Between instances
-sharing a database the window is the few milliseconds between the read and the write of one
-request (last write wins).
+cannot write back a report-signing secret that a concurrent rotation has just replaced.
+Between instances sharing a database the window is the few milliseconds between the read and
+the write of one request (last write wins). API keys are not in that row: they live in the
+plugin's own table (:mod:`.keystore`), and a plugin's tenant settings in the core's generic
+store (:mod:`.settings`).
+
+After every change the tenant's owners are told (``runtime.tenant_changed`` /
+``tenant_deleted``): each one clears what it caches of the tenant, and on deletion deletes what
+it keeps of it (this plugin: the key, see :mod:`.plugin`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import asyncio
 import base64
 import binascii
 import time
-import weakref
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +43,9 @@ from mail_proxy.core.web.app import (
     tenant_of,
 )
 
+from . import settings
 from .keys import hash_key, new_api_key, new_sync_secret
+from .keystore import TenantKeys
 from .models import (
     ADMIN_ONLY_FIELDS,
     ApiKeyBody,
@@ -48,10 +55,10 @@ from .models import (
     TenantUpdate,
     dump,
 )
+from .settings import field_error as _field_error
 from .views import public_tenant, sync_status
 
 _CURSOR_PREFIX = "t1:"
-_locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def register(routes: RouteTable, plugin: str) -> None:
@@ -101,8 +108,8 @@ def register(routes: RouteTable, plugin: str) -> None:
         tenant_param="id",
         body=TenantUpdate,
         plugin=plugin,
-        summary="Change the fields given (null clears one); active, rate_limits and "
-        "large_file_config need the admin token",
+        summary="Change the fields given (null clears one, plugin settings included); "
+        "active, rate_limits and admin-only plugin settings need the admin token",
     )
     add(
         "DELETE",
@@ -144,11 +151,15 @@ def register(routes: RouteTable, plugin: str) -> None:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+class _TenantLock(asyncio.Lock):
+    """Serialises tenant changes on one runtime (``runtime.local(_TenantLock)``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+
+
 def _lock(rt: Runtime) -> asyncio.Lock:
-    found = _locks.get(rt)
-    if found is None:
-        found = _locks[rt] = asyncio.Lock()
-    return found
+    return rt.local(_TenantLock)
 
 
 async def _load(rt: Runtime, tenant_id: str) -> Tenant:
@@ -156,15 +167,6 @@ async def _load(rt: Runtime, tenant_id: str) -> Tenant:
     if tenant is None:
         raise ApiError(404, "tenant_not_found", f"no tenant {tenant_id!r}")
     return tenant
-
-
-def _field_error(field: str, message: str) -> ApiError:
-    return ApiError(
-        400,
-        "validation_error",
-        f"invalid body: {field}: {message}",
-        details=[{"field": field, "message": message}],
-    )
 
 
 def _future(value: float | None, field: str) -> float | None:
@@ -219,11 +221,10 @@ async def _page(rt: Runtime, q: TenantsQuery) -> tuple[list[Tenant], str | None]
     return tenants, None
 
 
-def _forget(rt: Runtime, tenant_id: str) -> None:
-    """Drop this instance's cached view of a tenant (enqueue path) after a change."""
-    from mail_proxy.ce.api.directory import directory_of
-
-    directory_of(rt).invalidate(tenant_id)
+async def _view(rt: Runtime, tenant: Tenant) -> dict[str, Any]:
+    """One tenant as answers show it, with its key and its plugin settings."""
+    key = await rt.local(TenantKeys).of_tenant(tenant.id)
+    return public_tenant(tenant, key, await settings.shown(rt, tenant.id))
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -231,8 +232,11 @@ async def create_tenant(request: web.Request) -> web.Response:
     """Create a tenant with its first API key and its report-signing secret (both shown once)."""
     rt = runtime_of(request)
     body: TenantCreate = body_of(request)
+    extra = dict(body.model_extra or {})
+    settings.check_names(rt, extra)  # the admin may set every setting
     expires = _future(body.api_key_expires_at, "api_key_expires_at")
     auth = resolve_auth(body.client_auth, None)
+    values = settings.validate(rt, extra, is_admin=True)
     api_key, sync_secret = new_api_key(), new_sync_secret()
     async with _lock(rt):
         if body.id == DEFAULT_TENANT or await rt.storage.get_tenant(body.id) is not None:
@@ -246,24 +250,28 @@ async def create_tenant(request: web.Request) -> web.Response:
             client_attachment_path=body.client_attachment_path,
             client_auth=auth,
             rate_limits=dump(body.rate_limits),
-            large_file_config=dump(body.large_file_config),
-            api_key_hash=hash_key(api_key),
-            api_key_expires_at=expires,
             sync_secret=sync_secret,
         )
         saved = await rt.storage.save_tenant(tenant)
-    _forget(rt, body.id)
+        try:
+            key = await rt.local(TenantKeys).issue(body.id, hash_key(api_key), expires)
+            await settings.save(rt, body.id, {n: v for n, v in values.items() if v is not None})
+        except Exception:
+            # all or nothing: a tenant without its key would be stuck (POST again: 409)
+            await _delete(rt, body.id)
+            raise
+    await rt.tenant_changed(body.id)
     request[AUDIT_SUMMARY] = {"tenant_id": body.id, "created": True}
-    return ok(
-        {"tenant": public_tenant(saved), "api_key": api_key, "sync_secret": sync_secret},
-        status=201,
-    )
+    view = public_tenant(saved, key, await settings.shown(rt, body.id))
+    return ok({"tenant": view, "api_key": api_key, "sync_secret": sync_secret}, status=201)
 
 
 async def list_tenants(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     tenants, next_cursor = await _page(rt, query_of(request))
-    return ok({"tenants": [public_tenant(t) for t in tenants], "next_cursor": next_cursor})
+    keys = await rt.local(TenantKeys).of_tenants([t.id for t in tenants])
+    views = [public_tenant(t, keys.get(t.id), await settings.shown(rt, t.id)) for t in tenants]
+    return ok({"tenants": views, "next_cursor": next_cursor})
 
 
 async def list_sync_status(request: web.Request) -> web.Response:
@@ -290,7 +298,7 @@ async def list_sync_status(request: web.Request) -> web.Response:
 async def get_tenant(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     tenant = await _load(rt, tenant_of(request))
-    view = public_tenant(tenant)
+    view = await _view(rt, tenant)
     view["suspended_batches"] = await rt.storage.suspended_batches(tenant.id)
     return ok({"tenant": view})
 
@@ -299,15 +307,19 @@ async def update_tenant(request: web.Request) -> web.Response:
     """Change only the fields present in the body; ``null`` clears a field."""
     rt = runtime_of(request)
     body: TenantUpdate = body_of(request)
+    is_admin = principal_of(request).is_admin
     given = set(body.model_fields_set)
-    refused = sorted(given & ADMIN_ONLY_FIELDS)
-    if refused and not principal_of(request).is_admin:
+    extra = dict(body.model_extra or {})
+    admin_settings = settings.check_names(rt, extra)
+    refused = sorted((given & ADMIN_ONLY_FIELDS) | set(admin_settings))
+    if refused and not is_admin:
         raise ApiError(
             403,
             "admin_only_field",
             f"only the admin token may change {', '.join(refused)}",
             fields=refused,
         )
+    values = settings.validate(rt, extra, is_admin=is_admin)
     tenant_id = tenant_of(request)
     async with _lock(rt):
         tenant = await _load(rt, tenant_id)
@@ -315,16 +327,17 @@ async def update_tenant(request: web.Request) -> web.Response:
         for name in given:
             if name == "client_auth":
                 tenant.client_auth = resolve_auth(body.client_auth, tenant.client_auth)
-            elif name in ("rate_limits", "large_file_config"):
-                setattr(tenant, name, dump(getattr(body, name)))
+            elif name == "rate_limits":
+                tenant.rate_limits = dump(body.rate_limits)
             else:
                 setattr(tenant, name, getattr(body, name))
         saved = await rt.storage.save_tenant(tenant)
-    _forget(rt, tenant_id)
+        await settings.save(rt, tenant_id, values)
+    await rt.tenant_changed(tenant_id)
     if saved.active and not was_active:
         rt.wake_dispatcher()
-    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "changed": sorted(given)}
-    return ok({"tenant": public_tenant(saved)})
+    request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "changed": sorted(given | set(extra))}
+    return ok({"tenant": await _view(rt, saved)})
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
@@ -336,19 +349,16 @@ async def delete_tenant(request: web.Request) -> web.Response:
         raise ApiError(409, "default_tenant", "the default tenant cannot be deleted")
     async with _lock(rt):
         await _load(rt, tenant_id)
-        await rt.storage.delete_tenant(tenant_id)
-    _forget(rt, tenant_id)
-    rt.report_priority_tenants.discard(tenant_id)
-    await _purge_attachment_cache(rt, tenant_id)
+        await _delete(rt, tenant_id)
     request[AUDIT_SUMMARY] = {"tenant_id": tenant_id}
     return ok({"tenant_id": tenant_id, "removed": True})
 
 
-async def _purge_attachment_cache(rt: Runtime, tenant_id: str) -> None:
-    """Drop the tenant's cached attachments on this instance (memory and disk)."""
-    from mail_proxy.core.engine.attachments import get_resolver
-
-    await get_resolver(rt).cache.purge_tenant(tenant_id)
+async def _delete(rt: Runtime, tenant_id: str) -> None:
+    """The storage deletes the tenant's data, then every owner what it keeps of the tenant
+    (its key: this plugin's ``tenant_deleted``; cached attachments: the core's)."""
+    await rt.storage.delete_tenant(tenant_id)
+    await rt.tenant_deleted(tenant_id)
 
 
 async def create_api_key(request: web.Request) -> web.Response:
@@ -359,10 +369,8 @@ async def create_api_key(request: web.Request) -> web.Response:
     expires = _future(body.expires_at, "expires_at")
     api_key = new_api_key()
     async with _lock(rt):
-        tenant = await _load(rt, tenant_id)
-        tenant.api_key_hash = hash_key(api_key)
-        tenant.api_key_expires_at = expires
-        await rt.storage.save_tenant(tenant)
+        await _load(rt, tenant_id)
+        await rt.local(TenantKeys).issue(tenant_id, hash_key(api_key), expires)
     request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "expires_at": expires}
     return ok({"tenant_id": tenant_id, "api_key": api_key, "expires_at": expires})
 
@@ -371,11 +379,8 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     tenant_id = request.match_info["id"]
     async with _lock(rt):
-        tenant = await _load(rt, tenant_id)
-        had_key = tenant.api_key_hash is not None
-        tenant.api_key_hash = None
-        tenant.api_key_expires_at = None
-        await rt.storage.save_tenant(tenant)
+        await _load(rt, tenant_id)
+        had_key = await rt.local(TenantKeys).revoke(tenant_id)
     request[AUDIT_SUMMARY] = {"tenant_id": tenant_id, "revoked": had_key}
     return ok({"tenant_id": tenant_id, "revoked": had_key})
 
@@ -389,5 +394,6 @@ async def rotate_sync_secret(request: web.Request) -> web.Response:
         tenant = await _load(rt, tenant_id)
         tenant.sync_secret = secret
         await rt.storage.save_tenant(tenant)
+    await rt.tenant_changed(tenant_id)
     request[AUDIT_SUMMARY] = {"tenant_id": tenant_id}
     return ok({"tenant_id": tenant_id, "sync_secret": secret})

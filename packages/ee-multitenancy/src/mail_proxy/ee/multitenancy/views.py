@@ -2,7 +2,9 @@
 
 ``client_auth`` comes back as its method, the basic-auth user and whether a secret is stored
 (``{"method": "bearer", "has_secret": true}``); the API key and the report-signing secret as
-``has_api_key`` / ``api_key_expires_at`` and ``has_sync_secret``.
+``has_api_key`` / ``api_key_expires_at`` and ``has_sync_secret``. The plugins' tenant
+settings follow, each by its name, as the core shows them (secret members as
+``"<member>_set"``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .models import DEFAULT_SYNC_PATH
+from mail_proxy.core.contracts.model import DEFAULT_SYNC_PATH
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import SyncState, Tenant
+
+    from .keystore import ApiKey
 
 
 def public_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -27,8 +31,12 @@ def public_auth(auth: dict[str, Any] | None) -> dict[str, Any] | None:
     return view
 
 
-def public_tenant(tenant: Tenant) -> dict[str, Any]:
-    return {
+def public_tenant(
+    tenant: Tenant, key: ApiKey | None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A tenant as answers show it: ``key`` is its current API key (None: it has none),
+    ``settings`` the public form of its plugin settings by name."""
+    view = {
         "id": tenant.id,
         "name": tenant.name,
         "active": tenant.active,
@@ -37,13 +45,15 @@ def public_tenant(tenant: Tenant) -> dict[str, Any]:
         "client_attachment_path": tenant.client_attachment_path,
         "client_auth": public_auth(tenant.client_auth),
         "rate_limits": tenant.rate_limits,
-        "large_file_config": tenant.large_file_config,
-        "has_api_key": tenant.api_key_hash is not None,
-        "api_key_expires_at": tenant.api_key_expires_at,
+        "has_api_key": key is not None,
+        "api_key_expires_at": key.expires_at if key else None,
         "has_sync_secret": bool(tenant.sync_secret),
         "created_at": tenant.created_at,
         "updated_at": tenant.updated_at,
     }
+    # a setting may not shadow a tenant field (it is set through /tenant-settings/{name} then)
+    view.update((k, v) for k, v in (settings or {}).items() if k not in view)
+    return view
 
 
 def sync_url(tenant: Tenant) -> str | None:
