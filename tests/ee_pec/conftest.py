@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from ee_pec.world import PecProviderSmtp, PecWorld, pec_overrides
 
+from mail_proxy.core.engine.encryption import generate_key
 from support.ce_api import Api
 from support.dovecot import Dovecot
 from support.report_client import ReportClient
@@ -41,10 +42,12 @@ def start_world(
     """``await start_world(**settings)`` → a :class:`PecWorld` (a fresh mailbox user); call
     it again with ``user=(name, password)`` to restart the service on the same database."""
 
+    key = generate_key()  # the same on every start: a restart reads its own secrets
+
     async def start(user: tuple[str, str] | None = None, **overrides: Any) -> PecWorld:
         name, password = user or dovecot.new_user("pec")
         values = pec_overrides(reports, **overrides)
-        settings = make_settings(database_url=db_url, **values)
+        settings = make_settings(database_url=db_url, encryption_key=key, **values)
         client = await aiohttp_client_factory(settings)
         api = Api(client, tmp_path)
         return PecWorld(api, provider, reports, dovecot, name, password, values)

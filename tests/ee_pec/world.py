@@ -16,6 +16,7 @@ delivery or a delivery error).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class _Handler:
         self.owner = owner
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.owner.data_reply:
+            return self.owner.data_reply
         raw = bytes(envelope.original_content or b"")
         msg = message_from_bytes(raw, policy=compat32)
         got = Received(
@@ -122,6 +125,8 @@ class PecProviderSmtp:
         self.mailboxes: dict[str, str] = {}
         self.plan: Plan = plan()
         self.delay = 0.0
+        #: when set, the answer to DATA (e.g. a 5xx refusal) and no receipts
+        self.data_reply: str | None = None
         self.received: list[Received] = []
         self.appended: list[tuple[str, bytes]] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -220,6 +225,16 @@ class PecWorld:
         await self.reports.wait_for(enough, timeout)
         return await self.pec_items(msg_id)
 
+    async def stop(self) -> None:
+        """Stop the service once the client acknowledged every report (a report the client
+        took but whose answer the service did not read yet is sent again: at least once)."""
+        storage = self.api.runtime.storage
+        deadline = time.monotonic() + 10
+        while any((await storage.report_backlog()).values()):
+            assert time.monotonic() < deadline, "reports still unacknowledged"
+            await asyncio.sleep(0.05)
+        await self.api.client.close()
+
     async def message(self, msg_id: str) -> dict[str, Any]:
         return (await self.api.get(f"/messages/{msg_id}"))["message"]  # type: ignore[no-any-return]
 
@@ -241,3 +256,26 @@ def pec_overrides(reports: ReportClient, **overrides: Any) -> dict[str, Any]:
 
 def address_list(value: str) -> list[str]:
     return [addr.lower() for _, addr in getaddresses([value]) if addr]
+
+
+def common(got: Received, **kw: Any) -> dict[str, Any]:
+    return {
+        "original_message_id": got.message_id,
+        "sender": got.sender,
+        "recipients": got.recipients,
+        "subject": got.subject,
+        **kw,
+    }
+
+
+async def metric(world: PecWorld, name: str, **labels: str) -> float:
+    resp = await world.api.client.get("/metrics")
+    text = await resp.text()
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
