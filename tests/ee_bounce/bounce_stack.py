@@ -112,7 +112,11 @@ class BounceStack:
         await self.ok("POST", "/account", json=body)
 
     async def send(
-        self, msg_id: str, to: str = "nobody@example.org", tenant_id: str | None = None, **fields: Any
+        self,
+        msg_id: str,
+        to: str = "nobody@example.org",
+        tenant_id: str | None = None,
+        **fields: Any,
     ) -> ReceivedMessage:
         """Enqueue one message and wait until the SMTP server has it; returns what it got."""
         before = len(self.smtp.messages)
@@ -141,8 +145,16 @@ class BounceStack:
 
     async def wait_bounces(self, msg_id: str, count: int = 1, timeout: float = 20.0) -> list[dict]:
         await self.reports.wait_for(
-            lambda: len([i for i in self.reports.accepted_items() if i.get("id") == msg_id
-                         and "bounce_type" in i]) >= count,
+            lambda: (
+                len(
+                    [
+                        i
+                        for i in self.reports.accepted_items()
+                        if i.get("id") == msg_id and "bounce_type" in i
+                    ]
+                )
+                >= count
+            ),
             timeout,
         )
         return await self.bounce_items(msg_id)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from ee_bounce.bounce_stack import (  # noqa: F401 - the fixture
+from ee_bounce.bounce_stack import (
     RETURN_PATH,
     BounceStack,
     postfix_dsn,
     qmail_bounce,
-    stack,
 )
 
 
