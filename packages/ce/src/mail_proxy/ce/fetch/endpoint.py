@@ -11,6 +11,8 @@ tenant but ``default``, so it can keep tenants apart.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from mail_proxy.ce.settings import FETCH
@@ -66,6 +68,35 @@ class EndpointFetcher(Fetcher):
         return None
 
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
+        client, url, body, headers = self._prepare(request, runtime)
+        return await client.fetch(
+            "POST",
+            url,
+            json_body=body,
+            headers=headers,
+            max_bytes=request.max_bytes,
+            timeout=request.timeout,
+        )
+
+    async def stream(self, request: FetchRequest, runtime: Runtime) -> AsyncGenerator[bytes, None]:
+        client, url, body, headers = self._prepare(request, runtime)
+        async with contextlib.aclosing(
+            client.stream(
+                "POST",
+                url,
+                json_body=body,
+                headers=headers,
+                max_bytes=request.max_bytes,
+                timeout=request.timeout,
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _prepare(
+        self, request: FetchRequest, runtime: Runtime
+    ) -> tuple[HttpFetchClient, str, dict[str, str], dict[str, str]]:
+        """The client, URL, JSON body and headers of one request."""
         url, trusted = endpoint_url(
             request.tenant, runtime.settings.section(FETCH).attachment_base_url
         )
@@ -76,14 +107,7 @@ class EndpointFetcher(Fetcher):
             # the operator's shared endpoint serves every tenant: say which one asks, so it
             # can refuse a tenant a file of another tenant
             body["tenant_id"] = request.tenant.id
-        return await self._client(runtime, trusted).fetch(
-            "POST",
-            url,
-            json_body=body,
-            headers=headers,
-            max_bytes=request.max_bytes,
-            timeout=request.timeout,
-        )
+        return self._client(runtime, trusted), url, body, headers
 
     async def close(self) -> None:
         await self._trusted.close()

@@ -16,6 +16,9 @@ Checks, in order (the message fails with a clear error at the first one that doe
    and on Linux the descriptor's own path (``/proc/self/fd/N``) must still be inside the base:
    a file swapped for a symlink between the checks is caught;
 5. at most cap + 1 bytes are read: a file that grew meanwhile is refused, not truncated.
+
+``stream`` makes the same checks and hands the file over in 1 MB chunks (for the large-files
+plugin, which uploads attachments to object storage without holding them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from mail_proxy.ce.settings import FETCH
@@ -67,8 +71,9 @@ def lexical_path(storage_path: str, bases: list[str]) -> str:
     return candidate
 
 
-def read_file(storage_path: str, bases: list[str], max_bytes: int) -> bytes:
-    """Blocking: the checked read described in the module doc (run it in a thread)."""
+def open_checked(storage_path: str, bases: list[str], max_bytes: int) -> tuple[int, int]:
+    """Blocking: checks 1 to 4 of the module doc; ``(open descriptor, size)``. The caller
+    reads at most ``max_bytes`` + 1 bytes and closes the descriptor."""
     try:
         candidate = lexical_path(storage_path, bases)
     except ValueError as exc:
@@ -98,11 +103,21 @@ def read_file(storage_path: str, bases: list[str], max_bytes: int) -> bytes:
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
             raise FetchError("file changed while being opened")
         _check_descriptor(fd, real_bases)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, after.st_size
+
+
+def read_file(storage_path: str, bases: list[str], max_bytes: int) -> bytes:
+    """Blocking: the checked read described in the module doc (run it in a thread)."""
+    fd, size = open_checked(storage_path, bases, max_bytes)
+    try:
         chunks: list[bytes] = []
         total = 0
         # The first read asks for the whole file (+1 to see growth): usually it is the only
         # one, and the content is returned without a second copy.
-        want = after.st_size + 1
+        want = size + 1
         while True:
             chunk = os.read(fd, min(want, max_bytes + 1 - total))
             if not chunk:
@@ -148,3 +163,21 @@ class FilesystemFetcher(Fetcher):
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
         bases = list(runtime.settings.section(FETCH).attachment_base_dirs)
         return await asyncio.to_thread(read_file, request.storage_path, bases, request.max_bytes)
+
+    async def stream(self, request: FetchRequest, runtime: Runtime) -> AsyncGenerator[bytes, None]:
+        """The same checks, then the file in chunks of :data:`CHUNK` (each read in a thread)."""
+        bases = list(runtime.settings.section(FETCH).attachment_base_dirs)
+        max_bytes = request.max_bytes
+        fd, _size = await asyncio.to_thread(open_checked, request.storage_path, bases, max_bytes)
+        try:
+            total = 0
+            while True:
+                chunk = await asyncio.to_thread(os.read, fd, CHUNK)
+                if not chunk:
+                    return
+                total += len(chunk)
+                if total > max_bytes:  # the file grew since it was checked
+                    raise FetchError(f"attachment too large: more than {max_bytes} bytes")
+                yield chunk
+        finally:
+            os.close(fd)

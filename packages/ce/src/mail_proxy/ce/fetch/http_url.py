@@ -9,6 +9,8 @@ message). Credentials are dropped when a redirect leaves the origin.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from yarl import URL
@@ -51,6 +53,33 @@ class HttpUrlFetcher(Fetcher):
         return None
 
     async def fetch(self, request: FetchRequest, runtime: Runtime) -> bytes:
+        client, headers = self._prepare(request, runtime)
+        return await client.fetch(
+            "GET",
+            request.storage_path,
+            headers=headers,
+            max_bytes=request.max_bytes,
+            timeout=request.timeout,
+        )
+
+    async def stream(self, request: FetchRequest, runtime: Runtime) -> AsyncGenerator[bytes, None]:
+        client, headers = self._prepare(request, runtime)
+        async with contextlib.aclosing(
+            client.stream(
+                "GET",
+                request.storage_path,
+                headers=headers,
+                max_bytes=request.max_bytes,
+                timeout=request.timeout,
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _prepare(
+        self, request: FetchRequest, runtime: Runtime
+    ) -> tuple[HttpFetchClient, dict[str, str]]:
+        """The client and the credentials headers of one request."""
         try:
             client = self._get_client(runtime)
         except ConfigError as exc:
@@ -66,13 +95,7 @@ class HttpUrlFetcher(Fetcher):
                         headers = auth_headers(request.tenant.client_auth)
                 except ValueError:
                     pass
-        return await client.fetch(
-            "GET",
-            request.storage_path,
-            headers=headers,
-            max_bytes=request.max_bytes,
-            timeout=request.timeout,
-        )
+        return client, headers
 
     async def close(self) -> None:
         if self._client is not None:
