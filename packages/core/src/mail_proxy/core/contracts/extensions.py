@@ -8,7 +8,7 @@ engine reads them; nothing here runs by itself. docs/plugins.md has a worked exa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,6 +66,11 @@ class TenantSetting:
     true`` instead); ``admin_only`` values are set with the admin token only. Stored
     generically, one JSON value per tenant and field; shown and changed through the tenant
     routes, and through ``GET|PUT /instance/tenant-settings/{name}`` for the default tenant.
+
+    ``check`` is an optional async check of a valid value before it is stored, for what a
+    model cannot see (a remote storage that must answer): it gets the model instance (secrets
+    in clear), the tenant id and the runtime, and refuses by raising
+    :class:`~mail_proxy.core.contracts.errors.ApiError`.
     """
 
     name: str
@@ -74,6 +79,7 @@ class TenantSetting:
     admin_only: bool = True
     doc: str = ""
     plugin: str = ""
+    check: Callable[[Any, str, Runtime], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.contracts.errors import ApiError
-from mail_proxy.core.engine.sealed import SEALED, is_sealed, seal, shown, unsealed
+from mail_proxy.core.engine.sealed import is_sealed, opened, seal, shown, unsealed
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Account
@@ -59,7 +59,7 @@ class AccountFieldsCodec:
                 for s in spec.secret_fields
                 if s not in raw and is_sealed(stored.get(s))
             }
-            full = {**raw, **{s: self.rt.decrypt(token[SEALED]) for s, token in kept.items()}}
+            full = {**raw, **{s: opened(self.rt, spec.model, s, t) for s, t in kept.items()}}
             extra[name] = seal(self.rt, spec.model, spec.secret_fields, full, "")
         return extra
 

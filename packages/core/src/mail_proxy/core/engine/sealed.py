@@ -1,12 +1,18 @@
 """Plugin-declared values (tenant settings, account fields) as they are stored and shown:
 validated by the plugin's pydantic model, secret members sealed with the instance key as
-``{"$enc": token}`` (key rotation finds them by that shape), never returned in clear."""
+``{"$enc": token}`` (key rotation finds them by that shape), never returned in clear.
+
+A secret member may be any JSON value (a password, or a whole ``{"key": ..., "secret": ...}``
+object of credentials): text is sealed as it is, other values as their JSON text, decoded
+again when the model's field does not take text."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import types
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from mail_proxy.core.contracts.errors import ApiError
 
@@ -30,8 +36,10 @@ def seal(
         raise ApiError(400, "invalid_setting", f"{path}: {err['msg']}", field=where) from None
     data = value.model_dump(mode="json") if isinstance(value, BaseModel) else dict(value)
     for secret in secrets:
-        if data.get(secret) is not None:
-            data[secret] = {SEALED: runtime.encrypt(str(data[secret]))}
+        value = data.get(secret)
+        if value is not None:
+            text = value if isinstance(value, str) else json.dumps(value)
+            data[secret] = {SEALED: runtime.encrypt(text)}
     return data
 
 
@@ -47,8 +55,35 @@ def shown(stored: dict[str, Any] | None, secrets: tuple[str, ...]) -> dict[str, 
 
 def unsealed(runtime: Runtime, model: Any, stored: dict[str, Any]) -> Any:
     """The plugin's model instance with its secrets decrypted."""
-    plain = {k: runtime.decrypt(v[SEALED]) if is_sealed(v) else v for k, v in stored.items()}
+    plain = {k: opened(runtime, model, k, v) if is_sealed(v) else v for k, v in stored.items()}
     return model.model_validate(plain)
+
+
+def opened(runtime: Runtime, model: Any, name: str, sealed: dict[str, Any]) -> Any:
+    """The value of the sealed member ``name``: its text, or the JSON value it encodes when
+    ``model``'s field ``name`` does not take text."""
+    text = runtime.decrypt(sealed[SEALED])
+    if _takes_text(model, name):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:  # sealed as plain text before the field's type changed
+        return text
+
+
+def _takes_text(model: Any, name: str) -> bool:
+    field = getattr(model, "model_fields", {}).get(name)
+    if field is None:
+        return True
+    kinds = [field.annotation]
+    if get_origin(field.annotation) in (Union, types.UnionType):
+        kinds = list(get_args(field.annotation))
+    for kind in kinds:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+        if kind is Any or (isinstance(kind, type) and issubclass(kind, (str, SecretStr))):
+            return True
+    return False
 
 
 def is_sealed(value: Any) -> bool:

@@ -80,7 +80,12 @@ class TenantSettings:
         return unsealed(self.rt, spec.model, data)
 
     async def put(self, tenant_id: str, name: str, value: dict[str, Any] | None) -> None:
-        """Store a value :meth:`validate` returned; the tenant's owners are told."""
+        """Store a value :meth:`validate` returned, once the setting's own ``check`` (if it
+        has one) accepted it; the tenant's owners are told."""
+        if value is not None:
+            spec = self.spec(name)
+            if spec.check is not None:
+                await spec.check(unsealed(self.rt, spec.model, value), tenant_id, self.rt)
         await self.rt.storage.put_tenant_setting(tenant_id, name, value)
         await self.rt.tenant_changed(tenant_id)
 
