@@ -382,15 +382,7 @@ class Dispatcher(Service):
         await self._finish(rec, outcome)
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
-        atts = rec.payload.get("attachments")
-        if not atts:
-            return await self._attempt_now(rec, account, tenant, None)
-        from mail_proxy.core.engine.attachments import estimated_size
-
-        # Reserve memory for the copies of the attachments before fetching them (budget.py).
         reservation = Reservation(self._attachment_budget)
-        # (estimated_size may stat a file: off the event loop)
-        await reservation.ensure(COPIES * await asyncio.to_thread(estimated_size, atts))
         try:
             return await self._attempt_now(rec, account, tenant, reservation)
         finally:
@@ -401,7 +393,7 @@ class Dispatcher(Service):
         rec: MessageRecord,
         account: Account,
         tenant: Tenant,
-        reservation: Reservation | None,
+        reservation: Reservation,
     ) -> Outcome:
         from mail_proxy.core.engine.mime import MimeError, build_email, envelope
 
@@ -413,11 +405,17 @@ class Dispatcher(Service):
                 await step.before_fetch(ctx)
             ctx.attachments = []
             if ctx.payload.get("attachments"):
-                from mail_proxy.core.engine.attachments import get_resolver
+                from mail_proxy.core.engine.attachments import estimated_size, get_resolver
 
-                ctx.attachments = await get_resolver(rt).resolve(tenant, ctx.payload["attachments"])
-                if reservation is not None:  # larger than estimated: reserve the real size
-                    await reservation.ensure(COPIES * sum(len(a.content) for a in ctx.attachments))
+                # Reserve memory for the copies of the attachments before fetching them
+                # (budget.py), after the steps: one may have taken an attachment out of the
+                # message (a large file offloaded to object storage). estimated_size may stat a
+                # file: off the event loop.
+                atts = ctx.payload["attachments"]
+                await reservation.ensure(COPIES * await asyncio.to_thread(estimated_size, atts))
+                ctx.attachments = await get_resolver(rt).resolve(tenant, atts)
+                # larger than estimated: reserve the real size
+                await reservation.ensure(COPIES * sum(len(a.content) for a in ctx.attachments))
             for step in steps:
                 await step.after_fetch(ctx)
             attachments, ctx.attachments = ctx.attachments, None
