@@ -50,6 +50,12 @@ class Attachment(_Strict):
     )
     mime_type: str | None = None
     content_md5: str | None = None
+    size: int | None = Field(
+        None,
+        ge=0,
+        description="size in bytes, when the client knows it (plugins may act on it at "
+        "enqueue, e.g. large-files)",
+    )
     auth: dict[str, Any] | None = Field(
         None, description="per-attachment auth for endpoint/http_url"
     )
