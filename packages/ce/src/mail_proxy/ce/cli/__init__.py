@@ -2,7 +2,7 @@
 
 :func:`register` only names import paths: nothing below is imported until a command runs.
 Modules: ``instances`` (start/stop/restart/list), ``instance`` (use/info/token/logs),
-``rotate`` (rotate-key), ``tools`` (serve/keygen/plugins), ``accounts``, ``messages``,
+``rotate`` (rotate-key), ``audit`` (command-log), ``tools`` (serve/keygen/plugins), ``accounts``, ``messages``,
 ``send`` (with ``eml``, the RFC 5322 → message conversion) and ``control``
 (run-now/suspend/activate).
 """
@@ -30,8 +30,9 @@ COMMANDS: list[tuple[CommandLevel, str, str, str]] = [
     ("instance", "token", "instance:token", "Print (or regenerate) the admin token."),
     ("instance", "logs", "instance:logs", "Print (or follow) the server log."),
     ("instance", "rotate-key", "rotate:rotate_key", "Re-encrypt stored secrets with a new key."),
+    ("instance", "command-log", "audit:app", "Audit trail of API changes: list, export."),
     ("tenant", "accounts", "accounts:app", "SMTP accounts: list, add, delete."),
-    ("tenant", "messages", "messages:app", "Queued and sent messages: list, show, delete."),
+    ("tenant", "messages", "messages:app", "Messages: list, show, delete, purge."),
     ("tenant", "send", "send:send", "Queue .eml files (RFC 5322) for delivery."),
     ("tenant", "run-now", "control:run_now", "Wake dispatch and delivery reports now."),
     ("tenant", "suspend", "control:suspend", "Stop dispatching (instance, tenant or batch)."),

@@ -8,8 +8,9 @@ from urllib.parse import quote
 from cyclopts import App, Parameter
 
 from mail_proxy.core.cli.errors import CliError, UsageError
+from mail_proxy.core.cli.home import warn
 from mail_proxy.core.cli.output import print_fields, print_json, print_table
-from mail_proxy.core.cli.prompt import confirm, interactive, optional, require
+from mail_proxy.core.cli.prompt import confirm, interactive, optional, require, yes_no
 from mail_proxy.core.cli.target import current
 
 app = App(name="accounts", help="SMTP accounts of a tenant.")
@@ -105,7 +106,9 @@ def add(
     limit_behavior
         Over a limit: defer (wait) or reject (fail).
     default
-        Use this account for messages that name none.
+        Use this account for messages that name none. When neither --default nor
+        --no-default is given and the tenant has no default account, the question is asked
+        on a terminal; without a terminal the tenant's first account becomes the default.
     json
         Print the POST /account answer.
     """
@@ -120,6 +123,8 @@ def add(
         user = optional(user, "SMTP user")
         if user and password is None:
             password = optional(None, "SMTP password", secret=True)
+    if default is None:
+        default = _default_choice(client.get("/accounts", target.tenant_query()), account_id)
     body: dict[str, Any] = {"id": account_id}
     values = {
         "host": host,
@@ -177,6 +182,28 @@ def delete(account_id: str | None = None, /, *, yes: bool = False, json: bool = 
     else:
         print(f"account {account_id!r} deleted")
     return 0
+
+
+def _default_choice(listed: dict[str, Any], account_id: str) -> bool | None:
+    """``--default``/``--no-default`` not given: when the tenant has no default account, ask on
+    a terminal (Enter = yes); without a terminal, the tenant's first account becomes the
+    default. None leaves the flag as the server has it."""
+    accounts = list(listed.get("accounts") or [])
+    if any(a.get("default") for a in accounts):
+        return None  # the tenant has one (this account, or another that stays the default)
+    first = all(a.get("id") == account_id for a in accounts)
+    if interactive():
+        return yes_no(
+            f"Make {account_id!r} the tenant's default account (used by messages that name none)?",
+            default=True,
+        )
+    if first:
+        return True
+    warn(
+        "the tenant has no default account: messages must name their account_id "
+        f"(make one the default with: accounts add {account_id} --default)"
+    )
+    return None
 
 
 def _options(pairs: list[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from cyclopts import App
 
 from mail_proxy.core.cli.errors import CliError, UsageError
-from mail_proxy.core.cli.output import fmt_ts, print_fields, print_json, print_table
+from mail_proxy.core.cli.output import Activity, fmt_ts, print_fields, print_json, print_table
 from mail_proxy.core.cli.prompt import confirm
 from mail_proxy.core.cli.target import current
 
@@ -154,4 +154,39 @@ def delete(*message_ids: str, yes: bool = False, json: bool = False) -> int:
         print(f"removed {answer.get('removed', 0)}")
     if missed:
         raise CliError(f"not removed (unknown or already sent): {', '.join(map(str, missed))}")
+    return 0
+
+
+@app.command
+def purge(*, older_than: float | None = None, yes: bool = False, json: bool = False) -> int:
+    """Delete finished messages (sent or failed) whose reports were all acknowledged, with
+    their events, when older than --older-than seconds. A spinner shows on a terminal while
+    the server works; nothing on a pipe.
+
+    Parameters
+    ----------
+    older_than
+        Age in seconds (default: the instance's report retention, 7 days).
+    yes
+        Do not ask for confirmation on a terminal.
+    json
+        Print the POST /commands/cleanup-messages answer.
+    """
+    target = current()
+    client = target.client()
+    client.timeout = max(client.timeout, 600.0)
+    age = "the report retention" if older_than is None else f"{older_than:g} s"
+    if not confirm(f"Delete finished, reported messages older than {age}?", yes):
+        raise CliError("nothing deleted")
+    body: dict[str, Any] = {}
+    if older_than is not None:
+        body["older_than_seconds"] = older_than
+    if target.tenant:
+        body["tenant_id"] = target.tenant
+    with Activity("purging"):
+        answer = client.post("/commands/cleanup-messages", body, target.tenant_query())
+    if json:
+        print_json(answer)
+    else:
+        print(f"removed {answer.get('removed', 0)}")
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mail_proxy.core.cli.errors import CliError
 from mail_proxy.core.cli.home import Instance, write_private
+from mail_proxy.core.cli.output import Activity
 from mail_proxy.core.cli.rest import Client, HttpError
 from mail_proxy.core.cli.target import current
 from mail_proxy.core.engine.encryption import (
@@ -62,7 +63,8 @@ def rotate_key(*, timeout: float = 300.0) -> int:
     _note(f"rotating the encryption key of {inst.name!r}: re-encrypting stored secrets...")
     client = Client(inst.url, inst.token, name=inst.name, timeout=timeout)
     try:
-        answer = client.post("/instance/rotate-key", {"new_key": key})
+        with Activity("re-encrypting"):
+            answer = client.post("/instance/rotate-key", {"new_key": key})
     except HttpError as exc:  # the server refused: nothing changed
         if not resumed:
             paths.discard_pending()

@@ -191,6 +191,7 @@ def _app(name: str, help: str, usage: str | None = None, **kwargs: Any) -> App:
         name=name,
         help=help,
         usage=usage,
+        console=_console(),
         help_format="markdown",
         default_parameter=Parameter(negative=()),
         result_action="return_value",
@@ -198,6 +199,20 @@ def _app(name: str, help: str, usage: str | None = None, **kwargs: Any) -> App:
         print_error=False,
         **kwargs,
     )
+
+
+def _console() -> Any:
+    """The console cyclopts prints help with. Rich's own ends the process with exit 1 when
+    stdout is closed early (``mail-proxy --help | head -1``); this one lets the
+    BrokenPipeError reach :func:`main`, which ends quietly with exit 0."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console()
 
 
 def _add(app: App, registry: CommandRegistry, level: CommandLevel, group: str | None) -> None:

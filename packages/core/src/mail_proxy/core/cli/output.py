@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -67,25 +68,97 @@ def fmt_ts(value: Any) -> str | None:
         return str(value)
 
 
-class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
-    def __init__(self, total: int, label: str, width: int = 30) -> None:
-        self.total = max(total, 1)
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal (never on a pipe
+    or in a log file). ``total=None``: the total is unknown, the line counts what is done."""
+
+    #: Redraw at most this often (seconds): many small steps must not cost a write each.
+    REDRAW = 0.1
+
+    def __init__(self, total: int | None, label: str, width: int = 30, unit: str = "") -> None:
+        self.total = None if total is None else max(total, 1)
         self.label = label
         self.width = width
+        self.unit = unit
         self.done = 0
-        self.enabled = total > 1 and sys.stderr.isatty()
+        self.enabled = (total is None or total > 1) and stderr_is_terminal()
+        self._drawn = 0.0
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        if self.enabled:
-            filled = int(self.width * self.done / self.total)
+        if self.enabled and (
+            time.monotonic() - self._drawn >= self.REDRAW or self.done == self.total
+        ):
+            self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = time.monotonic()
+        if self.total is None:
+            line = f"\r{self.label} {self.done}{self.unit}"
+        else:
+            filled = int(self.width * min(self.done, self.total) / self.total)
             bar = "#" * filled + "." * (self.width - filled)
-            sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
-            sys.stderr.flush()
+            line = f"\r{self.label} [{bar}] {self.done}/{self.total}{self.unit}"
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
+            self._draw()
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Activity:
+    """``with Activity("re-encrypting"):`` shows a spinner and the elapsed seconds on stderr
+    while one long request runs whose progress the server does not report (a terminal only;
+    nothing on a pipe). The line is left as ``label: done in Ns`` (or ``stopped``)."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, interval: float = 0.2) -> None:
+        self.label = label
+        self.interval = interval
+        self.enabled = stderr_is_terminal()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> Activity:
+        self._started = time.monotonic()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._spin, name="cli-activity", daemon=True)
+            self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        frame = 0
+        while not self._stop.wait(self.interval if frame else 0):
+            elapsed = time.monotonic() - self._started
+            frame_char = self.FRAMES[frame % len(self.FRAMES)]
+            sys.stderr.write(f"\r{self.label} {frame_char} {elapsed:.0f}s")
+            sys.stderr.flush()
+            frame += 1
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        outcome = "stopped" if exc_type is not None else "done"
+        elapsed = time.monotonic() - self._started
+        sys.stderr.write(f"\r{self.label}: {outcome} in {elapsed:.1f}s\n")
+        sys.stderr.flush()

@@ -8,10 +8,13 @@ Failures become :class:`~.errors.CliError` with the server's message and code.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.cli.errors import CliError
@@ -63,6 +66,24 @@ class Client:
     ) -> dict[str, Any]:
         """Send one request; return the decoded JSON answer or raise :class:`CliError`."""
         url = self.base_url + path + _query_string(query)
+        with self._errors(method, path):
+            with urllib.request.urlopen(
+                self._request(method, url, body), timeout=self.timeout
+            ) as resp:
+                return _decode(resp.read(MAX_RESPONSE_BYTES), url)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def lines(self, path: str, query: dict[str, Any] | None = None) -> Iterator[bytes]:
+        """``GET path`` and yield the answer line by line as it arrives (JSON lines exports),
+        each line with its newline; errors as in :meth:`request`."""
+        url = self.base_url + path + _query_string(query)
+        with self._errors("GET", path):
+            with urllib.request.urlopen(
+                self._request("GET", url, None), timeout=self.timeout
+            ) as resp:
+                yield from resp
+
+    def _request(self, method: str, url: str, body: Any) -> urllib.request.Request:
         data = None
         headers = {"Accept": "application/json"}
         if self.token:
@@ -70,10 +91,13 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        return urllib.request.Request(url, data=data, headers=headers, method=method)
+
+    @contextlib.contextmanager
+    def _errors(self, method: str, path: str) -> Iterator[None]:
+        """Turn what urllib raises into :class:`CliError` with the server's message."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return _decode(resp.read(MAX_RESPONSE_BYTES), url)
+            yield
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except urllib.error.URLError as exc:
@@ -81,8 +105,8 @@ class Client:
             raise CliError(f"cannot reach {self.name} at {self.base_url}: {reason}") from None
         except TimeoutError:
             raise CliError(f"{self.name} did not answer {method} {path} in time") from None
-        except (ConnectionError, OSError) as exc:
-            raise CliError(f"connection to {self.name} failed: {exc}") from None
+        except (ConnectionError, OSError, http.client.HTTPException) as exc:
+            raise CliError(f"connection to {self.name} failed: {exc!r}") from None
 
 
 def _query_string(query: dict[str, Any] | None) -> str:
