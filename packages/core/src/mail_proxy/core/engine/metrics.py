@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 LABELS = ("tenant_id", "account_id")
 
@@ -11,6 +19,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        # (per instance: the dashboard's CPU and memory panels) and python_info.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.sent = Counter("gmp_sent", "Messages delivered.", LABELS, registry=r)
         self.errors = Counter("gmp_errors", "Messages failed for good.", LABELS, registry=r)
         self.deferred = Counter(
