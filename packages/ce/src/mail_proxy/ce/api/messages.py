@@ -78,6 +78,8 @@ def message_detail(record: MessageRecord) -> dict[str, Any]:
         "to": payload.get("to") or [],
         "cc": payload.get("cc") or [],
         "attachments": [a.get("filename") for a in payload.get("attachments") or []],
+        "recipients": [r.public() for r in record.recipients],
+        "uncertain": record.uncertain,
     }
 
 

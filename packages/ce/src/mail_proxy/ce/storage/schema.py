@@ -86,7 +86,10 @@ messages = sa.Table(
     sa.Column("error_ts", sa.Float),
     sa.Column("error", sa.Text),
     sa.Column("smtp_code", sa.Integer),
-    sa.Column("delivered_rcpts", sa.JSON),
+    # Every recipient's state after the latest attempt that tried it (RecipientOutcome).
+    sa.Column("recipients", sa.JSON),
+    # Retaken after a lease expired mid-send: attempts from then on may be duplicates.
+    sa.Column("uncertain", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("claim_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("claimed_by", sa.String(255)),
     sa.Column("lease_until", sa.Float),

@@ -37,6 +37,7 @@ from mail_proxy.core.contracts.model import (
     NewEvent,
     NewMessage,
     Outcome,
+    RecipientOutcome,
     SyncState,
     Tenant,
 )
@@ -383,7 +384,8 @@ class SqlStorage(PluginDataMixin, Storage):
             error=row.error,
             smtp_code=row.smtp_code,
             created_at=row.created_at,
-            delivered_rcpts=row.delivered_rcpts or [],
+            recipients=[RecipientOutcome.from_json(r) for r in row.recipients or ()],
+            uncertain=bool(row.uncertain),
             claim_token=row.claim_token,
             lease_until=row.lease_until,
         )
@@ -715,6 +717,8 @@ class SqlStorage(PluginDataMixin, Storage):
                     claimed_by=instance_id,
                     lease_until=now + lease_seconds,
                     updated_at=now,
+                    # retaken after its lease expired mid-send: it may have been delivered
+                    uncertain=sa.case((m.status == "sending", sa.true()), else_=m.uncertain),
                 )
                 .returning(*t.messages.c)
             )
@@ -727,7 +731,7 @@ class SqlStorage(PluginDataMixin, Storage):
             return []
         m = t.messages.c
         async with self._write() as conn:
-            q = sa.select(m.pk, m.claim_token, m.tenant_id, m.id, m.attempts).where(
+            q = sa.select(m.pk, m.claim_token, m.tenant_id, m.id, m.attempts, m.recipients).where(
                 m.pk.in_([o.pk for o in outcomes]), m.status == "sending"
             )
             if self._pg:
@@ -743,7 +747,14 @@ class SqlStorage(PluginDataMixin, Storage):
                     continue  # fenced: another claim owns this message now
                 applied.append(o.pk)
                 if o.kind == "released":  # untouched: back to pending, no attempt, no event
-                    released.append({"b_pk": o.pk, "b_token": o.claim_token, "v_ts": o.ts})
+                    released.append(
+                        {
+                            "b_pk": o.pk,
+                            "b_token": o.claim_token,
+                            "v_ts": o.ts,
+                            "v_uncertain": bool(o.metadata.get("uncertain")),
+                        }
+                    )
                     continue
                 attempts = row.attempts + (1 if o.count_attempt else 0)
                 updates.append(
@@ -760,7 +771,9 @@ class SqlStorage(PluginDataMixin, Storage):
                         "v_error": o.error,
                         "v_smtp_code": o.smtp_code,
                         "v_deferred_ts": o.deferred_ts if o.kind == "deferred" else None,
-                        "v_delivered_rcpts": o.delivered_rcpts,
+                        "v_recipients": row.recipients
+                        if o.recipients is None
+                        else [r.public() for r in o.recipients],
                     }
                 )
                 meta = dict(o.metadata)
@@ -804,6 +817,11 @@ class SqlStorage(PluginDataMixin, Storage):
                         lease_until=None,
                         claimed_by=None,
                         updated_at=sa.bindparam("v_ts"),
+                        # given back mid-send (shutdown): it may have been delivered
+                        uncertain=sa.case(
+                            (sa.bindparam("v_uncertain", type_=sa.Boolean), sa.true()),
+                            else_=m.uncertain,
+                        ),
                     ),
                     released,
                 )

@@ -101,6 +101,36 @@ class NewMessage:
     deferred_ts: float | None = None
 
 
+#: A recipient's state: accepted (``sent``), refused for good (``error``) or to be retried.
+RecipientStatus = Literal["sent", "error", "deferred"]
+
+
+@dataclass
+class RecipientOutcome:
+    """What the server answered for one recipient (``code``/``reply``: its SMTP reply, or the
+    reason the whole attempt failed)."""
+
+    address: str
+    status: RecipientStatus
+    code: int | None = None
+    reply: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "status": self.status,
+            "code": self.code,
+            "reply": self.reply,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> RecipientOutcome:
+        """From its stored form (a dict, or a bare address: accepted)."""
+        if isinstance(value, str):
+            return cls(value, "sent")
+        return cls(value["address"], value["status"], value.get("code"), value.get("reply"))
+
+
 @dataclass
 class MessageRecord:
     """One row of the queue as the storage returns it."""
@@ -121,11 +151,21 @@ class MessageRecord:
     error: str | None = None
     smtp_code: int | None = None
     created_at: float = 0.0
-    #: Recipients already accepted by the server on an earlier attempt (never sent again).
-    delivered_rcpts: list[str] = field(default_factory=list)
+    #: What the server answered for each recipient on the latest attempt that included it.
+    #: ``sent`` and ``error`` recipients are never sent again; ``deferred`` ones are retried.
+    recipients: list[RecipientOutcome] = field(default_factory=list)
+    #: The message was claimed again after a lease expired while it was being sent (the
+    #: instance died or stalled): it may have been delivered already, so the attempts from
+    #: then on may be duplicates. Reported as ``uncertain: true``.
+    uncertain: bool = False
     #: Fencing token of the current claim: an outcome is applied only if it still matches.
     claim_token: int | None = None
     lease_until: float | None = None
+
+    @property
+    def delivered_rcpts(self) -> list[str]:
+        """Recipients the server accepted on an earlier attempt."""
+        return [r.address for r in self.recipients if r.status == "sent"]
 
     def public(self) -> dict[str, Any]:
         """The list fields of ``GET /messages`` (API.md)."""
@@ -151,7 +191,8 @@ class Outcome:
     """The result of one delivery attempt, applied by ``Storage.record_outcomes``.
 
     ``kind`` is the new state: ``sent``, ``deferred`` (retry or rate limit at ``deferred_ts``),
-    ``error`` (final), or ``released`` (give the claim back untouched, e.g. on shutdown).
+    ``error`` (final), or ``released`` (give the claim back untouched, e.g. on shutdown;
+    ``metadata["uncertain"]`` when the transport had the message: it is flagged uncertain).
     The state change and its event are written in one transaction, fenced by
     ``claim_token`` so a stale instance cannot overwrite a newer attempt.
     """
@@ -164,7 +205,8 @@ class Outcome:
     smtp_code: int | None = None
     deferred_ts: float | None = None
     deferred_reason: str | None = None
-    delivered_rcpts: list[str] | None = None
+    #: Every recipient's state after this attempt; ``None`` leaves the stored list unchanged.
+    recipients: list[RecipientOutcome] | None = None
     count_attempt: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
 

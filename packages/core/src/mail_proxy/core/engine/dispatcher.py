@@ -20,13 +20,21 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from mail_proxy.core.contracts.errors import MessageContentError
 from mail_proxy.core.contracts.extensions import DeliveryContext, Event, MessageStep
 from mail_proxy.core.contracts.fetch import FetchError
-from mail_proxy.core.contracts.model import Account, MessageRecord, NewEvent, Outcome, Tenant
+from mail_proxy.core.contracts.model import (
+    Account,
+    MessageRecord,
+    NewEvent,
+    Outcome,
+    RecipientOutcome,
+    RecipientStatus,
+    Tenant,
+)
 from mail_proxy.core.contracts.services import Service
 from mail_proxy.core.contracts.storage import RateLimits
 from mail_proxy.core.contracts.transport import SendResult, TransportError
@@ -153,6 +161,8 @@ class Dispatcher(Service):
         self._accounts: dict[tuple[str, str], _Cached] = {}
         self._tenants: dict[str, _Cached] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Messages handed to the transport and not yet answered (see ``_deliver``).
+        self._in_transport: set[int] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         #: The plugins' message steps that do something at delivery time, in name order.
@@ -371,11 +381,19 @@ class Dispatcher(Service):
                     return
                 outcome = await self._attempt(rec, account, tenant)
         except asyncio.CancelledError:
-            self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
+            # Stopped (shutdown): the claim goes back. If the transport had the message, the
+            # server may have taken it: the next attempt is flagged uncertain.
+            meta = {"uncertain": True} if rec.pk in self._in_transport else {}
+            self._finish(
+                rec,
+                Outcome(rec.pk, rec.claim_token or 0, "released", time.time(), metadata=meta),
+            )
             raise
         except Exception as exc:  # a bug, not a delivery failure: retry, bounded by max_retries
             log.exception("unexpected error delivering message pk=%s", rec.pk)
-            outcome = self._temporary(rec, f"internal error: {type(exc).__name__}", None, [])
+            outcome = self._temporary(rec, f"internal error: {type(exc).__name__}", None)
+        finally:
+            self._in_transport.discard(rec.pk)
         rt.metrics.send_latency.observe(time.perf_counter() - started)
         # Keep the global slot until the outcome is committed: delivered-but-unrecorded
         # messages (the only duplicates a crash can cause) stay bounded by max_concurrent_sends.
@@ -444,29 +462,24 @@ class Dispatcher(Service):
                     ]
                 )
         sender, recipients, email = ctx.sender, ctx.recipients, ctx.email
-        done = {r.lower() for r in rec.delivered_rcpts}
-        todo = [r for r in recipients if r.lower() not in done]
+        known = {r.address.lower(): r for r in rec.recipients}
+        # Recipients that got it or were refused for good are never tried again.
+        todo = [
+            a for a in recipients if a.lower() not in known or known[a.lower()].status == "deferred"
+        ]
         if not todo:
-            return self._sent(rec, rec.delivered_rcpts, {})
+            return self._conclude(rec, list(rec.recipients), None, None)
+        self._in_transport.add(rec.pk)
         try:
             result: SendResult = await rt.transport(account.transport).send(
                 account, email, sender, todo
             )
         except TransportError as exc:
-            if exc.permanent:
-                return self._error(rec, str(exc), exc.code)
-            return self._temporary(rec, str(exc), exc.code, rec.delivered_rcpts)
-        delivered = list(rec.delivered_rcpts) + result.accepted
-        if result.temp_failed:
-            code, text = next(iter(result.temp_failed.values()))
-            failed = ", ".join(result.temp_failed)
-            return self._temporary(
-                rec, f"recipients deferred ({failed}): {code} {text}", code, delivered
-            )
-        if result.perm_failed and not delivered:
-            code, text = next(iter(result.perm_failed.values()))
-            return self._error(rec, f"all recipients refused: {code} {text}", code)
-        return self._sent(rec, delivered, result.perm_failed)
+            # The whole attempt failed: every recipient tried gets its reason.
+            status: RecipientStatus = "error" if exc.permanent else "deferred"
+            answers = [RecipientOutcome(a, status, exc.code, str(exc)) for a in todo]
+            return self._conclude(rec, _merge(rec.recipients, answers), str(exc), exc.code)
+        return self._conclude(rec, _merge(rec.recipients, _answers(todo, result)), None, None)
 
     def _lease_too_short(self, rec: MessageRecord) -> bool:
         """True when less than half of the claim lease is left before sending starts."""
@@ -479,62 +492,119 @@ class Dispatcher(Service):
         return self.writer.add(outcome, rec)
 
     @staticmethod
-    def _sent(
-        rec: MessageRecord, delivered: list[str], refused: dict[str, tuple[int, str]]
+    def _outcome(
+        rec: MessageRecord,
+        kind: Literal["sent", "deferred", "error"],
+        recipients: list[RecipientOutcome],
+        error: str | None,
+        code: int | None,
+        **fields: Any,
     ) -> Outcome:
-        meta: dict[str, Any] = {"created_at": rec.created_at}
-        error = None
-        if refused:
-            meta["refused_recipients"] = {r: f"{c} {t}" for r, (c, t) in refused.items()}
-            error = "some recipients refused: " + ", ".join(refused)
+        """An outcome whose event carries every recipient's state and, when the message was
+        retaken after a crash, ``uncertain`` (it may have been delivered already)."""
+        meta: dict[str, Any] = {}
+        if kind == "sent":
+            meta["created_at"] = rec.created_at
+            refused = {r.address: _reply(r) for r in recipients if r.status == "error"}
+            if refused:
+                meta["refused_recipients"] = refused
+        if recipients:
+            meta["recipients"] = [r.public() for r in recipients]
+        if rec.uncertain:
+            meta["uncertain"] = True
         return Outcome(
             rec.pk,
             rec.claim_token or 0,
-            "sent",
+            kind,
             time.time(),
             error=error,
-            delivered_rcpts=delivered,
+            smtp_code=code,
+            recipients=recipients,
             metadata=meta,
+            **fields,
         )
 
-    @staticmethod
-    def _error(rec: MessageRecord, error: str, code: int | None = None) -> Outcome:
-        return Outcome(
-            rec.pk,
-            rec.claim_token or 0,
-            "error",
-            time.time(),
-            error=error,
-            smtp_code=code,
-            delivered_rcpts=rec.delivered_rcpts or None,
-        )
-
-    def _temporary(
-        self, rec: MessageRecord, error: str, code: int | None, delivered: list[str]
+    def _conclude(
+        self,
+        rec: MessageRecord,
+        recipients: list[RecipientOutcome],
+        failure: str | None,
+        code: int | None,
     ) -> Outcome:
-        attempts = rec.attempts + 1
-        now = time.time()
-        if not self.policy.should_retry(attempts):
-            return Outcome(
-                rec.pk,
-                rec.claim_token or 0,
-                "error",
-                now,
-                error=f"gave up after {attempts} attempts: {error}",
-                smtp_code=code,
-                delivered_rcpts=delivered or None,
-            )
-        return Outcome(
-            rec.pk,
-            rec.claim_token or 0,
-            "deferred",
-            now,
-            error=error,
-            smtp_code=code,
-            deferred_ts=now + self.policy.delay(attempts),
-            deferred_reason=error,
-            delivered_rcpts=delivered or None,
+        """The message's state after an attempt that reached the transport: retried while a
+        recipient is ``deferred`` (only those are tried again), else final."""
+        waiting = [r for r in recipients if r.status == "deferred"]
+        if not waiting:
+            return self._final(rec, recipients, failure, code)
+        first = waiting[0]
+        reason = failure or (
+            f"recipients deferred ({', '.join(r.address for r in waiting)}): {_reply(first)}"
         )
+        return self._retry(rec, recipients, reason, code if failure else first.code)
+
+    def _retry(
+        self,
+        rec: MessageRecord,
+        recipients: list[RecipientOutcome],
+        reason: str,
+        code: int | None,
+    ) -> Outcome:
+        """A temporary failure: deferred with backoff, or final after ``max_retries``."""
+        attempts = rec.attempts + 1
+        if not self.policy.should_retry(attempts):
+            return self._final(
+                rec, recipients, f"gave up after {attempts} attempts: {reason}", code
+            )
+        return self._outcome(
+            rec,
+            "deferred",
+            recipients,
+            reason,
+            code,
+            deferred_ts=time.time() + self.policy.delay(attempts),
+            deferred_reason=reason,
+        )
+
+    def _final(
+        self,
+        rec: MessageRecord,
+        recipients: list[RecipientOutcome],
+        failure: str | None,
+        code: int | None,
+    ) -> Outcome:
+        """The last word on a message: ``sent`` when at least one recipient accepted it (the
+        others listed as failed in ``recipients`` and named in ``error``), else ``error``.
+        Recipients still waiting for a retry fail with the message."""
+        recipients = [
+            replace(r, status="error") if r.status == "deferred" else r for r in recipients
+        ]
+        if failure is not None:  # the message failed: so did the recipients never tried
+            known = {r.address.lower() for r in recipients}
+            recipients += [
+                RecipientOutcome(a, "error", code, failure)
+                for a in _planned_recipients(rec)
+                if a.lower() not in known
+            ]
+        failed = [r for r in recipients if r.status == "error"]
+        if any(r.status == "sent" for r in recipients):
+            error = None
+            if failed:
+                names = ", ".join(r.address for r in failed)
+                error = f"not delivered to {names}: {failure or _reply(failed[0])}"
+            return self._outcome(rec, "sent", recipients, error, None)
+        if failure is None:
+            failure = "all recipients refused: " + (_reply(failed[0]) if failed else "none left")
+        return self._outcome(
+            rec, "error", recipients, failure, code or (failed[0].code if failed else None)
+        )
+
+    def _error(self, rec: MessageRecord, error: str, code: int | None = None) -> Outcome:
+        """A failure of the message itself (content, attachments, account): final at once."""
+        return self._final(rec, list(rec.recipients), error, code)
+
+    def _temporary(self, rec: MessageRecord, error: str, code: int | None) -> Outcome:
+        """A temporary failure before any recipient was tried (recipients unchanged)."""
+        return self._retry(rec, list(rec.recipients), error, code)
 
     # -- lookups (briefly cached: one query per account per round, not per message) ----------
     async def _account(self, tenant_id: str, account_id: str) -> Account | None:
@@ -555,3 +625,43 @@ class Dispatcher(Service):
         tenant = await self.rt.storage.get_tenant(tenant_id)
         self._tenants[tenant_id] = _Cached(tenant, now + CACHE_SECONDS)
         return tenant
+
+
+def _planned_recipients(rec: MessageRecord) -> list[str]:
+    """The envelope recipients of the stored message (none when it cannot be read)."""
+    from mail_proxy.core.engine.mime import envelope
+
+    try:
+        return envelope(rec.payload)[1]
+    except Exception:
+        return []
+
+
+def _reply(r: RecipientOutcome) -> str:
+    return " ".join(str(x) for x in (r.code, r.reply) if x not in (None, "")) or "no reply"
+
+
+def _answers(todo: list[str], result: SendResult) -> list[RecipientOutcome]:
+    """Each tried recipient's state from the transport's result."""
+    answers = []
+    for address in todo:
+        if address in result.perm_failed:
+            code, text = result.perm_failed[address]
+            answers.append(RecipientOutcome(address, "error", code, text))
+        elif address in result.temp_failed:
+            code, text = result.temp_failed[address]
+            answers.append(RecipientOutcome(address, "deferred", code, text))
+        elif address in result.accepted:
+            answers.append(RecipientOutcome(address, "sent", 250, result.response or None))
+        else:  # a transport that did not say: try this one again
+            answers.append(RecipientOutcome(address, "deferred", None, "no answer for it"))
+    return answers
+
+
+def _merge(
+    known: list[RecipientOutcome], answers: list[RecipientOutcome]
+) -> list[RecipientOutcome]:
+    """``known`` with this attempt's answers replacing the same addresses' (order kept)."""
+    new = {a.address.lower(): a for a in answers}
+    merged = [new.pop(r.address.lower(), r) for r in known]
+    return merged + list(new.values())
