@@ -51,7 +51,8 @@ class AccountFieldsCodec:
         extra = dict(previous or {})
         for name, raw in groups.items():
             spec = reg.get(name)
-            stored = extra.get(name) if isinstance(extra.get(name), dict) else {}
+            found = extra.get(name)
+            stored: dict[str, Any] = found if isinstance(found, dict) else {}
             # A secret left out of an update keeps its stored value, and the model validates
             # the account as it will be (so a model may require a secret).
             kept = {
