@@ -297,6 +297,14 @@ class Runtime:
                 changed += await self.storage.reencrypt_secrets(transform)
             except Exception:  # the rotation itself is committed: report, do not undo
                 log.warning("key rotation: the sweep for late writes failed", exc_info=True)
+            try:  # the plugins' own tables, now that the new key is in use
+                changed += await self.plugins.reencrypt_secrets(transform, self)
+            except Exception:
+                log.error(
+                    "key rotation: a plugin could not re-encrypt its own secrets (they decrypt "
+                    "with the previous key until this process stops)",
+                    exc_info=True,
+                )
         log.info("encryption key rotated: %d stored value(s) re-encrypted", changed)
         return changed
 

@@ -12,7 +12,7 @@ error naming the plugin (see ``create_plugin_manager``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -162,6 +162,17 @@ def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
 def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
     """Called after a tenant and its core data are deleted: delete what your plugin keeps of
     it (its rows, its files) and drop what you cache. May be ``async``."""
+
+
+@hookspec
+def reencrypt_secrets(
+    transform: Callable[[str], str], runtime: Runtime
+) -> int | Awaitable[int] | None:
+    """Called by a key rotation (``POST /instance/rotate-key``) right after the instance
+    switched to the new key: re-encrypt the secrets your plugin keeps in its own tables with
+    ``new_token = transform(old_token)`` (a token already under the new key comes back
+    unchanged) and return how many changed. May be ``async``. Tenant settings and account
+    fields are re-encrypted by the storage already; this is for anything else."""
 
 
 @hookspec

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,16 @@ class PluginManager:
 
     async def tenant_deleted(self, tenant_id: str, runtime: Runtime) -> None:
         await self._all("tenant_deleted", tenant_id=tenant_id, runtime=runtime)
+
+    async def reencrypt_secrets(self, transform: Callable[[str], str], runtime: Runtime) -> int:
+        """Every plugin re-encrypts its own secrets; the number of values changed."""
+        total = 0
+        for impl in reversed(self._pm.hook.reencrypt_secrets.get_hookimpls()):
+            result: Any = impl.function(**_args(impl, transform=transform, runtime=runtime))
+            if inspect.isawaitable(result):
+                result = await result
+            total += int(result or 0)
+        return total
 
     async def _all(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation, awaiting those that return awaitables."""
