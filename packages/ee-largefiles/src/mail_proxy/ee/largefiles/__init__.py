@@ -1,0 +1,1 @@
+"""genro-mail-proxy Enterprise Edition: large attachments offloaded to object storage."""
