@@ -100,6 +100,13 @@ TARGETS: dict[str, list[Target]] = {
         *_NO_ENQUEUE_ERRORS,
         *_NO_LOSS,
     ],
+    # the large-files plugin rewriting a 200 MB attachment: streamed, never held whole
+    "large-files": [
+        Target("peak_above_resting_mb", "<=", 150),
+        Target("stored_exact", "==", True),
+        *_NO_ENQUEUE_ERRORS,
+        *_NO_LOSS,
+    ],
 }
 
 #: The figures the table shows for each scenario (the JSON line has them all).
@@ -144,6 +151,14 @@ HEADLINE: dict[str, list[str]] = {
         "lost",
     ],
     "ceiling": ["messages_per_s", "client_cpu_ms_per_msg", "sink_cpu_ms_per_msg"],
+    "large-files": [
+        "peak_above_resting_mb",
+        "peak_rss_mb",
+        "resting_rss_mb",
+        "attachment_mb",
+        "offload_s",
+        "stored_exact",
+    ],
     "attachments": [
         "peak_rss_mb",
         "baseline_rss_mb",

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from . import large_files
 from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
 from .report import RESULTS_DIR, Results, eprint
@@ -37,6 +38,7 @@ ORDER = [
     "e2e-pg-2",
     "backlog",
     "attachments",
+    "large-files",
 ]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STALL_S = 30.0
@@ -129,6 +131,7 @@ class Bench:
             "e2e-pg-2": lambda: self.e2e("postgresql", 2),
             "backlog": self.backlog,
             "attachments": self.attachments,
+            "large-files": lambda: large_files.run(self),  # large_files.py
         }
         self.current = ""
 
