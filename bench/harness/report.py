@@ -107,6 +107,7 @@ TARGETS: dict[str, list[Target]] = {
         *_NO_ENQUEUE_ERRORS,
         *_NO_LOSS,
     ],
+    "bounce": [Target("bounces_per_s", ">=", 500), *_NO_LOSS],
 }
 
 #: The figures the table shows for each scenario (the JSON line has them all).
@@ -158,6 +159,14 @@ HEADLINE: dict[str, list[str]] = {
         "attachment_mb",
         "offload_s",
         "stored_exact",
+    ],
+    "bounce": [
+        "bounces_per_s",
+        "service_cpu_ms_per_bounce",
+        "baseline_rss_mb",
+        "peak_rss_mb",
+        "lost",
+        "duplicated",
     ],
     "attachments": [
         "peak_rss_mb",

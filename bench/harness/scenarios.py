@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from . import bounce
 from . import large_files
 from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
@@ -39,6 +40,7 @@ ORDER = [
     "backlog",
     "attachments",
     "large-files",
+    "bounce",
 ]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STALL_S = 30.0
@@ -132,6 +134,7 @@ class Bench:
             "backlog": self.backlog,
             "attachments": self.attachments,
             "large-files": lambda: large_files.run(self),  # large_files.py
+            "bounce": lambda: bounce.run(self),  # the bounce plugin: bounce.py
         }
         self.current = ""
 

@@ -4,7 +4,7 @@ In this order (docs/bounce.md "Correlation"):
 
 1. **VERP token**: an address the bounce was delivered to (``Delivered-To``, ``X-Original-To``,
    ``To``, ... and the quoted ``Return-Path``) is ``local+TOKEN@domain`` of a configured return
-   path: the token names the message and must verify (:func:`.verp.resolve`); a token that
+   path: the token names the message and must verify (:func:`.verp.verify`); a token that
    does not is *forged* and the bounce stops there;
 2. else the **Message-ID** the bounce quotes from the original, looked up among the
    Message-IDs the proxy sent; when the bounce also quotes ``X-Genro-Mail-ID``, the two must
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 from .config import BounceConfigs
 from .suppression import normalize
-from .verp import resolve, token_in
+from .verp import VerpSecret, parse_token, records_by_pk, token_in, verify
 
 if TYPE_CHECKING:
-    from mail_proxy.core.contracts.model import MessageRecord
+    from mail_proxy.core.contracts.model import MessageRecord, MessageRef
     from mail_proxy.core.engine.runtime import Runtime
     from mail_proxy.ee.bounce.parsing import BounceReport, RecipientFailure
 
@@ -63,36 +63,76 @@ class Attributed:
 
 @dataclass
 class Correlator:
-    """Matches reports read from the mailbox ``mailbox_key`` (see the module docstring)."""
+    """Matches reports read from the mailbox ``mailbox_key`` (see the module docstring), a
+    batch at a time: the lookups of a whole batch are a few queries, not a few per bounce."""
 
     runtime: Runtime
     mailbox_key: str
     return_paths: set[str] = field(default_factory=set)
 
-    async def match(self, report: BounceReport, bounce: Message) -> Match:
-        token = self._token(report, bounce)
-        if token is not None:
-            status, record = await resolve(self.runtime, token)
-            if status != "ok" or record is None:
-                return Match(status, detail=f"VERP token {token!r}")
-            return await self._served(record, "verp")
+    async def match_all(self, items: list[tuple[BounceReport, Message]]) -> list[Match]:
+        """One :class:`Match` per ``(report, bounce headers)``, in order."""
+        tokens = [self._token(report, bounce) for report, bounce in items]
+        parsed = [parse_token(t) if t else None for t in tokens]
+        wanted_ids = sorted(
+            {
+                _bracketed(report.message_id)
+                for (report, _), token in zip(items, tokens, strict=True)
+                if token is None and report.message_id
+            }
+        )
+        refs: dict[str, list[MessageRef]] = {}
+        if wanted_ids:
+            for ref in await self.runtime.storage.find_messages_by_message_id(wanted_ids):
+                refs.setdefault(ref.message_id, []).append(ref)
+        pks = {p[0] for p in parsed if p} | {r.pk for found in refs.values() for r in found}
+        records = await records_by_pk(self.runtime, pks) if pks else {}
+        secret = await self.runtime.local(VerpSecret).get() if any(parsed) else b""
+        out = []
+        for (report, _), token, pair in zip(items, tokens, parsed, strict=True):
+            if token is not None:
+                out.append(await self._by_token(token, pair, records, secret))
+            else:
+                out.append(await self._by_message_id(report, refs, records))
+        return out
+
+    async def _by_token(
+        self,
+        token: str,
+        pair: tuple[int, str] | None,
+        records: dict[int, MessageRecord],
+        secret: bytes,
+    ) -> Match:
+        record = records.get(pair[0]) if pair else None
+        if pair is None or (record is not None and not verify(secret, record, pair[1])):
+            return Match("forged", detail=f"VERP token {token!r} does not verify")
+        if record is None:
+            return Match("unmatched", detail=f"VERP token {token!r}: message gone")
+        return await self._served(record, "verp")
+
+    async def _by_message_id(
+        self,
+        report: BounceReport,
+        refs: dict[str, list[MessageRef]],
+        records: dict[int, MessageRecord],
+    ) -> Match:
         if not report.message_id:
             why = "only X-Genro-Mail-ID quoted" if report.mail_id else "no token, no Message-ID"
             return Match("unmatched", detail=why)
         message_id = _bracketed(report.message_id)
-        refs = await self.runtime.storage.find_messages_by_message_id([message_id])
-        if not refs:
+        found = refs.get(message_id, [])
+        if not found:
             return Match("unmatched", detail=f"unknown Message-ID {message_id}")
         if report.mail_id:
-            refs = [r for r in refs if r.id == report.mail_id]
-            if not refs:
+            found = [r for r in found if r.id == report.mail_id]
+            if not found:
                 return Match("forged", detail="X-Genro-Mail-ID and Message-ID disagree")
-        served = [r for r in refs if await self._serves(r.tenant_id)]
+        served = [r for r in found if await self._serves(r.tenant_id)]
         if not served:
             return Match("foreign_tenant", detail=f"Message-ID {message_id}")
         if len(served) > 1:
             return Match("unmatched", detail=f"Message-ID {message_id} names several messages")
-        record = await self.runtime.storage.get_message(served[0].tenant_id, served[0].id)
+        record = records.get(served[0].pk)
         if record is None:
             return Match("unmatched", detail="message removed meanwhile")
         return Match("ok", record, "message_id")

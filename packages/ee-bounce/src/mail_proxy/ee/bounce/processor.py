@@ -1,19 +1,21 @@
-"""What happens to one message read from a bounce mailbox, and when it is committed.
+"""What happens to the messages read from a bounce mailbox, and when it is committed.
 
-:meth:`MailboxProcessor.handle` is the IMAP poller's handler: it recognises a message read
-before (``bounce_seen``), parses the rest (:func:`~.parsing.parse_bounce`), matches bounces
-and complaints to their message (:mod:`.correlate`) and keeps what to write in memory.
-:meth:`MailboxProcessor.flush` writes it: the events through ``runtime.record_events`` (one
-transaction: reported, shown on the message, told to plugins), then the plugin's own rows
-(bounces seen, suppressions) in one transaction of its own.
+:meth:`MailboxProcessor.handle` is the IMAP poller's handler: it parses the message
+(:func:`~.parsing.parse_bounce`, CPU only) and keeps it. :meth:`MailboxProcessor.flush` does
+the rest for everything kept, with a few queries per batch rather than a few per message:
+bounces read before (``bounce_seen``) are dropped, bounces and complaints are matched to their
+messages (:meth:`.correlate.Correlator.match_all`), then
 
-The poller saves its place in the mailbox after each batch; the plugin hands it a state
-store (:class:`FlushingStateStore`) that flushes before saving, so a UID is never saved as
-read before its effects are committed. A crash re-reads at most one batch, and nothing is
-recorded twice: before recording, the message's existing events are checked for the same
-bounce and recipient (the effects are committed before the ``bounce_seen`` rows, so the
-check covers a crash between the two transactions), and the same bounce twice in one batch
-is kept once.
+1. the ``bounce_seen`` rows are written as ``pending`` (one transaction);
+2. the events go through ``runtime.record_events`` (one transaction: reported, shown on the
+   message, told to plugins);
+3. the rows get their outcome, the suppressions are written (one transaction).
+
+The poller saves its place in the mailbox after each batch; the plugin hands it a state store
+(:class:`FlushingStateStore`) that flushes before saving, so a UID is never saved as read
+before its effects are committed. A crash re-reads at most one batch, and nothing is recorded
+twice: a bounce found ``pending`` (a crash between 1 and 3) has its events compared with the
+message's stored ones first, and the same bounce twice in one batch is kept once.
 
 The identity of a bounce is its own Message-ID (a server sends one notice once; a copy
 delivered twice has the same one), else a digest of its content below the headers.
@@ -50,18 +52,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _HEADERS = BytesHeaderParser(policy=compat32)
 MAX_KEY = 200
+#: ``bounce_seen.outcome`` while a bounce's effects are being committed.
+PENDING = "pending"
 
 
 @dataclass
 class _Read:
     """One message read, waiting for :meth:`MailboxProcessor.flush`."""
 
+    uid: int
     key: str
-    outcome: str
+    report: BounceReport
+    headers: Message
+    outcome: str = ""
     events: list[NewEvent] = field(default_factory=list)
     suppress: list[Suppression] = field(default_factory=list)
     tenant_id: str | None = None
     message_id: str | None = None
+    #: Seen before as ``pending``: a crash interrupted its commit; compare with stored events.
+    resumed: bool = False
 
 
 def bounce_key(headers: Message, raw: bytes) -> str:
@@ -93,29 +102,60 @@ class MailboxProcessor:
 
         headers = _HEADERS.parsebytes(raw, headersonly=True)
         key = bounce_key(headers, raw)
-        if key in self._pending or await self._seen(key):
+        if key not in self._pending:
+            self._pending[key] = _Read(uid, key, parse_bounce(raw), headers)
+
+    async def flush(self) -> None:
+        """Commit what was read since the last flush (see the module docstring)."""
+        if not self._pending:
             return
-        report = parse_bounce(raw)
-        self.metrics.read.labels(kind=report.kind).inc()
-        read = _Read(key, report.kind)
-        if report.kind in ("bounce", "complaint"):
-            match = await self.correlator.match(report, headers)
+        reads = await self._unseen(list(self._pending.values()))
+        if reads:
+            await self._decide(reads)
+            await self._commit(reads)
+        self._pending.clear()
+
+    async def _unseen(self, reads: list[_Read]) -> list[_Read]:
+        """``reads`` less the bounces already handled (``pending`` ones are kept, marked)."""
+        t = schema.seen.c
+        known: dict[str, str] = {}
+        keys = [r.key for r in reads]
+        async with self.rt.storage.database.connect() as conn:
+            for start in range(0, len(keys), 500):
+                query = sa.select(t.bounce_key, t.outcome).where(
+                    t.mailbox_key == self.mailbox_key, t.bounce_key.in_(keys[start : start + 500])
+                )
+                known.update({row.bounce_key: row.outcome for row in await conn.execute(query)})
+        fresh = []
+        for read in reads:
+            outcome = known.get(read.key)
+            if outcome is None or outcome == PENDING:
+                read.resumed = outcome == PENDING
+                fresh.append(read)
+        return fresh
+
+    async def _decide(self, reads: list[_Read]) -> None:
+        for read in reads:
+            self.metrics.read.labels(kind=read.report.kind).inc()
+            read.outcome = read.report.kind
+        relevant = [r for r in reads if r.report.kind in ("bounce", "complaint")]
+        matches = await self.correlator.match_all([(r.report, r.headers) for r in relevant])
+        for read, match in zip(relevant, matches, strict=True):
             if match.record is None:
                 read.outcome = match.status
                 log.info(
                     "bounce %s UID %d: %s %s (%s)",
                     self.mailbox_key,
-                    uid,
-                    report.kind,
+                    read.uid,
+                    read.report.kind,
                     match.status,
                     match.detail,
                 )
             else:
-                self._effects(read, report, match)
-        self._pending[key] = read
+                self._effects(read, match)
 
-    def _effects(self, read: _Read, report: BounceReport, match: Match) -> None:
-        record = match.record
+    def _effects(self, read: _Read, match: Match) -> None:
+        record, report = match.record, read.report
         assert record is not None
         read.tenant_id, read.message_id = record.tenant_id, record.id
         now = time.time()
@@ -125,44 +165,50 @@ class MailboxProcessor:
                 read.events.append(
                     NewEvent(record.tenant_id, record.id, COMPLAINT, now, "spam complaint", meta)
                 )
-            read.outcome = "recorded" if read.events else "no_recipient"
-            return
-        failures = [r for r in report.recipients if r.type in ("hard", "soft")]
-        for item in attribute(record, failures):
-            read.events.append(_bounce_event(read.key, self.mailbox_key, match, item, now))
-            f = item.failure
-            if item.exact and f.type == "hard" and f.reason in SUPPRESSING_REASONS:
-                read.suppress.append(_suppression(record, item, now))
+        else:
+            failures = [r for r in report.recipients if r.type in ("hard", "soft")]
+            for item in attribute(record, failures):
+                read.events.append(_bounce_event(read.key, self.mailbox_key, match, item, now))
+                f = item.failure
+                if item.exact and f.type == "hard" and f.reason in SUPPRESSING_REASONS:
+                    read.suppress.append(_suppression(record, item, now))
         read.outcome = "recorded" if read.events else "no_recipient"
 
-    async def _seen(self, key: str) -> bool:
-        t = schema.seen.c
-        query = sa.select(t.outcome).where(t.mailbox_key == self.mailbox_key, t.bounce_key == key)
-        async with self.rt.storage.database.connect() as conn:
-            return (await conn.execute(query)).first() is not None
-
-    async def flush(self) -> None:
-        """Commit what was read since the last flush (see the module docstring)."""
-        if not self._pending:
-            return
-        reads = list(self._pending.values())
-        fresh = await self._not_recorded([e for r in reads for e in r.events])
-        recorded = await self.rt.record_events(fresh) if fresh else []
+    async def _commit(self, reads: list[_Read]) -> None:
+        engine = self.rt.storage.database
+        t = schema.seen
+        now = time.time()
         rows = [
             {
                 "mailbox_key": self.mailbox_key,
                 "bounce_key": r.key,
-                "seen_at": time.time(),
-                "outcome": r.outcome,
+                "seen_at": now,
+                "outcome": PENDING,
                 "tenant_id": r.tenant_id,
                 "message_id": r.message_id,
             }
             for r in reads
         ]
-        async with self.rt.storage.database.begin() as conn:
-            await insert_ignore(conn, schema.seen, rows)
+        async with engine.begin() as conn:
+            await insert_ignore(conn, t, rows)
+        events = [e for r in reads if not r.resumed for e in r.events]
+        events += await self._not_recorded([e for r in reads if r.resumed for e in r.events])
+        recorded = await self.rt.record_events(events) if events else []
+        async with engine.begin() as conn:
+            by_outcome: dict[str, list[str]] = {}
+            for read in reads:
+                by_outcome.setdefault(read.outcome, []).append(read.key)
+            for outcome, keys in by_outcome.items():
+                for start in range(0, len(keys), 500):
+                    await conn.execute(
+                        t.update()
+                        .where(
+                            t.c.mailbox_key == self.mailbox_key,
+                            t.c.bounce_key.in_(keys[start : start + 500]),
+                        )
+                        .values(outcome=outcome)
+                    )
             await self.rt.local(Suppressions).add([s for r in reads for s in r.suppress], conn)
-        self._pending.clear()
         for event in recorded:
             if event.event_type == BOUNCE:
                 meta = event.metadata
