@@ -83,6 +83,9 @@ def test_real_errore_consegna() -> None:
     # the file's X-Riferimento-Message-ID (@pec.it) and daticert <msgid> (@fakepec.it)
     # differ: the header gives the reference, the disagreement is a warning
     assert r.reference == "<SN05IE$951DEC16C1CFD3E4FD8FF1B1D24A99AE@pec.it>"
+    # the signed <msgid> is kept too: correlation tries it after the header
+    assert r.daticert_msgid == "<SN05IE$951DEC16C1CFD3E4FD8FF1B1D24A99AE@fakepec.it>"
+    assert r.message_id == "<opec210312.20241115182103.186549.961.1.530.42@fakepec.it>"
     assert len(r.warnings) == 1
     assert "X-Riferimento-Message-ID" in r.warnings[0]
     assert "@fakepec.it>" in r.warnings[0]

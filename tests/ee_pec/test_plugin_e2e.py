@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ee_pec.world import DELIVERED, NO_DEST, REFUSED, PecWorld, plan
+from ee_pec.world import DELIVERED, NO_DEST, REFUSED, PecWorld, metric, plan
 
 from support.report_client import wait_until
 
@@ -98,11 +98,32 @@ async def test_pull_reports_and_status_route(start_world: Any) -> None:
     assert account["mailbox"]["last_uid"] >= 2
     assert account["waiting"] == {"acceptance": 0, "delivery": 0}
 
+    text = await (await world.api.client.get("/metrics")).text()
+    assert 'gmp_pec_poll_lag_seconds{account_id="pec",tenant_id="default"}' in text
+    assert 'gmp_pec_poll_failures{account_id="pec",tenant_id="default"} 0.0' in text
+    assert await metric(world, "gmp_pec_receipts_total", kind="accettazione") == 1
+
     accounts = (await world.api.get("/accounts"))["accounts"]
     shown = next(a for a in accounts if a["id"] == "pec")
     assert shown["pec"] is True and shown["imap_password_set"] is True
     assert "imap_password" not in shown and world.password not in str(accounts)
 
 
-def pec_kinds(items: list[dict[str, Any]]) -> list[str]:
-    return [i["pec_event"] for i in items]
+async def test_a_mailbox_that_refuses_the_login_shows_its_error(start_world: Any) -> None:
+    world: PecWorld = await start_world()
+    await world.add_pec_account(imap_password="not-the-password")
+
+    async def failing() -> bool:
+        (account,) = (await world.api.get("/pec/status"))["accounts"]
+        return bool((account["poller"] or {}).get("last_error"))
+
+    await wait_until(failing, 15, "the login failure shown")
+    (account,) = (await world.api.get("/pec/status"))["accounts"]
+    assert "login as" in account["poller"]["last_error"]
+    assert "not-the-password" not in str(account)
+    text = await (await world.api.client.get("/metrics")).text()
+    assert 'gmp_pec_poll_failures{account_id="pec",tenant_id="default"} 0.0' not in text
+    # the right password: the same poller is replaced and reads the mailbox
+    await world.add_pec_account()
+    await world.send("after-fix", [DELIVERED])
+    assert len(await world.wait_pec_items("after-fix", 2)) == 2

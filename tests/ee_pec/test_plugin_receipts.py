@@ -201,3 +201,69 @@ async def test_restart_between_receipts_processes_none_twice(start_world: Any) -
     assert items[-1]["pec_delivery_ts"] == items[-1]["pec_ts"]
     assert (await world.message("restart"))["pec_delivery_ts"] == items[-1]["pec_ts"]
     assert SENDER in got.sender
+
+
+async def test_a_receipt_recorded_but_not_remembered_before_a_crash_is_not_recorded_again(
+    start_world: Any,
+) -> None:
+    """The window between recording the event and remembering the receipt: the receipt's
+    key in the event's metadata is enough to recognise it when it is read again."""
+    import sqlalchemy as sa
+
+    from mail_proxy.ee.pec import tables
+    from mail_proxy.ee.pec.receipts import ReceiptHandler
+
+    world: PecWorld = await start_world()
+    world.provider.plan = lambda got: []
+    await world.add_pec_account()
+    await world.send("window", [DELIVERED])
+    (got,) = await world.provider.wait_received(1)
+    raw = build_receipt("accettazione", **common(got))
+    world.dovecot.append(world.user, raw)
+    await world.wait_pec_items("window", 1)
+
+    rt = world.api.runtime
+    async with rt.storage.database.begin() as conn:  # as if the service died before this
+        await conn.execute(sa.delete(tables.receipts))
+    handler = ReceiptHandler(rt, "default", "pec")
+    assert await handler.handle(raw) == "recorded"  # recognised from the event itself
+    assert await handler.handle(raw) == "duplicate"  # and now remembered
+    kinds = [e["event_type"] for e in await world.events("window")]
+    assert kinds.count("pec_acceptance") == 1
+
+
+async def test_the_real_receipts_are_matched_header_first_then_by_daticert(
+    start_world: Any,
+) -> None:
+    """The corpus receipts: the acceptance names the original in its header; the delivery
+    error's header names another Message-ID and only its signed daticert <msgid> matches."""
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    corpus = Path(os.environ.get("GMP_PEC_CORPUS", "/work/shared/corpora/pec"))
+    if not (corpus / "errore-consegna.eml").is_file():
+        pytest.skip(f"PEC corpus not available ({corpus})")
+    world: PecWorld = await start_world()
+    world.provider.plan = lambda got: []
+    await world.add_pec_account(sender="sender@fakepec.it")
+    original = "<SN05IE$951DEC16C1CFD3E4FD8FF1B1D24A99AE@fakepec.it>"
+    await world.send("real", ["rec@fakepec.it"], sender="sender@fakepec.it", message_id=original)
+    (got,) = await world.provider.wait_received(1)
+    assert got.message_id == original
+    for name in ("accettazione.eml", "errore-consegna.eml"):
+        world.dovecot.append(world.user, (corpus / name).read_bytes())
+
+    acceptance, error = await world.wait_pec_items("real", 2)
+    assert acceptance["pec_event"] == "pec_acceptance"
+    assert acceptance["pec_details"]["provider"] == "FAKEPEC PEC S.p.A."
+    assert error["pec_event"] == "pec_error"
+    assert error["pec_details"]["recipient"] == "rec@fakepec.it"
+    assert error["pec_details"]["error"] == (
+        "no-dest: 5.1.1 - FAKE Pec S.p.A. - indirizzo non valido"
+    )
+    warnings = error["pec_details"]["warnings"]
+    assert any("disagrees with daticert msgid" in w for w in warnings)
+    assert any("matched by daticert msgid" in w for w in warnings)
+    assert error["pec_ts"] - acceptance["pec_ts"] == 25  # 18:20:38 → 18:21:03 (+01:00)

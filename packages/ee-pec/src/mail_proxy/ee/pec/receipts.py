@@ -132,8 +132,10 @@ class ReceiptHandler:
         await self._remember(key, receipt, match.ref.id, outcome)
         if outcome == "recorded":
             self.metrics.receipts.labels(self.tenant_id, receipt.kind or "?").inc()
-        else:
+        elif outcome == "duplicate":
             self.metrics.duplicates.labels(self.tenant_id).inc()
+        else:  # the message went away meanwhile
+            self.metrics.unmatched.labels(self.tenant_id, outcome).inc()
         return outcome
 
     # -- correlation ------------------------------------------------------------------------
