@@ -104,3 +104,61 @@ async def test_the_same_bounce_twice_records_one_event(stack: BounceStack) -> No
     assert len(await stack.bounce_items("order-4")) == 1
     events = (await stack.ok("GET", "/messages/order-4/events"))["events"]
     assert len([e for e in events if e["event_type"] == "bounce"]) == 1
+
+
+async def test_login_failure_is_reported_not_a_crash_loop(stack: BounceStack) -> None:
+    await stack.start()
+    sentinel = "Sentinel-Password-7f3a9"
+    await stack.configure(password=sentinel)
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        status = await stack.ok("GET", "/instance/bounce")
+        mailboxes = status["mailboxes"]
+        if mailboxes and mailboxes[0]["last_error"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, status
+        await asyncio.sleep(0.2)
+    [mailbox] = mailboxes
+    assert mailbox["state"] == "failing" and "login" in mailbox["last_error"]
+    assert sentinel not in str(status)
+    metrics = await stack.metrics()
+    assert "gmp_bounce_poll_lag_seconds{mailbox=" in metrics
+    assert "gmp_bounce_mailbox_connected{mailbox=" in metrics
+    await asyncio.sleep(2)  # backoff, not a loop: the log says it once
+    log = stack.log_tail()
+    assert sentinel not in log and log.count("refused") <= 2, log
+    # fixed through the API: polling resumes without a restart
+    await stack.configure()
+    while (await stack.ok("GET", "/instance/bounce"))["mailboxes"][0]["state"] != "polling":
+        assert asyncio.get_running_loop().time() < deadline + 20
+        await asyncio.sleep(0.2)
+
+
+async def test_feedback_loop_complaint_is_recorded_never_a_bounce(stack: BounceStack) -> None:
+    await stack.start()
+    await stack.configure()
+    await stack.add_account()
+    received = await stack.send("c-1", to="reader@example.org")
+    original = received.raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()
+    arf = (
+        f"From: staff@feedback.example.net\nTo: {received.mail_from}\n"
+        "Subject: FW: complaint\nMessage-ID: <arf-1@feedback.example.net>\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\n\n'
+        "--F\nContent-Type: text/plain\n\nThis is an email abuse report.\n\n"
+        "--F\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\n"
+        "User-Agent: ExampleFBL/1.0\nVersion: 1\nOriginal-Rcpt-To: reader@example.org\n\n"
+        f"--F\nContent-Type: message/rfc822\n\n{original}\n\nhello\n--F--\n"
+    )
+    stack.append(arf.replace("\n", "\r\n").encode())
+    await stack.reports.wait_for(
+        lambda: any(
+            i.get("id") == "c-1" and "complaint_ts" in i for i in stack.reports.accepted_items()
+        ),
+        20,
+    )
+    events = (await stack.ok("GET", "/messages/c-1/events"))["events"]
+    assert [e["event_type"] for e in events if e["event_type"] in ("bounce", "complaint")] == [
+        "complaint"
+    ]
+    assert (await stack.ok("GET", "/messages/c-1"))["message"]["bounce_type"] is None
+    assert (await stack.ok("GET", "/suppressions"))["suppressions"] == []
