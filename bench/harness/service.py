@@ -26,15 +26,24 @@ MB = 1024 * 1024
 
 
 def setting_env(key: str) -> str:
-    """``max_concurrent_sends`` → ``GMP_MAX_CONCURRENT_SENDS`` (names already GMP_* pass)."""
+    """``max_concurrent_sends`` → ``GMP_MAX_CONCURRENT_SENDS`` (names already GMP_* pass);
+    the core's settings and every installed plugin's settings sections."""
     from mail_proxy.core.contracts.config import setting_fields
+    from mail_proxy.core.plugins.loader import create_plugin_manager
+    from mail_proxy.core.plugins.registry import Registry
 
     if key.upper().startswith("GMP_") or key.upper().startswith("MAIL_PROXY_"):
         return key.upper()
-    for f in setting_fields():
+    sections: Registry[Any] = Registry("settings section")
+    create_plugin_manager().fill("register_settings", "sections", sections)
+    declared = [
+        *setting_fields(),
+        *(f for _, s in sections.items() for f in setting_fields(s.settings)),
+    ]
+    for f in declared:
         if f.name == key:
             return str(f.metadata["env"])
-    raise SystemExit(f"bench: unknown setting {key!r} in --set (see core/config.py)")
+    raise SystemExit(f"bench: unknown setting {key!r} in --set (see docs/configuration.md)")
 
 
 class Service:
