@@ -183,7 +183,20 @@ async def test_tenant_may_change_its_endpoints_but_not_its_quotas(api: Api) -> N
     assert tenant["rate_limits"]["per_minute"] == 10 and tenant["active"] is True
 
 
-async def test_a_plugin_setting_without_its_plugin_is_refused_naming_the_plugin(api: Api) -> None:
+@pytest.fixture
+async def api_without_large_files(
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
+) -> Api:
+    """The service with the large-files plugin switched off (it may be installed here)."""
+    return await start_api(
+        aiohttp_client_factory, make_settings, db_url, tmp_path, disabled_plugins=["large_files"]
+    )
+
+
+async def test_a_plugin_setting_without_its_plugin_is_refused_naming_the_plugin(
+    api_without_large_files: Api,
+) -> None:
+    api = api_without_large_files
     config = {"enabled": True, "action": "warn"}
     answer = await api.post("/tenant", {"id": "acme", "large_file_config": config}, expect=400)
     assert answer["code"] == "plugin_not_installed" and answer["field"] == "large_file_config"
