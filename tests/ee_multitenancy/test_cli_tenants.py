@@ -24,7 +24,8 @@ SECRET_LINE = re.compile(r"Report signing secret \(shown only now[^\n]*\n\s+(\S+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     site = probe_setting.site_dir(tmp_path_factory.mktemp("site"))
-    cli = Cli(tmp_path_factory.mktemp("home"), PYTHONPATH=site)
+    # the large-files plugin switched off: its setting stands for "a plugin not installed"
+    cli = Cli(tmp_path_factory.mktemp("home"), PYTHONPATH=site, GMP_DISABLED_PLUGINS="large_files")
     cli.ok("start", "main", "--port", str(free_port()))
     yield cli
     cli.cleanup()
