@@ -77,6 +77,27 @@ BAD_ACCOUNTS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+async def test_connection_settings_round_trip(api: Api) -> None:
+    plain = (await api.post("/account", {"id": "plain", "host": "smtp.example.com"}))["account"]
+    assert (plain["max_connections"], plain["message_timeout"], plain["timeout"]) == (10, 120, 30)
+    assert plain["allow_plaintext_auth"] is False
+    relay = {
+        "id": "relay",
+        "host": "10.0.0.5",
+        "port": 25,
+        "user": "me",
+        "max_connections": 50,
+        "timeout": 20.0,
+        "message_timeout": 600.0,
+        "allow_plaintext_auth": True,
+    }
+    answer = (await api.post("/account", relay))["account"]
+    assert answer["max_connections"] == 50 and answer["allow_plaintext_auth"] is True
+    stored = await api.runtime.storage.get_account("default", "relay")
+    assert (stored.max_connections, stored.timeout, stored.message_timeout) == (50, 20.0, 600.0)
+    assert stored.allow_plaintext_auth is True
+
+
 async def test_invalid_accounts(api: Api) -> None:
     for fields, code in BAD_ACCOUNTS:
         body = {k: v for k, v in (SMTP | fields).items() if v is not None}

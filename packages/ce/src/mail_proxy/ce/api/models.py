@@ -131,7 +131,16 @@ class AccountBody(_Strict):
     )
     use_tls: bool | None = Field(None, description="implicit TLS (default: port 465)")
     starttls: bool | None = Field(None, description="true = STARTTLS required")
-    timeout: Seconds = 30.0
+    allow_plaintext_auth: bool = Field(
+        False, description="allow AUTH over an unencrypted connection (trusted network only)"
+    )
+    timeout: Seconds = Field(30.0, description="seconds to wait for each SMTP reply")
+    message_timeout: Seconds = Field(
+        120.0, description="seconds one message's SMTP transaction may take in all"
+    )
+    max_connections: int = Field(
+        10, ge=1, le=1000, description="SMTP connections open at once (per instance)"
+    )
     batch_size: int | None = Field(None, ge=1)
     limit_per_minute: int | None = Field(None, ge=0)
     limit_per_hour: int | None = Field(None, ge=0)

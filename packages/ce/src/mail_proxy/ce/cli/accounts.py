@@ -59,7 +59,12 @@ def add(
     password: str | None = None,
     use_tls: Annotated[bool | None, Parameter(negative="--no-use-tls")] = None,
     starttls: Annotated[bool | None, Parameter(negative="--no-starttls")] = None,
+    allow_plaintext_auth: Annotated[
+        bool | None, Parameter(negative="--no-allow-plaintext-auth")
+    ] = None,
     timeout: float | None = None,
+    message_timeout: float | None = None,
+    max_connections: int | None = None,
     batch_size: int | None = None,
     limit_per_minute: int | None = None,
     limit_per_hour: int | None = None,
@@ -93,8 +98,14 @@ def add(
         Implicit TLS (default: only on port 465).
     starttls
         Require STARTTLS (no plaintext fallback).
+    allow_plaintext_auth
+        Allow the password over an unencrypted connection (trusted network only).
     timeout
-        SMTP timeout in seconds.
+        Seconds to wait for each SMTP reply.
+    message_timeout
+        Seconds one message's SMTP transaction may take in all.
+    max_connections
+        SMTP connections open at once for this account (per instance).
     batch_size
         Most messages sent per round for this account.
     limit_per_minute
@@ -135,7 +146,10 @@ def add(
         "password": password,
         "use_tls": use_tls,
         "starttls": starttls,
+        "allow_plaintext_auth": allow_plaintext_auth,
         "timeout": timeout,
+        "message_timeout": message_timeout,
+        "max_connections": max_connections,
         "batch_size": batch_size,
         "limit_per_minute": limit_per_minute,
         "limit_per_hour": limit_per_hour,

@@ -66,7 +66,15 @@ class Account:
     password_enc: str | None = None
     use_tls: bool | None = None
     starttls: bool | None = None
+    #: Seconds to wait for each SMTP reply.
     timeout: float = 30.0
+    #: Seconds one message's whole SMTP transaction may take (MAIL to the final reply).
+    message_timeout: float = 120.0
+    #: Most SMTP connections open at once for this account (per instance; also capped by
+    #: ``GMP_SMTP_MAX_CONNECTIONS``).
+    max_connections: int = 10
+    #: Allow AUTH over an unencrypted connection (a relay on a trusted network only).
+    allow_plaintext_auth: bool = False
     batch_size: int | None = None
     limit_per_minute: int | None = None
     limit_per_hour: int | None = None
