@@ -98,6 +98,16 @@ async def test_connection_settings_round_trip(api: Api) -> None:
     assert stored.allow_plaintext_auth is True
 
 
+async def test_status_lists_accounts_allowed_to_authenticate_in_clear_text(api: Api) -> None:
+    await api.post("/account", {"id": "plain", "host": "smtp.example.com", "user": "me"})
+    assert (await api.get("/status"))["plaintext_auth_accounts"] == []
+    relay = {"id": "relay", "host": "10.0.0.5", "user": "me", "allow_plaintext_auth": True}
+    await api.post("/account", relay)
+    # an operator sees every account allowed to send its password in clear text
+    status = await api.get("/status")
+    assert status["plaintext_auth_accounts"] == [{"tenant_id": "default", "id": "relay"}]
+
+
 async def test_invalid_accounts(api: Api) -> None:
     for fields, code in BAD_ACCOUNTS:
         body = {k: v for k, v in (SMTP | fields).items() if v is not None}

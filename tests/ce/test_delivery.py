@@ -145,7 +145,9 @@ async def test_auth_failure_fails_without_leaking_the_password(
     sentinel = "WRONG-pass-SENTINEL-42"
     async with SmtpTestServer(auth=("user", "right"), auth_require_tls=False) as server:
         client = await app()
-        await add_account(client, server, user="user", password=sentinel, default=True)
+        await add_account(
+            client, server, user="user", password=sentinel, allow_plaintext_auth=True, default=True
+        )
         await enqueue(client, [message(id="a")])
         msg = await wait_status(client, "a", "error")
         assert msg["attempts"] == 1
@@ -155,6 +157,17 @@ async def test_auth_failure_fails_without_leaking_the_password(
         seen.append(caplog.text)
         assert all(sentinel not in s for s in seen)
         assert server.auth_attempts and server.messages == []
+
+
+async def test_password_never_sent_over_an_unencrypted_connection(app: Any) -> None:
+    async with SmtpTestServer(auth=("user", "secret"), auth_require_tls=False) as server:
+        client = await app()
+        await add_account(client, server, user="user", password="secret", default=True)
+        await enqueue(client, [message(id="p")])
+        msg = await wait_status(client, "p", "error")
+        assert msg["attempts"] == 1  # permanent: no retry would change it
+        assert "not encrypted" in msg["error"] and "allow_plaintext_auth" in msg["error"]
+        assert server.auth_attempts == [] and server.messages == []
 
 
 async def test_starttls_required_but_not_offered_sends_no_auth(

@@ -91,11 +91,6 @@ async def test_the_written_message_has_a_label_domains(api: Api) -> None:
     assert "用户@xn--fsqu00a.xn--4rr70v".encode() in (out / "utf8-local.eml").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ce/transport/smtp.py does not use transport.addresses.envelope_address yet: an IDN "
-    "domain is sent as UTF-8 with SMTPUTF8 instead of as an A-label",
-)
 async def test_an_idn_domain_goes_on_the_wire_as_an_a_label(
     aiohttp_client_factory: Any, make_settings: Any
 ) -> None:

@@ -24,52 +24,11 @@ from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.mime import Attachment, build_email, envelope, new_message_id
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.registry import Registry
+from support.smtp_proxy import SmtpProxy
+from support.smtp_send import account_for, build, payload, send
 from support.smtp_server import SmtpTestServer
 
 PASSWORD = "Sup3r-Secret-Pa55word"
-
-
-def account_for(server: SmtpTestServer, **kw: Any) -> Account:
-    options = {**server.client_options(), **kw.pop("options", {})}
-    return Account(
-        tenant_id=kw.pop("tenant_id", "default"),
-        id=kw.pop("id", "acc"),
-        host="127.0.0.1",
-        port=server.port,
-        timeout=kw.pop("timeout", 5.0),
-        options=options,
-        **kw,
-    )
-
-
-def payload(**kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "from": "Sender <sender@example.com>",
-        "to": ["a@example.com"],
-        "subject": "Hello",
-        "body": "Hello world\n",
-    }
-    base.update(kw)
-    return base
-
-
-def build(p: dict[str, Any], mail_id: str = "m1", attachments: list[Attachment] | None = None):  # type: ignore[no-untyped-def]
-    email = build_email(
-        p, message_id=new_message_id(p["from"]), mail_id=mail_id, attachments=attachments or []
-    )
-    sender, rcpts = envelope(p)
-    return email, sender, rcpts
-
-
-async def send(
-    transport: SmtpTransport,
-    account: Account,
-    p: dict[str, Any] | None = None,
-    mail_id: str = "m1",
-    attachments: list[Attachment] | None = None,
-):  # type: ignore[no-untyped-def]
-    email, sender, rcpts = build(p or payload(), mail_id, attachments)
-    return await transport.send(account, email, sender, rcpts)
 
 
 def free_port() -> int:
@@ -214,7 +173,7 @@ async def test_noop_checks_a_connection_idle_for_a_while(
     await asyncio.sleep(0.01)
     await send(transport, account, mail_id="m2")
     assert smtp_server.connection_count == 1
-    assert smtp_server.connection(1).commands == ["MAIL", "NOOP", "MAIL"]
+    assert smtp_server.connection(1).commands == ["MAIL", "DATA", "NOOP", "MAIL", "DATA"]
 
 
 async def test_connection_closed_by_server_is_replaced(
@@ -233,14 +192,11 @@ async def test_connection_closed_by_server_is_replaced(
     assert smtp_server.messages[1].connection_id == 2
 
 
-async def test_at_most_max_sends_per_account_connections(
-    smtp_server: SmtpTestServer,
-    smtp_runtime: Callable[..., Runtime],
-    smtp_transport_factory: Callable[..., SmtpTransport],
+async def test_at_most_max_connections_of_the_account(
+    smtp_server: SmtpTestServer, transport: SmtpTransport
 ) -> None:
-    transport = smtp_transport_factory(smtp_runtime(max_sends_per_account=2))
     smtp_server.data_delay = 0.1
-    account = account_for(smtp_server)
+    account = account_for(smtp_server, max_connections=2)
     results = await asyncio.gather(*(send(transport, account, mail_id=f"m{i}") for i in range(6)))
     assert all(r.accepted == ["a@example.com"] for r in results)
     assert len(smtp_server.messages) == 6
@@ -395,6 +351,45 @@ async def test_non_ascii_recipient_uses_smtputf8(
     assert got.message["Subject"] == "Caffè"
 
 
+async def test_idn_domain_goes_out_as_an_a_label_without_smtputf8(
+    smtp_server: SmtpTestServer, transport: SmtpTransport
+) -> None:
+    async with SmtpProxy(smtp_server.port) as proxy:
+        proxy.strip = {"SMTPUTF8"}  # not needed: an ASCII local part, whatever the domain
+        p = payload(to=["Jörg <user@bücher.de>"], return_path="bounce@例子.广告")
+        result = await send(transport, account_for(smtp_server, proxy.port), p)
+    assert result.accepted == ["user@bücher.de"]  # reported as the client wrote it
+    [got] = smtp_server.messages
+    assert got.rcpt_tos == ["user@xn--bcher-kva.de"]
+    assert got.mail_from == "bounce@xn--fsqu00a.xn--4rr70v"
+    assert "SMTPUTF8" not in got.mail_options
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"to": ["用户@example.com"]},
+        # only in a header: From with a separate envelope sender
+        {"from": "Zoë <zoë@example.com>", "return_path": "bounce@example.com"},
+    ],
+    ids=["envelope", "header"],
+)
+async def test_utf8_local_part_without_smtputf8_is_permanent(
+    smtp_server: SmtpTestServer, transport: SmtpTransport, fields: dict[str, Any]
+) -> None:
+    async with SmtpProxy(smtp_server.port) as proxy:
+        proxy.strip = {"SMTPUTF8"}
+        account = account_for(smtp_server, proxy.port)
+        with pytest.raises(TransportError) as err:
+            await send(transport, account, payload(**fields))
+        assert err.value.permanent is True
+        assert "SMTPUTF8" in str(err.value) and "non-ASCII local part" in str(err.value)
+        assert smtp_server.messages == []
+        # refused before anything was sent: the session carries the next message
+        await send(transport, account, mail_id="m2")
+    assert smtp_server.connection_count == 1
+
+
 async def test_account_without_host_is_permanent(transport: SmtpTransport) -> None:
     with pytest.raises(TransportError) as err:
         await send(transport, Account(tenant_id="default", id="acc"))
@@ -448,6 +443,79 @@ async def test_required_starttls_not_offered_fails_before_auth(
     assert server.auth_attempts == []
     assert all("AUTH" not in c.commands and "MAIL" not in c.commands for c in server.connections)
     assert server.messages == []
+
+
+async def test_auth_is_not_sent_over_an_unencrypted_connection(
+    smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
+) -> None:
+    # No STARTTLS, AUTH offered in clear text: the password must not leave.
+    server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
+    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD))
+    with pytest.raises(TransportError) as err:
+        await send(transport, account)
+    assert err.value.permanent is True
+    assert "not encrypted" in str(err.value) and "allow_plaintext_auth" in str(err.value)
+    assert server.auth_attempts == []
+    assert all("AUTH" not in c.commands and "MAIL" not in c.commands for c in server.connections)
+
+
+async def test_plaintext_auth_when_the_account_allows_it(
+    smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
+) -> None:
+    server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
+    account = account_for(
+        server, user="user", password_enc=rt.encrypt(PASSWORD), allow_plaintext_auth=True
+    )
+    result = await send(transport, account)
+    assert result.accepted == ["a@example.com"]
+    assert [(a.tls, a.success) for a in server.auth_attempts] == [(False, True)]
+    assert server.messages[0].authenticated_as == "user"
+
+
+async def test_stripped_starttls_is_refused_when_the_account_requires_it(
+    smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
+) -> None:
+    # A man in the middle removes STARTTLS from the EHLO reply of a server that offers it.
+    server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD))
+    async with SmtpProxy(server.port) as proxy:
+        proxy.strip = {"STARTTLS"}
+        account = account_for(
+            server,
+            proxy.port,
+            user="user",
+            password_enc=rt.encrypt(PASSWORD),
+            starttls=True,
+            allow_plaintext_auth=True,  # not even this lets the password out: TLS is required
+        )
+        with pytest.raises(TransportError) as err:
+            await send(transport, account)
+    assert err.value.permanent is True
+    assert "STARTTLS" in str(err.value)
+    assert server.auth_attempts == [] and server.messages == []
+    assert all("MAIL" not in c.commands for c in server.connections)
+
+
+async def test_an_account_offered_starttls_once_is_held_to_it(
+    smtp_server_factory: Callable[..., Any], transport: SmtpTransport
+) -> None:
+    server = await smtp_server_factory(starttls=True)
+    async with SmtpProxy(server.port) as proxy:
+        account = account_for(server, proxy.port)  # starttls not set: used when offered
+        await send(transport, account)
+        assert server.messages[0].tls is True
+        # the connection goes; the next one meets a man in the middle stripping STARTTLS
+        proxy.drop_all()
+        await server.wait_until(lambda: not server.open_connections)
+        proxy.strip = {"STARTTLS"}
+        with pytest.raises(TransportError) as err:
+            await send(transport, account, mail_id="m2")
+        assert err.value.permanent is True
+        assert "offered STARTTLS before" in str(err.value)
+        assert len(server.messages) == 1
+        # an account that says starttls: false is not held to it (clear text accepted)
+        account.starttls = False
+        await send(transport, account, mail_id="m3")
+    assert [m.tls for m in server.messages] == [True, False]
 
 
 async def test_starttls_used_when_offered(

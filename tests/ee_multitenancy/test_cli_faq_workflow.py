@@ -97,6 +97,7 @@ async def test_faq_workflow(tmp_path: Path) -> None:
                 "s3cret",
                 "--no-use-tls",
                 "--no-starttls",
+                "--allow-plaintext-auth",  # the test server offers no TLS
                 "--timeout",
                 "10",
                 "--batch-size",

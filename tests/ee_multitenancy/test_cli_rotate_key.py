@@ -127,6 +127,7 @@ async def setup_instance(
             "--password",
             SMTP_AUTH[1],
             "--no-starttls",
+            "--allow-plaintext-auth",  # the test server offers no TLS
             "--default",
         )
 

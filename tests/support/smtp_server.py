@@ -17,15 +17,20 @@ What it can be told to do (change the attributes at any time):
 
 * ``script_rcpt = {"addr": "450 4.2.0 try later"}``: reply to RCPT for that address;
 * ``mail_reply = "451 ..."``: reply to every MAIL FROM;
-* ``data_replies.append("451 4.3.0 temp")``: replies to DATA, one consumed per DATA
-  (default ``250 OK``);
+* ``data_replies.append("451 4.3.0 temp")``: replies to the end of the content, one consumed
+  per message (default ``250 OK``);
+* ``data_command_reply = "554 ..."``: reply to the ``DATA`` command itself (no ``354``, so no
+  content follows);
 * ``drop_data = 1``: drop the connection after the data is received, before replying, that
   many times;
 * ``data_delay = 2.0``: stall that long before answering DATA;
 * ``auth=("user", "pw")``: offer AUTH and accept only those credentials; with
   ``auth_required=True`` MAIL is refused until authenticated;
 * ``starttls=True`` offers STARTTLS, ``implicit_tls=True`` makes the port TLS from the first
-  byte; ``auth_require_tls`` (default: on when TLS is configured) hides AUTH before TLS.
+  byte; ``auth_require_tls`` (default: on when TLS is configured) hides AUTH before TLS;
+* ``pipelining=False``: do not offer PIPELINING (RFC 2920) in the EHLO reply. aiosmtpd reads
+  commands one line at a time from a buffer, so it answers pipelined commands in order; it
+  just does not advertise the extension, which this server adds by default.
 
 Certificates are minted with ``trustme`` for ``127.0.0.1`` and ``localhost``; clients trust
 them through ``server.ca_file``.
@@ -105,6 +110,8 @@ class _Handler:
         session.host_name = hostname
         if self.owner.auth is None:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.owner.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -226,6 +233,14 @@ class _RecordingSMTP(SMTP):
         await self._record("MAIL")
         await super().smtp_MAIL(arg)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        await self._record("DATA")
+        scripted = self.owner.data_command_reply
+        if scripted and self.envelope is not None and self.envelope.rcpt_tos:
+            await self.push(scripted)
+            return
+        await super().smtp_DATA(arg)
+
     async def smtp_RSET(self, arg: str) -> None:
         await self._record("RSET")
         await super().smtp_RSET(arg)
@@ -263,6 +278,7 @@ class SmtpTestServer:
         ca: trustme.CA | None = None,
         host: str = "127.0.0.1",
         idle_timeout: float = 300.0,
+        pipelining: bool = True,
     ) -> None:
         self.host = host
         self.port = 0
@@ -273,10 +289,12 @@ class SmtpTestServer:
         tls = starttls or implicit_tls
         self.auth_require_tls = tls if auth_require_tls is None else auth_require_tls
         self.idle_timeout = idle_timeout
+        self.pipelining = pipelining
         # Scripting.
         self.script_rcpt: dict[str, str] = {}
         self.mail_reply: str | None = None
         self.data_replies: deque[str] = deque()
+        self.data_command_reply: str | None = None
         self.drop_data = 0
         self.data_delay = 0.0
         # Records.

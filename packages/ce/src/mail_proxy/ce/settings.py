@@ -35,6 +35,13 @@ class SmtpSettings:
         "SMTP connect + greeting + TLS + AUTH timeout.",
         positive(float),
     )
+    smtp_max_connections: int = setting(
+        200,
+        "GMP_SMTP_MAX_CONNECTIONS",
+        "Hard cap on the SMTP connections this instance keeps open, all accounts together "
+        "(each account's max_connections is capped by it too).",
+        positive(int),
+    )
 
 
 @dataclass

@@ -130,7 +130,11 @@ class AccountBody(_Strict):
         None, max_length=4096, description="stored encrypted, never returned; omit to keep"
     )
     use_tls: bool | None = Field(None, description="implicit TLS (default: port 465)")
-    starttls: bool | None = Field(None, description="true = STARTTLS required")
+    starttls: bool | None = Field(
+        None,
+        description="true = STARTTLS required; false = not insisted on even after the server "
+        "offered it; default: used when offered, then insisted on",
+    )
     allow_plaintext_auth: bool = Field(
         False, description="allow AUTH over an unencrypted connection (trusted network only)"
     )

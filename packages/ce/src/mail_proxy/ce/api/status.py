@@ -12,7 +12,15 @@ async def status(request: web.Request) -> web.Response:
     """Any token. A tenant token sees its own tenant's pending count, the admin all of them."""
     rt = runtime_of(request)
     principal = principal_of(request)
-    pending = await rt.storage.count_pending(None if principal.is_admin else principal.tenant_id)
+    tenant_id = None if principal.is_admin else principal.tenant_id
+    pending = await rt.storage.count_pending(tenant_id)
+    # accounts allowed to send their password over an unencrypted connection: an operator
+    # should know about each of them
+    plaintext_auth = [
+        {"tenant_id": a.tenant_id, "id": a.id}
+        for a in await rt.storage.list_accounts(tenant_id)
+        if a.allow_plaintext_auth
+    ]
     return ok(
         {
             "scheduler_active": rt.scheduler.active,
@@ -21,5 +29,6 @@ async def status(request: web.Request) -> web.Response:
             "plugins": rt.plugins.names(),
             "pending_messages": pending,
             "database": rt.storage.dialect,
+            "plaintext_auth_accounts": plaintext_auth,
         }
     )

@@ -97,7 +97,7 @@ def add(
     use_tls
         Implicit TLS (default: only on port 465).
     starttls
-        Require STARTTLS (no plaintext fallback).
+        Require STARTTLS (no plaintext fallback); --no-starttls: never insist on it.
     allow_plaintext_auth
         Allow the password over an unencrypted connection (trusted network only).
     timeout

@@ -2,30 +2,47 @@
 
 One :class:`SmtpTransport` serves the whole service. It keeps a pool per account, keyed by
 everything that shapes a connection (tenant, account id, host, port, user, password token,
-TLS settings): editing an account starts a fresh pool, and the old one drains away through
-the idle sweep.
+TLS settings, ``max_connections``, ``allow_plaintext_auth``): editing an account starts a fresh
+pool, and the old one drains away through the idle sweep.
 
 Pool rules:
 
-* at most ``max_sends_per_account`` connections per account; a send waits for a free one;
-* a connection is reused (most recently used first); one idle for more than ``noop_after``
-  seconds is checked with ``NOOP`` first, one idle longer than ``smtp_idle_timeout`` is closed
-  (also by a background sweep, so an account that stops sending lets its connections go);
-* a connection whose last exchange broke (timeout, disconnect, TLS error, cancellation) is
-  closed, never returned. A clean SMTP refusal (a 4xx/5xx reply, after which the client sent
-  ``RSET``) leaves the session usable, so that connection is kept.
+* at most the account's ``max_connections`` connections (default 10), and at most
+  ``GMP_SMTP_MAX_CONNECTIONS`` for the whole instance, all accounts together: at that cap a
+  new connection first closes the longest-idle connection of any account, or waits for one
+  to come back; both limits are per instance (each instance keeps its own connections);
+* a connection is opened only when a message needs one and none is idle, and carries message
+  after message (most recently used first, no reconnect, ``RSET`` only after a failed
+  transaction); one idle for more than ``noop_after`` seconds is checked with ``NOOP`` first,
+  one idle longer than ``smtp_idle_timeout`` is closed (also by a background sweep, so an
+  account that stops sending lets its connections go);
+* a connection whose last exchange broke (timeout, disconnect, malformed reply, TLS error,
+  cancellation) is closed, never returned. A clean SMTP refusal (a 4xx/5xx reply, after
+  which the client sent ``RSET``) leaves the session usable, so that connection is kept.
+
+The transaction itself (PIPELINING when offered, per-recipient outcomes) is in
+:mod:`mail_proxy.ce.transport.transaction`. Timeouts: the account's ``timeout`` bounds each
+reply (and each wait for the socket while streaming the content), its ``message_timeout``
+the whole transaction of one message, ``GMP_SMTP_CONNECT_TIMEOUT`` connect + TLS + AUTH.
 
 TLS: port 465 (or ``use_tls: true``) → implicit TLS. Otherwise STARTTLS whenever the server
 offers it; with ``starttls: true`` it is mandatory: a server that does not offer it fails the
-message permanently before any AUTH, and there is no plaintext fallback. Certificates are
-verified against the system store, or against ``options["tls_ca_file"]`` (a private CA);
-``options["tls_verify"] = False`` turns verification off explicitly.
+message permanently before any AUTH, and there is no plaintext fallback. An account whose
+server offered STARTTLS once is held to it for the life of the process (a connection without
+it is refused: a man in the middle can strip STARTTLS from the EHLO reply), unless the account
+says ``starttls: false``. Certificates are verified against the system store, or against
+``options["tls_ca_file"]`` (a private CA); ``options["tls_verify"] = False`` turns
+verification off explicitly.
+
+AUTH is never sent over an unencrypted connection unless the account says
+``allow_plaintext_auth: true`` (a relay on a trusted network): otherwise the message fails
+permanently, with an error that says why, before the password leaves.
 
 Errors become :class:`TransportError`: connection refused, timeouts, disconnects (also during
 DATA) and 4xx replies are temporary; 5xx replies, authentication refused with 5xx, TLS
-certificate/handshake failures and configuration problems are permanent. ``code`` carries the
-SMTP reply code when there was one. The account password is decrypted only to log in and is
-never part of an error text or a log line.
+certificate/handshake failures, missing TLS and configuration problems are permanent.
+``code`` carries the SMTP reply code when there was one. The account password is decrypted
+only to log in and is never part of an error text or a log line.
 """
 
 from __future__ import annotations
@@ -39,25 +56,21 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from aiosmtplib import (
     SMTP,
     SMTPAuthenticationError,
-    SMTPDataError,
     SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
-    SMTPRecipientRefused,
-    SMTPResponse,
     SMTPResponseException,
     SMTPServerDisconnected,
-    SMTPStatus,
     SMTPTimeoutError,
 )
 
 from mail_proxy.ce.settings import SMTP as SMTP_SETTINGS
-from mail_proxy.ce.transport.wire import DataPieces, data_pieces
+from mail_proxy.ce.transport.transaction import run_transaction
 from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
 
 if TYPE_CHECKING:
@@ -71,8 +84,10 @@ NOOP_AFTER = 5.0
 #: Bound on the polite QUIT sent to connections the pool retires (seconds).
 QUIT_TIMEOUT = 2.0
 IMPLICIT_TLS_PORT = 465
-#: Per-command timeout of MAIL/RCPT/DATA when the account sets none (seconds).
+#: Per-reply timeout of MAIL/RCPT/DATA when the account sets none (seconds).
 SEND_TIMEOUT = 60.0
+#: Bound on one message's whole transaction when the account sets none (seconds).
+MESSAGE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -87,11 +102,15 @@ class _PoolKey:
     password_enc: str | None = field(repr=False)
     implicit_tls: bool
     starttls_required: bool
+    #: Whether a server that offered STARTTLS once is held to it (``starttls`` not false).
+    starttls_pinned: bool
+    allow_plaintext_auth: bool
     tls_ca_file: str | None
     tls_verify: bool
+    max_connections: int
 
     @classmethod
-    def of(cls, account: Account) -> _PoolKey:
+    def of(cls, account: Account, cap: int) -> _PoolKey:
         options = account.options or {}
         implicit = account.use_tls is True or (
             account.use_tls is None and account.port == IMPLICIT_TLS_PORT
@@ -106,19 +125,29 @@ class _PoolKey:
             password_enc=account.password_enc,
             implicit_tls=implicit,
             starttls_required=account.starttls is True and not implicit,
+            starttls_pinned=account.starttls is not False,
+            allow_plaintext_auth=account.allow_plaintext_auth is True,
             tls_ca_file=str(ca_file) if ca_file else None,
             tls_verify=options.get("tls_verify") is not False,
+            max_connections=max(1, min(int(account.max_connections or 1), cap)),
         )
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def server(self) -> tuple[str, str, str, int]:
+        """The account and server whose STARTTLS offer is remembered."""
+        return (self.tenant_id, self.account_id, self.host, self.port)
+
 
 @dataclass
 class _Conn:
     smtp: SMTP
     last_used: float
+    #: Still counted among the instance's open connections (until closed).
+    counted: bool = True
 
 
 @dataclass
@@ -201,106 +230,29 @@ def _build_tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
     return context
 
 
-async def _transaction(
-    smtp: SMTP, message: EmailMessage, sender: str, recipients: list[str], timeout: float
-) -> tuple[dict[str, SMTPResponse], str]:
-    """One mail transaction: ``MAIL``, ``RCPT`` per recipient, ``DATA`` streamed.
-
-    The same exchange as aiosmtplib's ``send_message`` (SMTPUTF8 when an address needs it,
-    ``BODY=8BITMIME`` when offered, else 7bit re-encoding, ``SIZE`` when offered, ``RSET``
-    after a refusal), except that every recipient refused is not an exception but a result
-    (no DATA is sent; the dispatcher decides from the replies, as for some refused), and
-    that the content goes out in slices (:mod:`mail_proxy.ce.transport.wire`): a message with large
-    attachments is never flattened into one buffer, nor copied again for line ends and
-    dot-stuffing. Returns ``(refused recipients, final reply text)``.
-    """
-    utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
-    if utf8 and not smtp.supports_extension("smtputf8"):
-        raise SMTPNotSupported("an address is not ASCII and the server does not offer SMTPUTF8")
-    options = ["SMTPUTF8"] if utf8 else []
-    eight_bit = smtp.supports_extension("8bitmime")
-    if eight_bit:
-        options.append("BODY=8BITMIME")
-    data = data_pieces(message, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
-    if smtp.supports_extension("size"):
-        options.insert(0, f"SIZE={data.size}")
-    encoding = "utf-8" if utf8 else "ascii"
-    try:
-        await smtp.mail(sender, options=options, encoding=encoding, timeout=timeout)
-        refused: list[SMTPRecipientRefused] = []
-        for rcpt in recipients:
-            try:
-                await smtp.rcpt(rcpt, encoding=encoding, timeout=timeout)
-            except SMTPRecipientRefused as exc:
-                refused.append(exc)
-        errors = {r.recipient: SMTPResponse(r.code, r.message) for r in refused}
-        if len(refused) == len(recipients):
-            # nobody to send to: end the transaction; the caller maps each refusal
-            await _reset(smtp, timeout)
-            return errors, ""
-        reply = await _send_data(smtp, data, timeout)
-    except SMTPResponseException:
-        await _reset(smtp, timeout)
-        raise
-    return errors, reply.message
-
-
-async def _reset(smtp: SMTP, timeout: float) -> None:
-    """``RSET`` after a refusal, so the pooled session can carry the next message."""
-    with contextlib.suppress(ConnectionError, SMTPException):
-        await smtp.rset(timeout=timeout)
-
-
-async def _send_data(smtp: SMTP, data: DataPieces, timeout: float) -> SMTPResponse:
-    """``DATA``, the content chunk by chunk (waiting for the socket to drain between chunks, so
-    at most one chunk is buffered), the final ``.``, the server's reply."""
-    start = await smtp.execute_command(b"DATA", timeout=timeout)
-    if start.code != SMTPStatus.start_input:
-        raise SMTPDataError(start.code, start.message)
-    protocol = smtp.protocol
-    if protocol is None:
-        raise SMTPServerDisconnected("connection lost before the message content")
-    transport = cast(asyncio.WriteTransport, protocol.transport)
-    try:
-        last = b""
-        for chunk in data.chunks():
-            if last:
-                protocol.write(last)
-                if transport.get_write_buffer_size():
-                    # aiosmtplib's protocol has the stdlib flow control (pause/resume_writing):
-                    # wait until the socket took the chunk below the low-water mark.
-                    await asyncio.wait_for(protocol._drain_helper(), timeout)
-            last = chunk
-        protocol.write(last + b".\r\n")  # one write for a small message
-        reply = await protocol.read_response(timeout=timeout)
-    except (asyncio.TimeoutError, SMTPTimeoutError) as exc:
-        smtp.close()
-        raise SMTPTimeoutError("timed out sending the message content") from exc
-    except (SMTPServerDisconnected, ConnectionError) as exc:
-        smtp.close()
-        raise SMTPServerDisconnected(f"connection lost during DATA: {exc}") from exc
-    if reply.code != SMTPStatus.completed:
-        raise SMTPDataError(reply.code, reply.message)
-    return reply
-
-
 class SmtpTransport(Transport):
     """Pooled SMTP delivery (see the module doc). Safe for concurrent ``send`` calls."""
 
     def __init__(self, runtime: Runtime, *, noop_after: float = NOOP_AFTER) -> None:
-        settings = runtime.settings
         self._runtime = runtime
-        self._pool_size = max(1, int(settings.max_sends_per_account))
-        smtp = settings.section(SMTP_SETTINGS)
+        smtp = runtime.settings.section(SMTP_SETTINGS)
         self._idle_timeout = float(smtp.smtp_idle_timeout)
         self._connect_timeout = float(smtp.smtp_connect_timeout)
+        #: GMP_SMTP_MAX_CONNECTIONS: connections open at once, all accounts together.
+        self._cap = max(1, int(smtp.smtp_max_connections))
         self._noop_after = noop_after
         self._pools: dict[_PoolKey, _Pool] = {}
         self._tls_contexts: dict[tuple[str | None, bool], asyncio.Future[ssl.SSLContext]] = {}
+        #: Accounts (and their server) that were offered STARTTLS: held to it from then on.
+        self._starttls_seen: set[tuple[str, str, str, int]] = set()
         self._local_hostname: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._quitting: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Connections open now (in use, idle, or saying QUIT); never more than ``_cap``.
+        self._open_count = 0
+        #: Set whenever a connection closes or goes idle (room for a waiting opener).
+        self._room = asyncio.Event()
         #: Connections opened so far (observability and tests).
         self.connections_opened = 0
 
@@ -319,16 +271,21 @@ class SmtpTransport(Transport):
         if not account.host:
             raise TransportError(f"account {account.id}: no SMTP host configured", permanent=True)
         self._ensure_sweeper()
-        key = _PoolKey.of(account)
+        key = _PoolKey.of(account, self._cap)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = _Pool(key, asyncio.Semaphore(self._pool_size))
+            pool = self._pools[key] = _Pool(key, asyncio.Semaphore(key.max_connections))
         pool.users += 1
         try:
             async with pool.slots:
                 return await self._send_on_pool(pool, account, message, sender, recipients)
         finally:
             pool.users -= 1
+
+    @property
+    def open_connections(self) -> int:
+        """SMTP connections this instance holds open now (all accounts)."""
+        return self._open_count
 
     async def close(self) -> None:
         """Close every pooled connection (QUIT, bounded) and stop the idle sweep."""
@@ -355,18 +312,29 @@ class SmtpTransport(Transport):
     ) -> SendResult:
         where = f"{pool.key.where} (account {account.id})"
         timeout = account.timeout if account.timeout and account.timeout > 0 else SEND_TIMEOUT
-        conn = await self._checkout(pool, account)
+        limit = account.message_timeout
+        limit = limit if limit and limit > 0 else MESSAGE_TIMEOUT
+        conn = await self._checkout(pool, account, limit)
         reusable = False
         try:
             try:
-                errors, response = await _transaction(
-                    conn.smtp, message, sender, recipients, timeout
+                errors, response = await asyncio.wait_for(
+                    run_transaction(conn.smtp, message, sender, recipients, timeout), limit
                 )
-            except (SMTPResponseException, ValueError) as exc:
-                # A clean refusal (aiosmtplib sent RSET) or an address refused before
-                # anything was sent: the session can carry on unless the server closed it.
+            except (SMTPResponseException, SMTPNotSupported, ValueError) as exc:
+                # A clean refusal (followed by RSET), or a message refused before anything
+                # was sent (an address, SMTPUTF8 needed and not offered): the session can
+                # carry on unless the server closed it.
                 reusable = True
                 raise _classify(exc, where) from None
+            except SMTPTimeoutError as exc:  # one reply late (the account's timeout)
+                raise _classify(exc, where) from None
+            except asyncio.TimeoutError:  # the whole message late (its message_timeout)
+                raise TransportError(
+                    f"{where}: timed out: the message was not sent within "
+                    f"message_timeout ({limit:g}s)",
+                    permanent=False,
+                ) from None
             except Exception as exc:
                 raise _classify(exc, where) from None
             reusable = True
@@ -384,13 +352,46 @@ class SmtpTransport(Transport):
         return result
 
     # -- the pool ---------------------------------------------------------------------
-    async def _checkout(self, pool: _Pool, account: Account) -> _Conn:
-        """A live connection for the caller, who holds one of the pool's slots."""
+    async def _checkout(self, pool: _Pool, account: Account, wait_limit: float) -> _Conn:
+        """A live connection for the caller, who holds one of the pool's slots: an idle one,
+        else a new one once the instance-wide cap leaves room (waiting at most
+        ``wait_limit`` seconds for it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_limit
+        while True:
+            conn = await self._take_idle(pool)
+            if conn is not None:
+                return conn
+            if self._open_count < self._cap:
+                break
+            # at the cap: close the longest-idle connection of any account (its room comes
+            # once it said QUIT), or wait for a connection to close or come back idle
+            self._evict_idle()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TransportError(
+                    f"{pool.key.where} (account {account.id}): no SMTP connection free within "
+                    f"{wait_limit:g}s: all GMP_SMTP_MAX_CONNECTIONS ({self._cap}) are in use",
+                    permanent=False,
+                )
+            self._room.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._room.wait(), remaining)
+        self._open_count += 1
+        try:
+            return await self._connect(pool.key, account)
+        except BaseException:
+            self._open_count -= 1
+            self._room.set()
+            raise
+
+    async def _take_idle(self, pool: _Pool) -> _Conn | None:
+        """The most recently used idle connection of ``pool`` that is still good."""
         while pool.idle:
             conn = pool.idle.pop()
             idle_for = time.monotonic() - conn.last_used
             if not conn.smtp.is_connected:
-                conn.smtp.close()
+                self._discard(conn)
                 continue
             if idle_for > self._idle_timeout:
                 self._retire(conn)
@@ -399,29 +400,52 @@ class SmtpTransport(Transport):
                 try:
                     await conn.smtp.noop(timeout=self._connect_timeout)
                 except BaseException as exc:
-                    conn.smtp.close()
+                    self._discard(conn)
                     if not isinstance(exc, Exception):
                         raise  # cancelled: the connection is closed, not leaked
                     log.debug("%s: pooled connection failed NOOP (%s)", pool.key.where, exc)
                     continue
             return conn
-        return await self._connect(pool.key, account)
+        return None
+
+    def _evict_idle(self) -> bool:
+        """Retire the connection idle the longest, of any account; False if none is idle."""
+        oldest: _Pool | None = None
+        for pool in self._pools.values():
+            if pool.idle and (oldest is None or pool.idle[0].last_used < oldest.idle[0].last_used):
+                oldest = pool
+        if oldest is None:
+            return False
+        self._retire(oldest.idle.popleft())
+        return True
 
     def _checkin(self, pool: _Pool, conn: _Conn, reusable: bool) -> None:
         if reusable and not self._closed and conn.smtp.is_connected:
             conn.last_used = time.monotonic()
             pool.idle.append(conn)
+            self._room.set()  # an idle connection can make room under the cap
         else:
-            conn.smtp.close()
+            self._discard(conn)
+
+    def _discard(self, conn: _Conn) -> None:
+        """Close at once (a broken session: no QUIT)."""
+        conn.smtp.close()
+        self._forget(conn)
+
+    def _forget(self, conn: _Conn) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._open_count -= 1
+            self._room.set()
 
     def _retire(self, conn: _Conn) -> None:
         """Say QUIT (bounded, in the background) and close."""
-        task = asyncio.get_running_loop().create_task(self._quit(conn.smtp))
+        task = asyncio.get_running_loop().create_task(self._quit(conn))
         self._quitting.add(task)
         task.add_done_callback(self._quitting.discard)
 
-    @staticmethod
-    async def _quit(smtp: SMTP) -> None:
+    async def _quit(self, conn: _Conn) -> None:
+        smtp = conn.smtp
         try:
             if smtp.is_connected:
                 await smtp.quit(timeout=QUIT_TIMEOUT)
@@ -429,6 +453,7 @@ class SmtpTransport(Transport):
             pass
         finally:
             smtp.close()
+            self._forget(conn)
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
@@ -446,7 +471,7 @@ class SmtpTransport(Transport):
             keep: deque[_Conn] = deque()
             for conn in pool.idle:
                 if not conn.smtp.is_connected:
-                    conn.smtp.close()
+                    self._discard(conn)
                 elif now - conn.last_used > self._idle_timeout:
                     self._retire(conn)
                 else:
@@ -489,21 +514,20 @@ class SmtpTransport(Transport):
         )
         await smtp.connect()
         try:
-            if not key.implicit_tls:
-                try:
-                    await smtp.ehlo()
-                except SMTPHeloError:
-                    await smtp.helo()
-                if smtp.supports_extension("starttls"):
-                    await smtp.starttls(tls_context=await self._tls_context(key))
-                    await smtp.ehlo()
-                elif key.starttls_required:
+            try:
+                await smtp.ehlo()
+            except SMTPHeloError:
+                await smtp.helo()
+            encrypted = key.implicit_tls or await self._secure(smtp, key)
+            if key.user:
+                if not encrypted and not key.allow_plaintext_auth:
                     raise TransportError(
-                        f"{key.where}: the account requires STARTTLS but the server does not "
-                        "offer it (not sending credentials or mail in clear text)",
+                        f"{key.where}: the connection is not encrypted (the server does not "
+                        "offer STARTTLS), so the password is not sent. Use TLS (port 465, or a "
+                        "server offering STARTTLS), or set allow_plaintext_auth: true on the "
+                        "account for a relay on a trusted network",
                         permanent=True,
                     )
-            if key.user:
                 password = self._password(account)
                 if password:
                     secret.append(password)
@@ -512,6 +536,32 @@ class SmtpTransport(Transport):
             smtp.close()
             raise
         return smtp
+
+    async def _secure(self, smtp: SMTP, key: _PoolKey) -> bool:
+        """STARTTLS when the greeted server offers it; whether the session is now encrypted.
+        Refuses a session without TLS for an account that requires it or was offered
+        STARTTLS before (see the module doc)."""
+        if smtp.supports_extension("starttls"):
+            await smtp.starttls(tls_context=await self._tls_context(key))
+            await smtp.ehlo()
+            if key.starttls_pinned:
+                self._starttls_seen.add(key.server)
+            return True
+        if key.starttls_required:
+            raise TransportError(
+                f"{key.where}: the account requires STARTTLS but the server does not "
+                "offer it (not sending credentials or mail in clear text)",
+                permanent=True,
+            )
+        if key.starttls_pinned and key.server in self._starttls_seen:
+            raise TransportError(
+                f"{key.where}: the server offered STARTTLS before and does not now; the offer "
+                "may have been removed on the way (a downgrade attack), so nothing is sent in "
+                "clear text. If the server really stopped offering TLS, save the account with "
+                "starttls: false",
+                permanent=True,
+            )
+        return False
 
     def _password(self, account: Account) -> str:
         if not account.password_enc:

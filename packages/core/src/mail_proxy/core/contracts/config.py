@@ -214,7 +214,8 @@ class Settings:
     max_sends_per_account: int = setting(
         8,
         "GMP_MAX_SENDS_PER_ACCOUNT",
-        "Bound on deliveries in flight per account (also its SMTP pool size).",
+        "Bound on deliveries in flight per account (the dispatcher's; the SMTP connections of "
+        "an account are bounded by its max_connections).",
         positive(int),
     )
     claim_lease_seconds: float = setting(
