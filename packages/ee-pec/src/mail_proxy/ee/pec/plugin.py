@@ -124,7 +124,8 @@ def register_commands(commands: CommandRegistry) -> None:
     commands.add(
         "pec",
         "mail_proxy.ee.pec.cli:tools",
-        help="PEC receipts: pec parse FILE... [--json] reads saved receipts.",
+        help="PEC: pec parse FILE... reads saved receipts; mail-proxy NAME [TENANT] pec "
+        "status|enable|disable manages PEC accounts.",
         level="global",
         plugin=PLUGIN,
     )

@@ -44,6 +44,8 @@ class PecPollers(Service):
         self.rt = runtime
         self.group: MailboxGroup | None = None
         self._task: asyncio.Task[None] | None = None
+        #: one refresh at a time: a slow one must not apply an older account list last
+        self._refreshing = asyncio.Lock()
 
     @classmethod
     def create(cls, runtime: Runtime) -> PecPollers:
@@ -77,6 +79,10 @@ class PecPollers(Service):
 
     async def refresh(self) -> None:
         """Poll exactly the PEC accounts now stored (errors are logged, tried again later)."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         group = self.group
         if group is None:
             return
