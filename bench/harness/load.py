@@ -5,8 +5,9 @@
 * ``single``: ``requests`` one-message requests from ``clients`` concurrent clients (after
   ``warmup`` untimed ones) → requests/s and latency percentiles;
 * ``batches``: ``count`` messages in requests of ``batch`` messages, ``clients`` requests in
-  flight, spread round-robin over ``urls`` → accepted messages/s, with the wall-clock
-  ``t_start``/``t_end`` the orchestrator compares with the sink's arrival times.
+  flight, spread round-robin over ``urls`` (and the messages round-robin over the account ids
+  in ``accounts``, if given) → accepted messages/s, with the wall-clock ``t_start``/``t_end``
+  the orchestrator compares with the sink's arrival times.
 
 The generator shares the machine with the service it measures, so it must cost little: the
 HTTP side is a minimal HTTP/1.1 keep-alive client written for this purpose (an
@@ -386,6 +387,8 @@ def batch_bodies(spec: dict[str, Any]) -> list[bytes]:
     body = filler(int(spec.get("body_bytes", 200)))
     prefix, start, count, size = spec["prefix"], spec["start"], spec["count"], spec["batch"]
     attachments: list[list[dict[str, Any]]] = spec.get("attachments") or []
+    #: messages go round-robin to these accounts (default: the tenant's default account)
+    accounts: list[str] = spec.get("accounts") or []
     bodies = []
     for first in range(start, start + count, size):
         last = min(first + size, start + count)
@@ -396,6 +399,7 @@ def batch_bodies(spec: dict[str, Any]) -> list[bytes]:
                         ident,
                         body,
                         attachments[i % len(attachments)] if attachments else None,
+                        accounts[i % len(accounts)] if accounts else None,
                     )
                     for i, ident in enumerate(message_ids(prefix, first, last - first), first)
                 ]

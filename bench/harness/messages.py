@@ -21,9 +21,12 @@ def message_ids(prefix: str, start: int, count: int) -> list[str]:
 
 
 def api_message(
-    ident: str, body: str, attachments: list[dict[str, Any]] | None = None
+    ident: str,
+    body: str,
+    attachments: list[dict[str, Any]] | None = None,
+    account_id: str | None = None,
 ) -> dict[str, Any]:
-    """One entry of ``POST /commands/add-messages``."""
+    """One entry of ``POST /commands/add-messages`` (the default account unless named)."""
     msg: dict[str, Any] = {
         "id": ident,
         "from": SENDER,
@@ -33,4 +36,6 @@ def api_message(
     }
     if attachments:
         msg["attachments"] = attachments
+    if account_id:
+        msg["account_id"] = account_id
     return msg

@@ -108,6 +108,10 @@ TARGETS: dict[str, list[Target]] = {
         *_NO_LOSS,
     ],
     "bounce": [Target("bounces_per_s", ">=", 500), *_NO_LOSS],
+    # distant servers: the figures are ratios to the ideal rate (latency.py); no bar yet
+    "e2e-latency": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
+    "e2e-many-accounts": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
+    "e2e-stalled-neighbour": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
 }
 
 #: The figures the table shows for each scenario (the JSON line has them all).
@@ -174,6 +178,31 @@ HEADLINE: dict[str, list[str]] = {
         "attachments_sum_mb",
         "peak_rss_of_attachments_sum",
         "delivered",
+        "lost",
+    ],
+    "e2e-latency": [
+        "c10.delivered_per_s",
+        "c10.ideal_per_s",
+        "c10.of_ideal",
+        "c50.delivered_per_s",
+        "c50.ideal_per_s",
+        "c50.of_ideal",
+        "c10.writes_per_msg",
+        "lost",
+    ],
+    "e2e-many-accounts": [
+        "delivered_per_s",
+        "ideal_per_s",
+        "of_ideal",
+        "writes_per_msg",
+        "service_cpu_ms_per_msg",
+        "lost",
+    ],
+    "e2e-stalled-neighbour": [
+        "alone.delivered_per_s",
+        "beside_stalled.delivered_per_s",
+        "ratio",
+        "alone.of_ideal",
         "lost",
     ],
 }

@@ -20,10 +20,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from . import bounce
-from . import large_files
+from . import bounce, large_files, latency
 from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
+from .relay import RelayHandle
 from .report import RESULTS_DIR, Results, eprint
 from .service import Api, CpuMeter, RssSampler, Service, setting_env
 from .sink import SinkHandle
@@ -41,6 +41,9 @@ ORDER = [
     "attachments",
     "large-files",
     "bounce",
+    "e2e-latency",
+    "e2e-many-accounts",
+    "e2e-stalled-neighbour",
 ]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STALL_S = 30.0
@@ -59,11 +62,13 @@ class Options:
 
 @dataclass
 class Stack:
-    """What a scenario runs against: a sink, the service instance(s), an admin client."""
+    """What a scenario runs against: a sink, the service instance(s), an admin client, and
+    the latency relay in front of the sink when the scenario has one."""
 
     sink: SinkHandle
     services: list[Service]
     api: Api
+    relay: RelayHandle | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -135,6 +140,9 @@ class Bench:
             "attachments": self.attachments,
             "large-files": lambda: large_files.run(self),  # large_files.py
             "bounce": lambda: bounce.run(self),  # the bounce plugin: bounce.py
+            "e2e-latency": lambda: latency.e2e_latency(self),  # distant servers: latency.py
+            "e2e-many-accounts": lambda: latency.e2e_many_accounts(self),
+            "e2e-stalled-neighbour": lambda: latency.e2e_stalled_neighbour(self),
         }
         self.current = ""
 
@@ -150,8 +158,19 @@ class Bench:
     # -- plumbing ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def stack(
-        self, database: str = "sqlite", instances: int = 1, settings: dict[str, str] | None = None
+        self,
+        database: str = "sqlite",
+        instances: int = 1,
+        settings: dict[str, str] | None = None,
+        *,
+        sink_delay: float = 0.0,
+        rtt_ms: float = 0.0,
+        accounts: list[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Stack]:
+        """Sink (taking ``sink_delay`` s to accept each message), a relay adding ``rtt_ms``
+        per round trip if not 0, the service(s), and ``accounts`` (fields besides host and
+        port; default: one ``bench`` account, the default one) pointing at the relay or the
+        sink."""
         workdir = self.opts.workroot / f"{self.current}-{self.run_index}-{secrets.token_hex(3)}"
         workdir.mkdir(parents=True)
         schema = None
@@ -161,10 +180,16 @@ class Bench:
             await check_postgres(self.opts.pg_url)
             schema = f"bench_{secrets.token_hex(4)}"
             url = with_schema(self.opts.pg_url, schema)
-        sink = SinkHandle()
+        sink = SinkHandle(sink_delay)
+        relay = None
         services: list[Service] = []
         try:
             await sink.start()
+            smtp_port = sink.smtp_port
+            if rtt_ms:
+                relay = RelayHandle(sink.smtp_port, rtt_ms)
+                await relay.start()
+                smtp_port = relay.port
             for n in range(instances):
                 home = workdir / f"service{n + 1}"
                 home.mkdir()
@@ -174,8 +199,9 @@ class Bench:
                 await svc.start()
             async with aiohttp.ClientSession() as session:
                 api = Api(session, services[0].url)
-                await api.add_account(sink.smtp_port)
-                yield Stack(sink, services, api)
+                for fields in accounts or [{"account_id": "bench", "default": True}]:
+                    await api.add_account(smtp_port, **fields)
+                yield Stack(sink, services, api, relay)
         except BaseException:
             for svc in services:
                 eprint(f"-- {svc.name} log tail:\n{svc.log_tail()}")
@@ -183,6 +209,8 @@ class Bench:
         finally:
             for svc in services:
                 await svc.stop()
+            if relay is not None:
+                await relay.stop()
             await sink.stop()
             if schema is not None:
                 await drop_schema(self.opts.pg_url, schema)

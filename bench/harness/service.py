@@ -165,9 +165,11 @@ class Api:
                 raise ProcessFailed(f"{method} {path} → {resp.status} {data}")
             return data
 
-    async def add_account(self, smtp_port: int) -> None:
-        body = {"id": "bench", "host": "127.0.0.1", "port": smtp_port, "default": True}
-        await self.call("POST", "/account", body)
+    async def add_account(
+        self, smtp_port: int, account_id: str = "bench", default: bool = True, **fields: Any
+    ) -> None:
+        body = {"id": account_id, "host": "127.0.0.1", "port": smtp_port, "default": default}
+        await self.call("POST", "/account", body | fields)
 
     async def status(self) -> dict[str, Any]:
         return await self.call("GET", "/status")

@@ -1,6 +1,6 @@
 """The SMTP sink: accepts every message, records its ``X-Genro-Mail-ID``, keeps nothing else.
 
-Run as its own process (``python -m harness.sink``): it prints one JSON line
+Run as its own process (``python -m harness.sink [HOST] [DATA_DELAY]``): it prints one JSON line
 ``{"smtp_port", "control_port"}`` on stdout once both servers listen, then serves until
 SIGTERM. The orchestrator reads the figures over a tiny HTTP control server:
 
@@ -16,6 +16,10 @@ client needs to deliver (greeting, EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT
 8BITMIME, SIZE and SMTPUTF8 advertised), answers every command found in one read with one
 write, and of each message keeps only the header block (scanned for the id, no MIME
 parsing) and the last few bytes needed to spot the ``<CRLF>.<CRLF>`` terminator.
+
+``DATA_DELAY`` (seconds, default 0) makes the sink take that long to accept each message: the
+reply to the end of the data leaves that much later (the session reads nothing meanwhile),
+like a server that scans or stores the message before answering. Other sessions go on.
 """
 
 from __future__ import annotations
@@ -175,8 +179,11 @@ class SmtpSession(asyncio.Protocol):
     the message is dropped as it arrives, but for those 4 bytes.
     """
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, data_delay: float = 0.0) -> None:
         self.recorder = recorder
+        self.data_delay = data_delay
+        #: The reply to a message's data is held back (``data_delay``): input waits meanwhile.
+        self.holding = False
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.greeted = False
@@ -206,10 +213,18 @@ class SmtpSession(asyncio.Protocol):
             return
         buf = self.buf
         buf += data
+        if self.holding:
+            return
         out: list[bytes] = []
         while buf:
             if self.in_data:
                 if not self._data(out):
+                    break
+                if self.data_delay:
+                    # answer the end of the data later; read nothing more until then
+                    reply = out.pop()
+                    self.holding = True
+                    asyncio.get_running_loop().call_later(self.data_delay, self._release, reply)
                     break
                 continue
             end = buf.find(b"\n")
@@ -227,6 +242,15 @@ class SmtpSession(asyncio.Protocol):
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self.quitting:
             transport.close()
+
+    def _release(self, reply: bytes) -> None:
+        """Send the held reply to a message's data, then handle what arrived meanwhile."""
+        self.holding = False
+        if self.transport is None:
+            return
+        self.transport.write(reply)
+        if self.buf:
+            self.data_received(b"")
 
     def _reset(self) -> None:
         self.has_mail = self.has_rcpt = False
@@ -337,10 +361,12 @@ def control_app(recorder: Recorder) -> web.Application:
     return app
 
 
-async def serve(host: str) -> None:
+async def serve(host: str, data_delay: float = 0.0) -> None:
     recorder = Recorder()
     loop = asyncio.get_running_loop()
-    smtp = await loop.create_server(lambda: SmtpSession(recorder), host, 0, backlog=1024)
+    smtp = await loop.create_server(
+        lambda: SmtpSession(recorder, data_delay), host, 0, backlog=1024
+    )
     runner = web.AppRunner(control_app(recorder), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
@@ -359,15 +385,16 @@ async def serve(host: str) -> None:
 class SinkHandle:
     """The orchestrator's side: start the sink process, read its figures, stop it."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_delay: float = 0.0) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.smtp_port = 0
         self.control = ""
+        self.data_delay = data_delay
 
     async def start(self) -> None:
         from .procs import read_json_line, spawn_module
 
-        self.proc = await spawn_module("harness.sink")
+        self.proc = await spawn_module("harness.sink", "127.0.0.1", str(self.data_delay))
         ports = await read_json_line(self.proc, 30)
         self.smtp_port = ports["smtp_port"]
         self.control = f"http://127.0.0.1:{ports['control_port']}"
@@ -402,7 +429,8 @@ class SinkHandle:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(serve(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    asyncio.run(serve(host, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
     return 0
 
 
