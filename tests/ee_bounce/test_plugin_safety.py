@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 
 from ee_bounce.bounce_stack import (
     RETURN_PATH,
@@ -14,6 +15,8 @@ from ee_bounce.bounce_stack import (
     postfix_dsn,
     qmail_bounce,
 )
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _rejected(metrics: str, why: str) -> float:
@@ -194,3 +197,44 @@ async def test_suppression_after_hard_bounce_until_deleted(stack: BounceStack) -
     ]
     status, data = await stack.api("POST", "/suppressions", json={"address": "not an address"})
     assert status == 400 and data["code"] == "validation_error"
+
+
+async def test_kill_during_a_batch_neither_loses_nor_repeats(stack: BounceStack) -> None:
+    # kill -9 while the poller works through the mailbox; after the restart every bounce has
+    # exactly one event (the batch in progress is read again and recognised).
+    import sys
+
+    from support.service import ServiceProcess
+
+    sys.path.insert(0, str(BENCH))
+    from harness.bounce import dsn  # the bench's Postfix DSN for a quoted Message-ID
+
+    count = 300
+    await stack.start(GMP_SCHEDULER_ACTIVE="false", GMP_BOUNCE_BATCH_SIZE="50")
+    await stack.add_account()
+    ids = [f"<crash.{n}@example.com>" for n in range(count)]
+    entries = [
+        {"id": f"b-{n}", "from": "shop@example.com", "to": [f"gone{n}@example.org"],
+         "subject": "x", "message_id": ids[n]}
+        for n in range(count)
+    ]  # fmt: skip
+    assert (await stack.ok("POST", "/commands/add-messages", json={"messages": entries}))[
+        "queued"
+    ] == count
+    for n in range(count):
+        stack.append(dsn(n, ids[n]))
+    await stack.configure(return_path=None)
+    assert stack.svc is not None
+    deadline = time.monotonic() + 30
+    while not re.search(r"^gmp_bounces_total\{", await stack.metrics(), re.M):
+        assert time.monotonic() < deadline, stack.log_tail()
+        await asyncio.sleep(0.02)
+    recorded = re.findall(r"^gmp_bounces_total\{.*\} ([0-9.]+)$", await stack.metrics(), re.M)
+    stack.svc.kill()
+    assert 0 < sum(float(v) for v in recorded) < count  # killed in the middle
+    stack.svc = await ServiceProcess(stack.env, stack.tmp / "svc.log").start()
+    # the killed instance's lease on the mailbox expires first (60 s): then the new one reads
+    await stack.wait_seen(count, timeout=150)
+    await asyncio.sleep(1.5)
+    for n in range(count):
+        assert len(await _bounce_events(stack, f"b-{n}")) == 1, n
