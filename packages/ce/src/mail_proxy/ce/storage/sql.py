@@ -673,7 +673,13 @@ class SqlStorage(PluginDataMixin, Storage):
             sa.and_(
                 m.status.in_(REPLACEABLE), sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= now)
             ),
-            sa.and_(m.status == "sending", m.lease_until < now),
+            # A lease that ran out: the claimer died or stalled. Never our own: a live
+            # instance gives every claim an outcome, however slow the send or the database.
+            sa.and_(
+                m.status == "sending",
+                m.lease_until < now,
+                sa.or_(m.claimed_by.is_(None), m.claimed_by != instance_id),
+            ),
         )
         suspended = (
             sa.select(s.tenant_id)
@@ -1254,11 +1260,24 @@ class SqlStorage(PluginDataMixin, Storage):
             ]
 
 
+#: PostgreSQL error codes of a server that is away: class 08 (connection exception), and
+#: admin/crash shutdown and "cannot connect now" (starting up, shutting down, in recovery).
+_SERVER_AWAY = ("08", "57P01", "57P02", "57P03")
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError | ConnectionError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    cause: BaseException | None = exc
+    for _ in range(8):  # the driver's error under SQLAlchemy's wrappers
+        if cause is None:
+            break
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str) and code.startswith(_SERVER_AWAY):
+            return True
+        cause = getattr(cause, "orig", None) or cause.__cause__
     text = str(exc).lower()
     return any(
         s in text

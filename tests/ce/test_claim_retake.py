@@ -1,0 +1,75 @@
+"""Retaking a claim whose lease ran out (SQLite and PostgreSQL): another instance may, and the
+message is then flagged ``uncertain``; the instance that holds the claim never retakes it
+(it gives every claim an outcome, however slow the send or the database); a claim given back
+while the transport had the message is flagged too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mail_proxy.ce import plugin as ce_plugin
+from mail_proxy.ce.storage.sql import SqlStorage
+from mail_proxy.core.contracts.model import NewMessage, Outcome, RecipientOutcome
+from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.plugins.loader import create_plugin_manager
+
+
+@pytest.fixture
+async def storage(db_url: str, make_settings) -> AsyncIterator[SqlStorage]:  # type: ignore[no-untyped-def]
+    rt = Runtime.create(
+        make_settings(database_url=db_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
+    rt.load_cipher()
+    store = SqlStorage(rt, db_url)
+    await store.start()
+    yield store
+    await store.close()
+
+
+def msg(i: str) -> NewMessage:
+    return NewMessage("default", i, "acc", 2, {"subject": i}, f"<{i}@example.com>")
+
+
+async def test_only_another_instance_retakes_and_the_retake_is_flagged(
+    storage: SqlStorage,
+) -> None:
+    now = time.time()
+    await storage.enqueue([msg("a")], now)
+    [first] = await storage.claim_messages("i1", now, 10, 5, 10)
+    assert first.uncertain is False
+    assert await storage.claim_messages("i1", now + 60, 10, 5, 10) == []  # never its own
+    [again] = await storage.claim_messages("i2", now + 60, 10, 5, 10)
+    assert again.uncertain is True and again.claim_token == (first.claim_token or 0) + 1
+    # the first claimer's late outcome is fenced off; the new one is applied and keeps the flag
+    late = Outcome(first.pk, first.claim_token or 0, "sent", now + 61)
+    assert await storage.record_outcomes([late]) == []
+    done = Outcome(
+        again.pk,
+        again.claim_token or 0,
+        "sent",
+        now + 62,
+        recipients=[RecipientOutcome("r@example.com", "sent", 250, "OK")],
+    )
+    assert await storage.record_outcomes([done]) == [again.pk]
+    stored = await storage.get_message("default", "a")
+    assert stored is not None and stored.status == "sent" and stored.uncertain is True
+    assert [r.public() for r in stored.recipients] == [
+        {"address": "r@example.com", "status": "sent", "code": 250, "reply": "OK"}
+    ]
+
+
+async def test_a_claim_given_back_mid_send_is_flagged(storage: SqlStorage) -> None:
+    now = time.time()
+    await storage.enqueue([msg("b"), msg("c")], now)
+    b, c = await storage.claim_messages("i1", now, 10, 60, 10)
+    given_back = [
+        Outcome(b.pk, b.claim_token or 0, "released", now, metadata={"uncertain": True}),
+        Outcome(c.pk, c.claim_token or 0, "released", now),
+    ]
+    assert sorted(await storage.record_outcomes(given_back)) == sorted([b.pk, c.pk])
+    flags = {m.id: m.uncertain for m in await storage.claim_messages("i1", now, 10, 60, 10)}
+    assert flags == {"b": True, "c": False}
