@@ -238,3 +238,21 @@ async def test_kill_during_a_batch_neither_loses_nor_repeats(stack: BounceStack)
     await asyncio.sleep(1.5)
     for n in range(count):
         assert len(await _bounce_events(stack, f"b-{n}")) == 1, n
+
+
+async def test_key_rotation_keeps_the_verp_secret_and_the_password(stack: BounceStack) -> None:
+    from mail_proxy.core.engine.encryption import generate_key
+
+    await stack.start()
+    await stack.configure()
+    await stack.add_account()
+    before = await stack.send("k-1", to="rotated@example.org")
+    new_key = generate_key()
+    await stack.ok("POST", "/instance/rotate-key", json={"new_key": new_key})
+    stack.stop()
+    stack.env["MAIL_PROXY_ENCRYPTION_KEY"] = new_key
+    await stack.start()
+    # a bounce that only its VERP address names, for a message sent under the old key
+    stack.append(qmail_bounce(before))
+    items = await stack.wait_bounces("k-1")
+    assert [(i["bounce_type"], i["recipient"]) for i in items] == [("hard", "rotated@example.org")]

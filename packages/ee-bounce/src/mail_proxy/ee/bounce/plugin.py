@@ -13,13 +13,15 @@ It only registers things through the core's hooks (docs/bounce.md):
 - ``register_routes``: ``/instance/bounce``, ``/instance/reload-bounce``, ``/suppressions``;
 - ``register_commands``: ``mail-proxy bounce parse``, ``mail-proxy NAME bounce
   show|set|test``, ``mail-proxy NAME [TENANT] suppressions list|add|remove``;
-- ``tenant_changed`` / ``tenant_deleted``: apply a changed setting, drop a tenant's list.
+- ``tenant_changed`` / ``tenant_deleted``: apply a changed setting, drop a tenant's list;
+- ``reencrypt_secrets``: key rotation re-encrypts the VERP secret.
 
 Light to import: the hook marker and the standard library at module level only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +155,15 @@ async def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
     from .service import tenant_changed as apply
 
     await apply(runtime, tenant_id)
+
+
+@hookimpl
+async def reencrypt_secrets(transform: Callable[[str], str], runtime: Runtime) -> int:
+    """Key rotation: the VERP secret (the IMAP passwords are tenant settings: the storage
+    re-encrypts them)."""
+    from .verp import reencrypt
+
+    return await reencrypt(runtime, transform)
 
 
 @hookimpl

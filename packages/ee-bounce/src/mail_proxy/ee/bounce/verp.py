@@ -14,10 +14,10 @@ that does not verify is forged (or belongs to a message since purged and its key
 
 The secret is 32 random bytes made once per database (the first instance that needs it
 wins), stored sealed with the instance key in ``bounce_secrets``; there is no built-in
-default. Key rotation (``mail-proxy NAME rotate-key``) does not know this table: after a
-rotation the secret sealed with the old key cannot be opened on the next start, a new one
-is made (logged), and bounces of messages sent before then are matched by their quoted
-Message-ID only.
+default. Key rotation re-encrypts it (the ``reencrypt_secrets`` hook, :func:`reencrypt`).
+Should it ever not open with the current key (the table restored from elsewhere), a new one
+is made (logged), and bounces of messages sent before are matched by their quoted Message-ID
+only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -175,3 +176,19 @@ async def records_by_pk(runtime: Runtime, pks: set[int]) -> dict[int, MessageRec
                 found[rec.pk] = rec
         i = j + 1
     return found
+
+
+async def reencrypt(runtime: Runtime, transform: Callable[[str], str]) -> int:
+    """Key rotation: the sealed secret re-encrypted with the new key (``transform``)."""
+    engine = runtime.storage.database if runtime.storage is not None else None
+    if engine is None:
+        return 0
+    t = schema.secrets
+    changed = 0
+    async with engine.begin() as conn:
+        for row in (await conn.execute(sa.select(t.c.name, t.c.value))).all():
+            new = transform(row.value)
+            if new != row.value:
+                await conn.execute(t.update().where(t.c.name == row.name).values(value=new))
+                changed += 1
+    return changed
