@@ -19,7 +19,7 @@ import json
 import time
 import zlib
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -665,7 +665,14 @@ class SqlStorage(PluginDataMixin, Storage):
 
     # -- dispatch ------------------------------------------------------------------------------------
     async def claim_messages(
-        self, instance_id: str, now: float, limit: int, lease_seconds: float, per_account_limit: int
+        self,
+        instance_id: str,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        per_account_limit: int,
+        *,
+        skip_accounts: Collection[tuple[str, str]] = (),
     ) -> list[MessageRecord]:
         m = t.messages.c
         s = t.suspensions.c
@@ -707,6 +714,8 @@ class SqlStorage(PluginDataMixin, Storage):
             .order_by(m.priority, m.pk)
             .limit(limit)
         )
+        if skip_accounts:  # accounts with every connection busy: leave their queue alone
+            q = q.where(~sa.tuple_(m.tenant_id, m.account_id).in_(list(skip_accounts)))
         if self._pg:
             q = q.with_for_update(skip_locked=True, of=t.messages)
         async with self._write() as conn:

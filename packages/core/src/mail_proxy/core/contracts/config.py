@@ -209,13 +209,16 @@ class Settings:
         positive(int),
     )
     max_concurrent_sends: int = setting(
-        64, "GMP_MAX_CONCURRENT_SENDS", "Global bound on deliveries in flight.", positive(int)
+        200,
+        "GMP_MAX_CONCURRENT_SENDS",
+        "Global bound on deliveries in flight (and, separately, on outcomes not yet committed).",
+        positive(int),
     )
     max_sends_per_account: int = setting(
-        8,
+        100,
         "GMP_MAX_SENDS_PER_ACCOUNT",
-        "Bound on deliveries in flight per account (the dispatcher's; the SMTP connections of "
-        "an account are bounded by its max_connections).",
+        "Upper bound on deliveries in flight per account; an account uses the smaller of this "
+        "and its max_connections.",
         positive(int),
     )
     claim_lease_seconds: float = setting(

@@ -13,7 +13,7 @@ clocks in sync (NTP) — docs/operations.md says so.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,10 +184,13 @@ class Storage(abc.ABC):
         limit: int,
         lease_seconds: float,
         per_account_limit: int,
+        *,
+        skip_accounts: Collection[tuple[str, str]] = (),
     ) -> list[MessageRecord]:
         """Claim up to ``limit`` ready messages for delivery, in priority order (0 first)
         and FIFO (``pk``) inside a priority, at most ``per_account_limit`` per account (or the
-        account's own ``batch_size`` when it has one).
+        account's own ``batch_size`` when it has one), none of the ``(tenant_id,
+        account_id)`` pairs in ``skip_accounts`` (accounts whose connections are all busy).
 
         Ready: status pending/scheduled/deferred with ``deferred_ts`` None or ≤ ``now``, or
         status sending with an expired lease (a dead instance's claim). Skips suspended

@@ -4,7 +4,8 @@ One round: claim up to the free capacity (priority 0 → 3, FIFO inside a priori
 ``batch_size_per_account`` per account, with a lease) → apply rate limits per account (and per
 tenant when the tenant has quotas) in one reservation per bucket → deliver each message
 concurrently (message steps → attachments → steps → MIME → steps → transport), bounded globally
-(``max_concurrent_sends``) and per account (``max_sends_per_account``) → hand each outcome to
+(``max_concurrent_sends``) and per account (its ``max_connections``; an account whose
+connections are all busy is not claimed from) → hand each outcome to
 the :class:`OutcomeWriter`, which commits outcomes *with their events* in batched
 transactions (group commit), fenced by the claim token.
 
@@ -19,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +52,12 @@ CACHE_SECONDS = 2.0
 BUILD_IN_THREAD_BYTES = 256 * 1024
 #: How long the outcome writer gathers outcomes before committing them together.
 BATCH_WINDOW = 0.005
+
+
+def account_slots(account: Account, upper: int) -> int:
+    """How many deliveries an account may have in flight: its ``max_connections`` (the SMTP
+    pool's size for it), at most ``upper`` (``GMP_MAX_SENDS_PER_ACCOUNT``)."""
+    return max(1, min(account.max_connections or upper, upper))
 
 
 def _overrides_delivery(step: MessageStep) -> bool:
@@ -155,9 +162,16 @@ class Dispatcher(Service):
         self._attachment_budget = ByteBudget(int(s.attachment_memory_budget_mb * 1024 * 1024))
         # Claim again only when a useful number of slots is free (not one by one).
         self._claim_threshold = max(1, min(16, s.max_concurrent_sends // 4))
+        #: Deliveries between claim and the transport's answer (bounded by
+        #: ``max_concurrent_sends``), and outcomes waiting for their commit (bounded too).
         self._inflight = 0
+        self._uncommitted = 0
         self._slot_freed = asyncio.Event()
-        self._account_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        #: Deliveries in flight per account, and each account's bound (its
+        #: ``max_connections``): a saturated account is not claimed from, so its queue
+        #: never holds the slots other accounts need (one stalled server slows no one else).
+        self._account_inflight: Counter[tuple[str, str]] = Counter()
+        self._account_cap: dict[tuple[str, str], int] = {}
         self._accounts: dict[tuple[str, str], _Cached] = {}
         self._tenants: dict[str, _Cached] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -258,7 +272,18 @@ class Dispatcher(Service):
                 w.cancel()
 
     def _free(self) -> int:
-        return self.rt.settings.max_concurrent_sends - self._inflight
+        s = self.rt.settings
+        if self._uncommitted >= s.max_concurrent_sends:
+            return 0  # the outcome writer is behind: claim nothing more until it catches up
+        return s.max_concurrent_sends - self._inflight
+
+    def _saturated(self) -> list[tuple[str, str]]:
+        """Accounts with as many deliveries in flight as their connections allow."""
+        return [
+            key
+            for key, n in self._account_inflight.items()
+            if n >= self._account_cap.get(key, self.rt.settings.max_sends_per_account)
+        ]
 
     async def run_round(self, limit: int) -> int:
         """Claim (at most ``limit``) and start delivering one batch; returns how many messages
@@ -272,7 +297,12 @@ class Dispatcher(Service):
             return 0
         now = time.time()
         records = await rt.storage.claim_messages(
-            rt.instance_id, now, free, s.claim_lease_seconds, s.batch_size_per_account
+            rt.instance_id,
+            now,
+            free,
+            s.claim_lease_seconds,
+            s.batch_size_per_account,
+            skip_accounts=self._saturated(),
         )
         if not records:
             return 0
@@ -292,7 +322,12 @@ class Dispatcher(Service):
                         ),
                     )
                 continue
-            allowed = await self._apply_rate_limits(tenant, account, group, now)
+            key = (tenant_id, account_id)
+            self._account_cap[key] = account_slots(account, s.max_sends_per_account)
+            room = self._account_cap[key] - self._account_inflight[key]
+            for rec in group[max(0, room) :]:  # beyond its connections: back to the queue
+                self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", now))
+            allowed = await self._apply_rate_limits(tenant, account, group[: max(0, room)], now)
             for rec in allowed:
                 self._spawn(rec, account, tenant)
         return len(records)
@@ -354,32 +389,34 @@ class Dispatcher(Service):
     # -- delivery -----------------------------------------------------------------------------------
     def _spawn(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
         self._inflight += 1
+        self._account_inflight[(rec.tenant_id, rec.account_id)] += 1
         task = asyncio.create_task(self._deliver(rec, account, tenant))
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._tasks.discard)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _sent_off(self, rec: MessageRecord) -> None:
+        """The transport answered (or the attempt ended): free the delivery's slots; its
+        outcome is counted as uncommitted until the writer commits it."""
         self._inflight -= 1
+        key = (rec.tenant_id, rec.account_id)
+        self._account_inflight[key] -= 1
+        if self._account_inflight[key] <= 0:
+            del self._account_inflight[key]
         self._slot_freed.set()
 
     async def _deliver(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
         rt = self.rt
         started = time.perf_counter()
-        slot = self._account_slots.get((rec.tenant_id, rec.account_id))
-        if slot is None:
-            slot = asyncio.Semaphore(rt.settings.max_sends_per_account)
-            self._account_slots[(rec.tenant_id, rec.account_id)] = slot
+        sent_off = False
         try:
-            async with slot:
-                if self._lease_too_short(rec):
-                    # Waited too long for a connection: another instance may retake this
-                    # message soon. Give it back instead of racing it (no double send).
-                    self._finish(
-                        rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time())
-                    )
-                    return
-                outcome = await self._attempt(rec, account, tenant)
+            if self._lease_too_short(rec):
+                # Waited too long (a slow attachment budget): another instance may retake this
+                # message soon. Give it back instead of racing it (no double send).
+                self._sent_off(rec)
+                sent_off = True
+                self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
+                return
+            outcome = await self._attempt(rec, account, tenant)
         except asyncio.CancelledError:
             # Stopped (shutdown): the claim goes back. If the transport had the message, the
             # server may have taken it: the next attempt is flagged uncertain.
@@ -394,10 +431,17 @@ class Dispatcher(Service):
             outcome = self._temporary(rec, f"internal error: {type(exc).__name__}", None)
         finally:
             self._in_transport.discard(rec.pk)
+            if not sent_off:
+                self._sent_off(rec)
         rt.metrics.send_latency.observe(time.perf_counter() - started)
-        # Keep the global slot until the outcome is committed: delivered-but-unrecorded
-        # messages (the only duplicates a crash can cause) stay bounded by max_concurrent_sends.
-        await self._finish(rec, outcome)
+        # Delivered-but-unrecorded messages (the only duplicates a crash can cause) stay
+        # bounded: at most max_concurrent_sends sending plus max_concurrent_sends uncommitted.
+        self._uncommitted += 1
+        try:
+            await self._finish(rec, outcome)
+        finally:
+            self._uncommitted -= 1
+            self._slot_freed.set()
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:
         reservation = Reservation(self._attachment_budget)
