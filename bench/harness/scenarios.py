@@ -277,9 +277,13 @@ class Bench:
     async def ceiling(self) -> Measured:
         """The sink driven by a bare pooled SMTP client: the machine's limit for e2e."""
         from mail_proxy.core.contracts.config import load_settings
+        from mail_proxy.core.contracts.model import Account
 
         count = self.size(10_000)
-        connections = load_settings(env=self.service_settings()).max_sends_per_account
+        # as many connections as the service uses for the bench account (its max_connections)
+        default_connections = Account("t", "a", "h", 25).max_connections
+        settings = load_settings(env=self.service_settings())
+        connections = min(default_connections, settings.max_sends_per_account)
         sink = SinkHandle()
         await sink.start()
         try:
