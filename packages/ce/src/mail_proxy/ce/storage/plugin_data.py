@@ -1,38 +1,27 @@
 """What the storage keeps for plugins: per-tenant plugin settings (``tenant_settings``) and
 the lookup of messages by the Message-ID the proxy generated (bounces and receipts quote it).
 
-A mixin of :class:`~mail_proxy.ce.storage.sql.SqlStorage`, which provides the connections.
+A repository of :class:`~mail_proxy.ce.storage.sql.SqlStorage`, on :class:`.base.SqlBase`.
 Secret members of a setting are stored as ``{"$enc": token}`` (sealed by the engine), so key
-rotation can find and re-encrypt them without knowing the plugin.
+rotation (:mod:`.admin`) can find and re-encrypt them without knowing the plugin.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from mail_proxy.core.contracts.model import MessageRef
-from mail_proxy.core.engine.sealed import SEALED
 
 from . import schema as t
-
-if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
-    from sqlalchemy.ext.asyncio import AsyncConnection
+from .base import SqlBase
 
 
-class PluginDataMixin:
+class PluginDataRepository(SqlBase):
     """Tenant plugin settings and message lookup by Message-ID."""
-
-    if TYPE_CHECKING:  # provided by SqlStorage
-        _pg: bool
-
-        def _write(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
-        def _read(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
     async def get_tenant_settings(self, tenant_id: str) -> dict[str, Any]:
         ts = t.tenant_settings.c
@@ -69,38 +58,3 @@ class PluginDataMixin:
                     for r in rows
                 ]
         return found
-
-    async def _reencrypt_plugin_values(
-        self, conn: AsyncConnection, transform: Callable[[str], str]
-    ) -> int:
-        """Re-encrypt every sealed member of the plugins' tenant settings and account fields
-        (key rotation), in the caller's transaction."""
-        changed = 0
-        for table, keys, column in (
-            (t.tenant_settings, ("tenant_id", "name"), "value"),
-            (t.accounts, ("tenant_id", "id"), "extra"),
-        ):
-            cols = [table.c[k] for k in keys]
-            query = sa.select(*cols, table.c[column]).where(table.c[column].is_not(None))
-            if self._pg:
-                query = query.with_for_update()
-            for row in (await conn.execute(query)).all():
-                count = [0]
-                value = _reseal(row[-1], transform, count)
-                if count[0]:
-                    changed += count[0]
-                    where = [c == row[i] for i, c in enumerate(cols)]
-                    await conn.execute(table.update().where(*where).values({column: value}))
-        return changed
-
-
-def _reseal(value: Any, transform: Callable[[str], str], count: list[int]) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {SEALED} and isinstance(value[SEALED], str):
-            new = transform(value[SEALED])
-            count[0] += new != value[SEALED]
-            return {SEALED: new}
-        return {k: _reseal(v, transform, count) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_reseal(v, transform, count) for v in value]
-    return value

@@ -1,0 +1,287 @@
+"""Messages: enqueue (group commit), listing, deletion, cleanup, suspensions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from mail_proxy.core.contracts.model import (
+    EventRecord,
+    MessageRecord,
+    NewMessage,
+)
+from mail_proxy.core.contracts.storage import (
+    DeleteResult,
+    EnqueueResult,
+    MessageFilter,
+)
+
+from . import schema as t
+
+if TYPE_CHECKING:
+    pass
+
+from .base import (
+    ACTIVE_LITERAL,
+    FINISHED_LITERAL,
+    MAX_GROUP_MESSAGES,
+    REPLACEABLE,
+    SqlBase,
+    _chunks,
+    _Job,
+    _message_row,
+)
+
+
+class MessageRepository(SqlBase):
+    """Messages: enqueue (group commit), listing, deletion, cleanup, suspensions."""
+
+    async def enqueue(self, messages: Sequence[NewMessage], now: float) -> EnqueueResult:
+        """Group commit: concurrent calls that arrive while a commit is in progress are
+        written together in the next transaction (one fsync for all), and each caller is
+        answered only after that commit."""
+        if not messages:
+            return EnqueueResult(0)
+        future: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
+        self._enqueue_jobs.append((list(messages), now, future))
+        if self._enqueue_task is None or self._enqueue_task.done():
+            self._enqueue_task = asyncio.create_task(self._enqueue_flusher())
+        return await future
+
+    async def _enqueue_flusher(self) -> None:
+        while self._enqueue_jobs:
+            jobs = self._next_group()
+            try:
+                await self._commit_jobs(jobs, retry_later=True)
+            except IntegrityError:
+                # Rows clashed with another writer's insert of the same (tenant, id), committed
+                # after our read: commit the calls one by one, each reading the rows again, so
+                # only a call that still clashes fails.
+                for job in jobs:
+                    with contextlib.suppress(IntegrityError):
+                        await self._commit_jobs([job], retry_later=False)
+
+    def _next_group(self) -> list[_Job]:
+        """The waiting calls, in arrival order, up to about MAX_GROUP_MESSAGES messages."""
+        group: list[_Job] = []
+        size = 0
+        while self._enqueue_jobs and (not group or size < MAX_GROUP_MESSAGES):
+            job = self._enqueue_jobs.popleft()
+            group.append(job)
+            size += len(job[0])
+        return group
+
+    async def _commit_jobs(
+        self,
+        jobs: list[_Job],
+        *,
+        retry_later: bool,
+    ) -> None:
+        """Commit ``jobs`` together and answer their callers. An integrity error is raised
+        without answering when ``retry_later`` (the flusher then retries call by call)."""
+        try:
+            results = await self._enqueue_group(jobs)
+        except BaseException as exc:
+            if isinstance(exc, IntegrityError) and retry_later:
+                raise
+            for _, _, future in jobs:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError | IntegrityError):
+                raise
+            return
+        for (_, _, future), result in zip(jobs, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _enqueue_group(self, jobs: list[_Job]) -> list[EnqueueResult]:
+        """One transaction for several enqueue calls, in arrival order. A later entry with the
+        same (tenant, id) replaces an earlier queued one, exactly as separate calls would."""
+        m = t.messages.c
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for msgs, _, _ in jobs:
+            for msg in msgs:
+                wanted[msg.tenant_id].add(msg.id)
+        results: list[EnqueueResult] = []
+        async with self._write() as conn:
+            existing: dict[tuple[str, str], Any] = {}
+            for tenant_id, ids in sorted(wanted.items()):
+                for chunk in _chunks(sorted(ids), 500):
+                    rows = await conn.execute(
+                        self._lock_for_change(
+                            sa.select(m.pk, m.id, m.status).where(
+                                m.tenant_id == tenant_id, m.id.in_(chunk)
+                            )
+                        )
+                    )
+                    existing.update({(tenant_id, r.id): r for r in rows})
+            inserts: dict[tuple[str, str], dict[str, Any]] = {}
+            replace: list[int] = []
+            for msgs, now, _ in jobs:
+                result = EnqueueResult(0)
+                for msg in msgs:
+                    key = (msg.tenant_id, msg.id)
+                    row = existing.get(key)
+                    if row is not None and key not in inserts:
+                        if row.status == "sending":
+                            result.rejected.append((msg.id, "being sent"))
+                            continue
+                        if row.status not in REPLACEABLE:
+                            result.rejected.append((msg.id, "already sent"))
+                            continue
+                        replace.append(row.pk)
+                    inserts.pop(key, None)  # re-added last: a replacement queues anew
+                    inserts[key] = _message_row(msg, now)
+                    result.queued += 1
+                results.append(result)
+            if replace:
+                await conn.execute(t.events.delete().where(t.events.c.message_pk.in_(replace)))
+                await conn.execute(t.messages.delete().where(m.pk.in_(replace)))
+            if inserts:
+                await conn.execute(t.messages.insert(), list(inserts.values()))
+        return results
+
+    async def list_messages(self, flt: MessageFilter) -> list[MessageRecord]:
+        m = t.messages.c
+        q = sa.select(t.messages).order_by(m.pk).limit(flt.limit)
+        if flt.tenant_id is not None:
+            q = q.where(m.tenant_id == flt.tenant_id)
+        if flt.status is not None:
+            q = q.where(m.status == flt.status)
+        if flt.batch_code is not None:
+            q = q.where(m.batch_code == flt.batch_code)
+        if flt.active_only:
+            q = q.where(m.status.in_(t.ACTIVE))
+        if flt.after_pk is not None:
+            q = q.where(m.pk > flt.after_pk)
+        now = time.time()
+        async with self._read() as conn:
+            return [self._record(r, now) for r in await conn.execute(q)]
+
+    async def get_message(self, tenant_id: str, message_id: str) -> MessageRecord | None:
+        m = t.messages.c
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(t.messages).where(m.tenant_id == tenant_id, m.id == message_id)
+                )
+            ).first()
+        return self._record(row) if row else None
+
+    async def list_events(self, tenant_id: str, message_id: str) -> list[EventRecord] | None:
+        m = t.messages.c
+        e = t.events.c
+        async with self._read() as conn:
+            found = (
+                await conn.execute(
+                    sa.select(m.pk, m.created_at).where(
+                        m.tenant_id == tenant_id, m.id == message_id
+                    )
+                )
+            ).first()
+            if found is None:
+                return None
+            pk, created = found
+            rows = await conn.execute(sa.select(t.events).where(e.message_pk == pk).order_by(e.pk))
+            # ``queued`` is not stored (it would double the writes of every enqueue): it is the
+            # message's own creation, shown first.
+            queued = EventRecord(
+                0, tenant_id, pk, message_id, "queued", created, reported_ts=created
+            )
+            return [queued, *(self._event(r) for r in rows)]
+
+    async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> DeleteResult:
+        m = t.messages.c
+        wanted = list(dict.fromkeys(ids))
+        async with self._write() as conn:
+            found = {
+                r.id: r
+                for r in await conn.execute(
+                    self._lock_for_change(
+                        sa.select(m.pk, m.id, m.status).where(
+                            m.tenant_id == tenant_id, m.id.in_(wanted)
+                        )
+                    )
+                )
+            }
+            removable = [
+                found[i].pk for i in wanted if i in found and found[i].status in REPLACEABLE
+            ]
+            if removable:
+                await conn.execute(t.events.delete().where(t.events.c.message_pk.in_(removable)))
+                await conn.execute(t.messages.delete().where(m.pk.in_(removable)))
+        return DeleteResult(
+            removed=len(removable),
+            not_found=[i for i in wanted if i not in found],
+            unauthorized=[i for i in wanted if i in found and found[i].status not in REPLACEABLE],
+        )
+
+    async def cleanup_messages(self, tenant_id: str | None, older_than_ts: float) -> int:
+        m = t.messages.c
+        e = t.events.c
+        unreported = (
+            sa.select(e.pk)
+            .where(e.message_pk == m.pk, e.reportable.is_(True), e.reported_ts.is_(None))
+            .exists()
+        )
+        q = sa.select(m.pk).where(FINISHED_LITERAL, m.updated_at < older_than_ts, ~unreported)
+        if tenant_id is not None:
+            q = q.where(m.tenant_id == tenant_id)
+        removed = 0
+        while True:
+            async with self._write() as conn:
+                pks = list((await conn.execute(q.limit(1000))).scalars())
+                if not pks:
+                    return removed
+                await conn.execute(t.events.delete().where(e.message_pk.in_(pks)))
+                await conn.execute(t.messages.delete().where(m.pk.in_(pks)))
+                removed += len(pks)
+
+    async def count_pending(self, tenant_id: str | None = None) -> int:
+        m = t.messages.c
+        q = sa.select(sa.func.count()).select_from(t.messages).where(ACTIVE_LITERAL)
+        if tenant_id is not None:
+            q = q.where(m.tenant_id == tenant_id)
+        async with self._read() as conn:
+            return int(await conn.scalar(q) or 0)
+
+    async def oldest_pending_created_at(self) -> float | None:
+        m = t.messages.c
+        async with self._read() as conn:
+            value = await conn.scalar(sa.select(sa.func.min(m.created_at)).where(ACTIVE_LITERAL))
+        return float(value) if value is not None else None
+
+    # -- suspension -------------------------------------------------------------------------------
+    async def suspend(self, tenant_id: str, batch_code: str | None) -> list[str]:
+        code = batch_code or "*"
+        async with self._write() as conn:
+            await conn.execute(
+                self._insert_if_absent(t.suspensions).values(
+                    tenant_id=tenant_id, batch_code=code, created_at=time.time()
+                )
+            )
+        return await self.suspended_batches(tenant_id)
+
+    async def activate(self, tenant_id: str, batch_code: str | None) -> list[str]:
+        s = t.suspensions.c
+        q = t.suspensions.delete().where(s.tenant_id == tenant_id)
+        if batch_code is not None:
+            q = q.where(s.batch_code == batch_code)
+        async with self._write() as conn:
+            await conn.execute(q)
+        return await self.suspended_batches(tenant_id)
+
+    async def suspended_batches(self, tenant_id: str) -> list[str]:
+        s = t.suspensions.c
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(s.batch_code).where(s.tenant_id == tenant_id).order_by(s.batch_code)
+            )
+            return [r.batch_code for r in rows]
