@@ -45,13 +45,19 @@ from mail_proxy.core.engine.retry import RetryPolicy
 if TYPE_CHECKING:
     from mail_proxy.core.engine.runtime import Runtime
 
+from mail_proxy.core.engine.outcomes import (
+    OutcomeWriter,
+    merge_recipients,
+    planned_recipients,
+    recipient_answers,
+    reply_text,
+)
+
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 2.0
 #: Attachments at least this large (bytes in all) are MIME-encoded in a worker thread.
 BUILD_IN_THREAD_BYTES = 256 * 1024
-#: How long the outcome writer gathers outcomes before committing them together.
-BATCH_WINDOW = 0.005
 
 
 def account_slots(account: Account, upper: int) -> int:
@@ -72,84 +78,6 @@ def _overrides_delivery(step: MessageStep) -> bool:
 class _Cached:
     value: Any
     expires: float
-
-
-class OutcomeWriter:
-    """Collects outcomes and commits them in batches (one transaction per batch)."""
-
-    def __init__(self, runtime: Runtime, max_batch: int = 500) -> None:
-        self.rt = runtime
-        self.max_batch = max_batch
-        self._buffer: list[tuple[Outcome, MessageRecord, asyncio.Future[None]]] = []
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="outcome-writer")
-
-    def add(self, outcome: Outcome, rec: MessageRecord) -> asyncio.Future[None]:
-        """Queue an outcome of ``rec``; the returned future completes once it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buffer.append((outcome, rec, done))
-        self._ready.set()
-        return done
-
-    async def _loop(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            # Let outcomes completing in the next few milliseconds join the batch: one
-            # transaction per batch instead of one per message.
-            await asyncio.sleep(BATCH_WINDOW)
-            await self.flush()
-
-    async def flush(self, retry: bool = True) -> None:
-        """Commit what is buffered. With ``retry`` False (shutdown) a failed batch is dropped:
-        its messages stay ``sending`` and are retaken when their lease expires."""
-        while self._buffer:
-            batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
-            try:
-                applied = set(await self.rt.storage.record_outcomes([o for o, *_ in batch]))
-            except Exception:
-                if not retry:
-                    log.exception("recording %d outcomes failed at shutdown", len(batch))
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-                    continue
-                log.exception("recording %d outcomes failed; retrying", len(batch))
-                self._buffer[:0] = batch
-                await asyncio.sleep(1.0)
-                continue
-            now = time.time()
-            for outcome, rec, done in batch:
-                if not done.done():
-                    done.set_result(None)
-                if outcome.pk not in applied:
-                    log.warning("outcome for message pk=%s fenced off (claim retaken)", outcome.pk)
-                    continue
-                if outcome.kind != "released":
-                    self.rt.emit(
-                        Event(
-                            outcome.kind,
-                            rec.tenant_id,
-                            rec.account_id,
-                            rec.pk,
-                            rec.id,
-                            outcome.ts,
-                            outcome.metadata,
-                        )
-                    )
-                if outcome.kind == "sent" and outcome.metadata.get("created_at"):
-                    self.rt.metrics.queue_latency.observe(now - outcome.metadata["created_at"])
-            self.rt.wake_reporter()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush(retry=False)
 
 
 class Dispatcher(Service):
@@ -522,8 +450,12 @@ class Dispatcher(Service):
             # The whole attempt failed: every recipient tried gets its reason.
             status: RecipientStatus = "error" if exc.permanent else "deferred"
             answers = [RecipientOutcome(a, status, exc.code, str(exc)) for a in todo]
-            return self._conclude(rec, _merge(rec.recipients, answers), str(exc), exc.code)
-        return self._conclude(rec, _merge(rec.recipients, _answers(todo, result)), None, None)
+            return self._conclude(
+                rec, merge_recipients(rec.recipients, answers), str(exc), exc.code
+            )
+        return self._conclude(
+            rec, merge_recipients(rec.recipients, recipient_answers(todo, result)), None, None
+        )
 
     def _lease_too_short(self, rec: MessageRecord) -> bool:
         """True when less than half of the claim lease is left before sending starts."""
@@ -549,7 +481,7 @@ class Dispatcher(Service):
         meta: dict[str, Any] = {}
         if kind == "sent":
             meta["created_at"] = rec.created_at
-            refused = {r.address: _reply(r) for r in recipients if r.status == "error"}
+            refused = {r.address: reply_text(r) for r in recipients if r.status == "error"}
             if refused:
                 meta["refused_recipients"] = refused
         if recipients:
@@ -582,7 +514,7 @@ class Dispatcher(Service):
             return self._final(rec, recipients, failure, code)
         first = waiting[0]
         reason = failure or (
-            f"recipients deferred ({', '.join(r.address for r in waiting)}): {_reply(first)}"
+            f"recipients deferred ({', '.join(r.address for r in waiting)}): {reply_text(first)}"
         )
         return self._retry(rec, recipients, reason, code if failure else first.code)
 
@@ -626,7 +558,7 @@ class Dispatcher(Service):
             known = {r.address.lower() for r in recipients}
             recipients += [
                 RecipientOutcome(a, "error", code, failure)
-                for a in _planned_recipients(rec)
+                for a in planned_recipients(rec)
                 if a.lower() not in known
             ]
         failed = [r for r in recipients if r.status == "error"]
@@ -634,10 +566,12 @@ class Dispatcher(Service):
             error = None
             if failed:
                 names = ", ".join(r.address for r in failed)
-                error = f"not delivered to {names}: {failure or _reply(failed[0])}"
+                error = f"not delivered to {names}: {failure or reply_text(failed[0])}"
             return self._outcome(rec, "sent", recipients, error, None)
         if failure is None:
-            failure = "all recipients refused: " + (_reply(failed[0]) if failed else "none left")
+            failure = "all recipients refused: " + (
+                reply_text(failed[0]) if failed else "none left"
+            )
         return self._outcome(
             rec, "error", recipients, failure, code or (failed[0].code if failed else None)
         )
@@ -669,43 +603,3 @@ class Dispatcher(Service):
         tenant = await self.rt.storage.get_tenant(tenant_id)
         self._tenants[tenant_id] = _Cached(tenant, now + CACHE_SECONDS)
         return tenant
-
-
-def _planned_recipients(rec: MessageRecord) -> list[str]:
-    """The envelope recipients of the stored message (none when it cannot be read)."""
-    from mail_proxy.core.engine.mime import envelope
-
-    try:
-        return envelope(rec.payload)[1]
-    except Exception:
-        return []
-
-
-def _reply(r: RecipientOutcome) -> str:
-    return " ".join(str(x) for x in (r.code, r.reply) if x not in (None, "")) or "no reply"
-
-
-def _answers(todo: list[str], result: SendResult) -> list[RecipientOutcome]:
-    """Each tried recipient's state from the transport's result."""
-    answers = []
-    for address in todo:
-        if address in result.perm_failed:
-            code, text = result.perm_failed[address]
-            answers.append(RecipientOutcome(address, "error", code, text))
-        elif address in result.temp_failed:
-            code, text = result.temp_failed[address]
-            answers.append(RecipientOutcome(address, "deferred", code, text))
-        elif address in result.accepted:
-            answers.append(RecipientOutcome(address, "sent", 250, result.response or None))
-        else:  # a transport that did not say: try this one again
-            answers.append(RecipientOutcome(address, "deferred", None, "no answer for it"))
-    return answers
-
-
-def _merge(
-    known: list[RecipientOutcome], answers: list[RecipientOutcome]
-) -> list[RecipientOutcome]:
-    """``known`` with this attempt's answers replacing the same addresses' (order kept)."""
-    new = {a.address.lower(): a for a in answers}
-    merged = [new.pop(r.address.lower(), r) for r in known]
-    return merged + list(new.values())
