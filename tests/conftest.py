@@ -138,3 +138,12 @@ async def aiohttp_client_factory(
     yield factory
     for client in reversed(clients):
         await client.close()
+
+
+@pytest.fixture
+async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Any:
+    """The real application in test mode over HTTP (support/ce_api.py), on ``db_url``
+    (SQLite and PostgreSQL). ``db_url`` comes first: see start_api on teardown order."""
+    from support.ce_api import start_api
+
+    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)

@@ -13,7 +13,7 @@ import pytest
 from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 
 @pytest.fixture

@@ -13,11 +13,6 @@ from support.ce_api import Api, message, start_api
 SENTINEL = "s3ntinel-Passw0rd-never-shown"
 
 
-@pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
-
-
 SMTP = {
     "id": "smtp1",
     "host": "smtp.example.com",

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mail_proxy.core.contracts.model import Outcome
-from support.ce_api import Api, message, start_api
+from support.ce_api import Api, message
 
 
 @pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+async def api(api: Api) -> Api:
+    """The shared ``api`` (tests/conftest.py) with a default account ``main``."""
     await api.add_account("main")
     return api
 

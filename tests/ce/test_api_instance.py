@@ -32,11 +32,6 @@ CE_ROUTES = {
 }
 
 
-@pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
-
-
 async def test_status(api: Api, db_url: str) -> None:
     await api.add_account()
     await api.send(message("m1"), message("m2"))

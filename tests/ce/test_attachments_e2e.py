@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from mail_proxy.ce.storage import schema as t
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from mail_proxy.core.web.app import RUNTIME
 from support.api import add_account, enqueue, message, wait_status
 from support.fetch_servers import FileServer
-from support.smtp_server import SmtpTestServer
 
 
 def received_parts(smtp: SmtpTestServer, mail_id: str) -> dict[str, bytes]:

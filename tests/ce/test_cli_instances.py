@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from mail_proxy.core.cli.home import choose_port, port_is_free
-from support.cli_runner import MAIL_PROXY, Cli, clean_env, free_port, http
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import MAIL_PROXY, Cli, clean_env, http
 
 
 @pytest.fixture

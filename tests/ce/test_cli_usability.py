@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from support.cli_runner import MAIL_PROXY, Cli, free_port, http, run_in_pty
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import MAIL_PROXY, Cli, http, run_in_pty
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from mail_proxy.core.web.app import RUNTIME
 from support.api import add_account, enqueue, events, get_message, message, run_now, wait_status
-from support.smtp_server import SmtpTestServer
 
 
 @pytest.fixture

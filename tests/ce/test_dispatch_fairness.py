@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.api import add_account, enqueue, message, wait_status
-from support.smtp_server import SmtpTestServer
 
 
 class StalledServer:

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from mail_proxy.core.engine.encryption import generate_key
-from support.service import ServiceProcess
+from mail_proxy.core.testing.service import ServiceProcess
 
 
 async def test_accepted_messages_survive_kill_9_right_after_the_answer(tmp_path: Path) -> None:

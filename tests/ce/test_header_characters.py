@@ -14,17 +14,16 @@ from collections.abc import Callable
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from mail_proxy.core.contracts.model import NewMessage
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from mail_proxy.core.web.app import RUNTIME
 from support.api import add_account, enqueue, message, wait_status
-from support.ce_api import Api, start_api
+from support.ce_api import Api
 from support.ce_api import message as api_message
-from support.smtp_server import SmtpTestServer
 
 #: Every character that must be refused: C0 controls but TAB, DEL, NEL, LS, PS.
 LINE_BREAKING = [chr(c) for c in range(0x20) if c != 0x09] + ["\x7f", "\x85", "\u2028", "\u2029"]
@@ -68,8 +67,8 @@ FIELDS: dict[str, tuple[Callable[[str], dict[str, Any]], str]] = {
 
 
 @pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+async def api(api: Api) -> Api:
+    """The shared ``api`` (tests/conftest.py) with a default account ``main``."""
     await api.add_account("main")
     return api
 

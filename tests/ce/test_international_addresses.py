@@ -15,15 +15,15 @@ from typing import Any, cast
 
 import pytest
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.api import add_account, enqueue, wait_status
 from support.api import message as smtp_message
-from support.ce_api import Api, message, start_api
-from support.smtp_server import SmtpTestServer
+from support.ce_api import Api, message
 
 
 @pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    api = await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
+async def api(api: Api) -> Api:
+    """The shared ``api`` (tests/conftest.py) with a default account ``main``."""
     await api.add_account("main")
     return api
 

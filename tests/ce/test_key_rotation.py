@@ -11,7 +11,6 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from mail_proxy.core.contracts.model import Account, NewMessage, Tenant
 from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
 from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
-from support.ce_api import Api, start_api
+from support.ce_api import Api
 
 
 @pytest.fixture
@@ -194,9 +193,6 @@ async def test_runtime_rotate_key_refuses_a_database_it_cannot_decrypt(
 
 
 # -- the route ----------------------------------------------------------------------------------
-@pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
 
 
 async def test_route_rotates_and_never_echoes_the_key(api: Api) -> None:

@@ -16,11 +16,11 @@ import pytest
 from mail_proxy.ce.fetch.netpolicy import AddressPolicy, AddressRefused
 from mail_proxy.core.contracts.errors import ConfigError
 from mail_proxy.core.engine.encryption import generate_key
+from mail_proxy.core.testing.service import ServiceProcess, free_port
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.ce_api import Api, message, start_api
 from support.cli_runner import MAIL_PROXY, clean_env
 from support.fetch_servers import FileServer
-from support.service import ServiceProcess, free_port
-from support.smtp_server import SmtpTestServer
 
 
 # -- recipients per message --------------------------------------------------------------------

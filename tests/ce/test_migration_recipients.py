@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import command
 
 from mail_proxy.ce.storage.engine import MIGRATIONS, alembic_config, make_engine
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.api import add_account, get_message, wait_status
-from support.smtp_server import SmtpTestServer
 
 
 async def database_at_0005(url: str) -> None:

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from mail_proxy.core.engine.encryption import generate_key
-from support.service import ServiceProcess
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.service import ServiceProcess
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 pytestmark = pytest.mark.postgres
 

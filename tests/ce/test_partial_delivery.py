@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from mail_proxy.core.testing.reports import ReportClient
+from mail_proxy.core.testing.smtp import SmtpTestServer, _Handler
 from support.api import add_account, enqueue, events, get_message, message, wait_status
-from support.report_client import ReportClient
-from support.smtp_server import SmtpTestServer, _Handler
 
 OK, GONE, BUSY = "ok@example.com", "gone@example.com", "busy@example.com"
 

@@ -17,14 +17,14 @@ import pytest
 
 from mail_proxy.core.contracts.model import Tenant
 from mail_proxy.core.engine.reporter import Reporter, find_reporter
-from mail_proxy.core.web.app import RUNTIME
-from support.report_client import (
+from mail_proxy.core.testing.reports import (
     TENANT_TOKEN,
     ReportClient,
     plugins_with_tenant_tokens,
     record_outcome,
     wait_until,
 )
+from mail_proxy.core.web.app import RUNTIME
 
 FAR = 10**10
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from mail_proxy.core.engine.reporter import find_reporter
+from mail_proxy.core.testing.reports import plugins_with_tenant_tokens, record_outcome, wait_until
 from mail_proxy.core.web.app import RUNTIME
-from support.report_client import plugins_with_tenant_tokens, record_outcome, wait_until
 
 FAR = 10**10
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from support.api import add_account, enqueue, events, message, wait_status
-from support.report_client import (
+from mail_proxy.core.testing.reports import (
     TENANT_TOKEN,
     Received,
     ReportClient,
     plugins_with_tenant_tokens,
 )
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.smtp import SmtpTestServer
+from support.api import add_account, enqueue, events, message, wait_status
 
 
 @pytest.fixture

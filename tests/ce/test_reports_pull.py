@@ -10,13 +10,13 @@ import pytest
 from mail_proxy.core.contracts.model import Tenant
 from mail_proxy.core.engine.housekeeping import Housekeeping
 from mail_proxy.core.engine.reporter import report_item
-from mail_proxy.core.web.app import RUNTIME
-from support.report_client import (
+from mail_proxy.core.testing.reports import (
     ReportClient,
     plugins_with_tenant_tokens,
     record_outcome,
     wait_until,
 )
+from mail_proxy.core.web.app import RUNTIME
 
 DAY = 86400.0
 

@@ -16,9 +16,9 @@ import pytest
 from mail_proxy.ce.transport.smtp import SmtpTransport
 from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.smtp_proxy import SmtpProxy
 from support.smtp_send import account_for, payload, send
-from support.smtp_server import SmtpTestServer
 
 THREE = ["a@example.com", "b@example.com", "c@example.com"]
 

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import socket
 from collections.abc import Callable
 from email import message_from_bytes
 from email import policy as email_policy
@@ -24,18 +23,12 @@ from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.mime import Attachment, build_email, envelope, new_message_id
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.registry import Registry
+from mail_proxy.core.testing.net import free_port
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.smtp_proxy import SmtpProxy
 from support.smtp_send import account_for, build, payload, send
-from support.smtp_server import SmtpTestServer
 
 PASSWORD = "Sup3r-Secret-Pa55word"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture

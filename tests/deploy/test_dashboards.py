@@ -35,8 +35,8 @@ import aiohttp
 import pytest
 import yaml
 
-from support.service import ServiceProcess, free_port
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.service import ServiceProcess, free_port
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "genro-mail-proxy.json"

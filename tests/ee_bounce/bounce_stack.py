@@ -22,10 +22,10 @@ import aiohttp
 import pytest
 
 from mail_proxy.core.engine.encryption import generate_key
+from mail_proxy.core.testing.reports import ReportClient
+from mail_proxy.core.testing.service import ServiceProcess
+from mail_proxy.core.testing.smtp import ReceivedMessage, SmtpTestServer
 from support.dovecot import Dovecot
-from support.report_client import ReportClient
-from support.service import ServiceProcess
-from support.smtp_server import ReceivedMessage, SmtpTestServer
 
 TOKEN = "bounce-admin-token-0123456789"
 RETURN_PATH = "bounces@example.com"

@@ -27,7 +27,8 @@ from ee_bounce.test_corpus import (
     _labels,
 )
 
-from support.cli_runner import Cli, free_port
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import Cli
 from support.dovecot import Dovecot
 
 

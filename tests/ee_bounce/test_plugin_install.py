@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ee_bounce.bounce_stack import TOKEN, BounceStack, postfix_dsn
 
+from mail_proxy.core.testing.service import ServiceProcess
 from support.cli_runner import Cli
-from support.service import ServiceProcess
 
 ROUTES = [
     ("GET", "/instance/bounce"),

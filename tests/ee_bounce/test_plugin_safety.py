@@ -204,7 +204,7 @@ async def test_kill_during_a_batch_neither_loses_nor_repeats(stack: BounceStack)
     # exactly one event (the batch in progress is read again and recognised).
     import sys
 
-    from support.service import ServiceProcess
+    from mail_proxy.core.testing.service import ServiceProcess
 
     sys.path.insert(0, str(BENCH))
     from harness.bounce import dsn  # the bench's Postfix DSN for a quoted Message-ID

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from ee_largefiles.lf import LargeFilesApp
 
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 

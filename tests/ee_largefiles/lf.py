@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.ce_api import Api
-from support.smtp_server import SmtpTestServer
 
 MB = 1024 * 1024
 _URL = re.compile(r"https?://[^\s<>\"']+")

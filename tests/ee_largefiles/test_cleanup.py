@@ -14,10 +14,10 @@ import pytest
 from ee_largefiles.lf import MB, LargeFilesApp
 from ee_largefiles.test_rewrite_s3 import bucket_objects
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from mail_proxy.ee.largefiles.cleanup import purge
 from support.ce_api import message
 from support.multitenancy import add_file_account, as_tenant, create_tenant
-from support.smtp_server import SmtpTestServer
 
 
 def files_in(store: Path) -> list[Path]:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from ee_largefiles.lf import links
 
-from support.cli_runner import Cli, free_port, http
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import Cli, http
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from ee_largefiles.lf import (
     md5_of,
 )
 
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.ce_api import message
-from support.smtp_server import SmtpTestServer
 
 
 def bucket_objects(bucket: dict[str, Any]) -> list[str]:

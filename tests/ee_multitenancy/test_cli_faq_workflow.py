@@ -19,9 +19,10 @@ import subprocess
 from email.message import EmailMessage
 from pathlib import Path
 
-from support.cli_runner import MAIL_PROXY, Cli, Result, free_port
-from support.report_client import ReportClient
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.net import free_port
+from mail_proxy.core.testing.reports import ReportClient
+from mail_proxy.core.testing.smtp import SmtpTestServer
+from support.cli_runner import MAIL_PROXY, Cli, Result
 
 ATTACHMENT = bytes(range(256)) * 8  # binary, every byte value
 

@@ -22,8 +22,9 @@ import pytest
 
 from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
 from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING
-from support.cli_runner import Cli, Result, free_port, http
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.net import free_port
+from mail_proxy.core.testing.smtp import SmtpTestServer
+from support.cli_runner import Cli, Result, http
 
 SMTP_AUTH = ("user", "pw")
 TENANTS = ("default", "acme")

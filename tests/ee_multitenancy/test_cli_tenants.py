@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from ee_multitenancy import probe_setting
 
-from support.cli_runner import MAIL_PROXY, Cli, free_port, http, run_in_pty
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import MAIL_PROXY, Cli, http, run_in_pty
 
 KEY_LINE = re.compile(r"API key \(shown only now[^\n]*\n\s+(\S+)")
 SECRET_LINE = re.compile(r"Report signing secret \(shown only now[^\n]*\n\s+(\S+)")

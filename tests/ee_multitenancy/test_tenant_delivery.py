@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from mail_proxy.ce.reports.signing import SignatureError, verify
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.ce_api import Api, message, start_api
 from support.multitenancy import SyncReceiver, TenantHandle, as_tenant, create_tenant
-from support.smtp_server import SmtpTestServer
 
 IDS = ["m-1", "m-2", "m-3"]
 

@@ -36,11 +36,6 @@ PROBE_SECRET = "probe-Sentinel-51e0"
 
 
 @pytest.fixture
-async def api(db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path) -> Api:
-    return await start_api(aiohttp_client_factory, make_settings, db_url, tmp_path)
-
-
-@pytest.fixture
 async def probe_api(
     db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
 ) -> Api:

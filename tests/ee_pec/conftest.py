@@ -11,9 +11,9 @@ import pytest
 from ee_pec.world import PecProviderSmtp, PecWorld, pec_overrides
 
 from mail_proxy.core.engine.encryption import generate_key
+from mail_proxy.core.testing.reports import ReportClient
 from support.ce_api import Api
 from support.dovecot import Dovecot
-from support.report_client import ReportClient
 
 
 @pytest.fixture

@@ -90,8 +90,8 @@ async def test_without_the_plugin_pec_is_refused_naming_it(
 
 async def test_tenant_accounts_are_kept_apart(start_world: Any) -> None:
     pytest.importorskip("mail_proxy.ee.multitenancy.plugin")
+    from mail_proxy.core.testing.reports import wait_until
     from support.multitenancy import as_tenant, create_tenant
-    from support.report_client import wait_until
 
     world: PecWorld = await start_world(fetch_allow_networks=["127.0.0.0/8"])  # acme's URL
     if "multitenancy" not in (await world.api.get("/status"))["plugins"]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support.cli_runner import Cli, free_port
+from mail_proxy.core.testing.net import free_port
+from support.cli_runner import Cli
 from support.dovecot import Dovecot
 from support.pec_provider import build_anomaly, build_receipt
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ee_pec.world import DELIVERED, NO_DEST, REFUSED, PecWorld, metric, plan
 
-from support.report_client import wait_until
+from mail_proxy.core.testing.reports import wait_until
 
 
 async def test_acceptance_delivery_and_error_reach_the_client_in_order_once(

@@ -13,8 +13,8 @@ from typing import Any
 
 from ee_pec.world import DELIVERED, SENDER, PecWorld, Received, common, metric
 
+from mail_proxy.core.testing.reports import wait_until
 from support.pec_provider import build_anomaly, build_certified_mail, build_receipt
-from support.report_client import wait_until
 
 FIRST = "primo@pec.destinatario.test"
 SECOND = "secondo@pec.destinatario.test"

@@ -15,10 +15,10 @@ from typing import Any
 from ee_pec.world import DELIVERED, SENDER, PecProviderSmtp, PecWorld, common
 
 from mail_proxy.core.engine.encryption import generate_key
+from mail_proxy.core.testing.reports import ReportClient, wait_until
+from mail_proxy.core.testing.service import ServiceProcess
 from support.dovecot import Dovecot
 from support.pec_provider import build_receipt
-from support.report_client import ReportClient, wait_until
-from support.service import ServiceProcess
 
 SECOND = "secondo@pec.destinatario.test"
 

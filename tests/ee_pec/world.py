@@ -28,10 +28,10 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mail_proxy.core.testing.reports import ReportClient
 from support.ce_api import Api
 from support.dovecot import Dovecot
 from support.pec_provider import build_receipt
-from support.report_client import ReportClient
 
 SENDER = "ufficio@pec.mittente.test"
 DELIVERED = "protocollo@pec.destinatario.test"

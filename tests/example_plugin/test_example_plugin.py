@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from mail_proxy.core.engine.encryption import generate_key
-from support.report_client import ReportClient, wait_until
-from support.service import ServiceProcess
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.reports import ReportClient, wait_until
+from mail_proxy.core.testing.service import ServiceProcess
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 pytest.importorskip("gmp_example", reason="the example plugin is not installed here")
 

@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 
 from mail_proxy.core.engine.encryption import generate_key
-from support.service import ServiceProcess
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.service import ServiceProcess
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 #: Part of every planted secret: found anywhere it should not be, it names the leak.
 SENTINEL = "PLANTED7SENTINEL"

@@ -23,7 +23,7 @@ from reliability.harness import (
     wait_final,
 )
 
-from support.report_client import ReportClient
+from mail_proxy.core.testing.reports import ReportClient
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 

@@ -42,8 +42,8 @@ from reliability.harness import (
     wait_until,
 )
 
-from support.report_client import ReportClient
-from support.service import ServiceProcess
+from mail_proxy.core.testing.reports import ReportClient
+from mail_proxy.core.testing.service import ServiceProcess
 
 SEED = int(os.environ.get("GMP_RELIABILITY_SEED", "16"))
 KILLS = int(os.environ.get("GMP_RELIABILITY_KILLS", "20"))

@@ -33,7 +33,7 @@ from reliability.harness import (
     wait_final,
 )
 
-from support.service import free_port
+from mail_proxy.core.testing.service import free_port
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 

@@ -25,7 +25,7 @@ from reliability.harness import (
     wait_until,
 )
 
-from support.service import ServiceProcess
+from mail_proxy.core.testing.service import ServiceProcess
 
 SECONDS = float(os.environ.get("GMP_RELIABILITY_L1_SECONDS", "15"))
 CLIENTS = 50

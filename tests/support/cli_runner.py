@@ -13,7 +13,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,6 @@ from typing import Any
 
 MAIL_PROXY = str(Path(sys.executable).parent / "mail-proxy")
 HEAVY_MODULES = ("sqlalchemy", "aiosqlite", "asyncpg", "aiosmtplib", "aioimaplib")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import pytest
 
+from mail_proxy.core.testing.net import free_port
+
 DOVECOT_BIN = shutil.which("dovecot") or "/usr/sbin/dovecot"
 START_TIMEOUT = 15.0
 
@@ -69,12 +71,6 @@ def dovecot_available() -> bool:
         except KeyError:
             return False
     return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _quote(name: str) -> str:
@@ -126,8 +122,8 @@ class Dovecot:
             internal_group = grp.getgrgid(os.getgid()).gr_name
         last_error = ""
         for _attempt in range(3):  # a free port can be taken between the probe and the bind
-            self.port = _free_port(self.host)
-            self.tls_port = _free_port(self.host)
+            self.port = free_port(self.host)
+            self.tls_port = free_port(self.host)
             self._write_config(mail_user, internal_user, login_user, internal_group)
             log = open(self.dir / "stderr.log", "ab")
             try:

@@ -8,7 +8,7 @@ from mail_proxy.ce.transport.smtp import SmtpTransport
 from mail_proxy.core.contracts.model import Account
 from mail_proxy.core.contracts.transport import SendResult
 from mail_proxy.core.engine.mime import Attachment, build_email, envelope, new_message_id
-from support.smtp_server import SmtpTestServer
+from mail_proxy.core.testing.smtp import SmtpTestServer
 
 
 def account_for(server: SmtpTestServer, port: int | None = None, **kw: Any) -> Account:

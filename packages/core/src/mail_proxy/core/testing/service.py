@@ -1,11 +1,13 @@
-"""Run the real service (``mail-proxy serve``) in its own process for tests and benchmarks."""
+"""Run the real service (``mail-proxy serve``) in its own process for tests and benchmarks.
+
+``free_port`` is re-exported here for the tests that start a service and a server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +16,9 @@ from typing import Any
 
 import aiohttp
 
+from mail_proxy.core.testing.net import free_port
+
 BIN = Path(sys.executable).parent / "mail-proxy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServiceProcess:
