@@ -143,7 +143,7 @@ class BounceStack:
             i for i in self.reports.accepted_items() if i.get("id") == msg_id and "bounce_type" in i
         ]
 
-    async def wait_bounces(self, msg_id: str, count: int = 1, timeout: float = 20.0) -> list[dict]:
+    async def wait_bounces(self, msg_id: str, count: int = 1, timeout: float = 45.0) -> list[dict]:
         await self.reports.wait_for(
             lambda: (
                 len(
@@ -159,7 +159,7 @@ class BounceStack:
         )
         return await self.bounce_items(msg_id)
 
-    async def wait_seen(self, count: int, user: str | None = None, timeout: float = 20.0) -> None:
+    async def wait_seen(self, count: int, user: str | None = None, timeout: float = 45.0) -> None:
         """Until ``count`` messages of the mailbox are flagged seen (read and processed)."""
         user = user or self.user
         deadline = time.monotonic() + timeout
