@@ -92,7 +92,7 @@ async def test_a_graceful_stop_mid_data_flags_the_next_attempt(tmp_path: Path) -
     # delivery is cancelled and its claim given back, but the sink keeps the message.
     url = f"sqlite:///{tmp_path / 'stop.db'}"
     async with Sink() as sink:
-        sink.data_delay = 8.0
+        sink.data_delay = 10.0
         async with Fleet(tmp_path, url) as fleet:
             svc = await fleet.start()
             await add_account(svc, sink)
