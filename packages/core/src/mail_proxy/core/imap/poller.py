@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[int, bytes], Awaitable[None]]
 T = TypeVar("T")
 
+#: Most message bytes one ``UID FETCH`` of bodies brings in (a batch's bodies are fetched in
+#: as few commands as this allows, so memory stays bounded whatever the batch size).
+FETCH_BYTES = 4 * 1024 * 1024
 IDLE_MAX_SECONDS = 29 * 60  # RFC 2177: servers may drop an IDLE client after 30 minutes
 
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
@@ -157,6 +160,19 @@ def _uid_set(uids: Iterable[int]) -> str:
     if start is not None:
         ranges.append(str(start) if start == prev else f"{start}:{prev}")
     return ",".join(ranges)
+
+
+def _next_fetch(readable: list[int], first: int, sizes: dict[int, int]) -> list[int]:
+    """``first`` and the readable UIDs after it, as many as fit in :data:`FETCH_BYTES` (at
+    least one)."""
+    chosen: list[int] = []
+    total = 0
+    for uid in readable[readable.index(first) :]:
+        if chosen and total + sizes[uid] > FETCH_BYTES:
+            break
+        chosen.append(uid)
+        total += sizes[uid]
+    return chosen
 
 
 def _text(response: Any) -> str:
@@ -393,42 +409,60 @@ class ImapPoller:
             await self._renew_lease_if_due()
 
     async def _read_batch(self, batch: list[int]) -> None:
+        """Read one batch: sizes in one command, bodies in as few commands as
+        :data:`FETCH_BYTES` allows, the handler per message in UID order, then every handled
+        message marked done in one command (also when a handler fails part-way)."""
         client = self._require_client()
         s = self.settings
         sizes = await self._fetch_sizes(batch)
-        for uid in batch:
-            if self._stopping.is_set():
-                break
-            size = sizes.get(uid)
-            raw = None
-            if size is None:
-                log.info("imap %s: UID %d vanished before it was read", self.key, uid)
-            elif size > s.max_message_bytes:
-                self.skipped_too_large += 1
-                log.warning(
-                    "imap %s: UID %d skipped: %d bytes, over the %d-byte cap (left in %s)",
-                    self.key,
-                    uid,
-                    size,
-                    s.max_message_bytes,
-                    s.folder,
-                )
-            else:
-                raw = await self._fetch_body(client, uid)
-                if raw is None:
+        readable = [
+            u for u in batch if sizes.get(u) is not None and sizes[u] <= s.max_message_bytes
+        ]
+        bodies: dict[int, bytes] = {}
+        done: list[int] = []
+        try:
+            for uid in batch:
+                if self._stopping.is_set():
+                    break
+                size = sizes.get(uid)
+                raw = None
+                if size is None:
                     log.info("imap %s: UID %d vanished before it was read", self.key, uid)
-            if raw is not None:
-                try:
-                    await self.handler(uid, raw)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise _HandlerFailed(uid, exc) from exc
-                await self._mark_done(client, uid)
-                self.processed += 1
-                self._handled += 1
-            self.last_uid = uid
-            await self._renew_lease_if_due()
+                elif size > s.max_message_bytes:
+                    self.skipped_too_large += 1
+                    log.warning(
+                        "imap %s: UID %d skipped: %d bytes, over the %d-byte cap (left in %s)",
+                        self.key,
+                        uid,
+                        size,
+                        s.max_message_bytes,
+                        s.folder,
+                    )
+                else:
+                    if uid not in bodies:
+                        bodies = await self._fetch_bodies(client, _next_fetch(readable, uid, sizes))
+                    raw = bodies.pop(uid, None)
+                    if raw is None:
+                        log.info("imap %s: UID %d vanished before it was read", self.key, uid)
+                if raw is not None:
+                    try:
+                        await self.handler(uid, raw)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        raise _HandlerFailed(uid, exc) from exc
+                    done.append(uid)
+                    self.processed += 1
+                    self._handled += 1
+                self.last_uid = uid
+                await self._renew_lease_if_due()
+        except Exception:
+            if done:  # best effort: the handled ones are not read again (last_uid) anyway
+                with contextlib.suppress(Exception):
+                    await self._mark_done(client, done)
+            raise
+        if done:
+            await self._mark_done(client, done)
 
     async def _search_new(self, last_uid: int) -> list[int]:
         client = self._require_client()
@@ -459,48 +493,49 @@ class ImapPoller:
                 sizes[int(uid.group(1))] = int(size.group(1))
         return sizes
 
-    async def _fetch_body(self, client: aioimaplib.IMAP4, uid: int) -> bytes | None:
-        response = await self._call(client.uid("fetch", str(uid), "(UID BODY.PEEK[])"))
+    async def _fetch_bodies(self, client: aioimaplib.IMAP4, uids: list[int]) -> dict[int, bytes]:
+        """The bodies of ``uids`` in one ``UID FETCH``, by UID (a vanished one is absent)."""
+        response = await self._call(client.uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"))
         if response.result != "OK":
-            raise ImapError(f"UID FETCH {uid} BODY.PEEK[]: {_text(response)}")
+            raise ImapError(f"UID FETCH BODY.PEEK[]: {_text(response)}")
+        wanted = set(uids)
+        bodies: dict[int, bytes] = {}
         lines = response.lines
         for i, line in enumerate(lines[:-1]):
             if not isinstance(line, bytes) or not _FETCH_RE.match(line):
                 continue
             literal = _BODY_LITERAL_RE.search(line)
-            if not literal:
-                continue
             header_uid = _UID_RE.search(line)
-            if header_uid and int(header_uid.group(1)) != uid:
-                continue  # an unsolicited FETCH about another message
+            if not literal or not header_uid or int(header_uid.group(1)) not in wanted:
+                continue  # no body, or an unsolicited FETCH about another message
             body = lines[i + 1]
             if isinstance(body, (bytes, bytearray)) and len(body) == int(literal.group(1)):
-                return bytes(body)
-        return None
+                bodies[int(header_uid.group(1))] = bytes(body)
+        return bodies
 
-    async def _mark_done(self, client: aioimaplib.IMAP4, uid: int) -> None:
+    async def _mark_done(self, client: aioimaplib.IMAP4, uids: list[int]) -> None:
+        """Flag ``uids`` \\Seen (or move them to ``processed_folder``), in one command each."""
+        uid = _uid_set(uids)
         s = self.settings
         if s.processed_folder is None:
-            response = await self._call(client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Seen)"))
+            response = await self._call(client.uid("store", uid, "+FLAGS.SILENT", r"(\Seen)"))
             if response.result != "OK":
                 raise ImapError(f"UID STORE {uid} \\Seen: {_text(response)}")
             return
         target = _quote(s.processed_folder)
         if client.has_capability("MOVE"):
-            response = await self._call(client.uid("move", str(uid), target))
+            response = await self._call(client.uid("move", uid, target))
             if response.result != "OK":
                 raise ImapError(f"UID MOVE {uid} {s.processed_folder}: {_text(response)}")
             return
-        response = await self._call(client.uid("copy", str(uid), target))
+        response = await self._call(client.uid("copy", uid, target))
         if response.result != "OK":
             raise ImapError(f"UID COPY {uid} {s.processed_folder}: {_text(response)}")
-        response = await self._call(
-            client.uid("store", str(uid), "+FLAGS.SILENT", r"(\Seen \Deleted)")
-        )
+        response = await self._call(client.uid("store", uid, "+FLAGS.SILENT", r"(\Seen \Deleted)"))
         if response.result != "OK":
             raise ImapError(f"UID STORE {uid} \\Deleted: {_text(response)}")
         if client.has_capability("UIDPLUS"):
-            response = await self._call(client.uid("expunge", str(uid)))
+            response = await self._call(client.uid("expunge", uid))
         else:  # plain EXPUNGE also removes messages others marked \Deleted in this folder
             response = await self._call(client.expunge())
         if response.result != "OK":
