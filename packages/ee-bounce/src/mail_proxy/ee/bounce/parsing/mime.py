@@ -82,7 +82,7 @@ def part_text(part: Message) -> str:
             return ""
         payload = str(raw).encode("utf-8", "replace")
     charset = part.get_content_charset() or "utf-8"
-    text = decode_bytes(payload, charset)
+    text = decode_bytes(payload if isinstance(payload, bytes) else b"", charset)
     if part.get_content_type() == "text/html":
         text = html_to_text(text)
     return text
@@ -132,7 +132,7 @@ def _walk(part: Message, parts: Parts, top: bool = False) -> None:
             parts.feedback.append(block)
         return
     if part.is_multipart():
-        children = part.get_payload()
+        children = [c for c in part.get_payload() if isinstance(c, Message)]
         if ctype == "multipart/alternative":
             plain = [c for c in children if c.get_content_type() == "text/plain"]
             if plain:
@@ -160,10 +160,10 @@ def _as_message(part: Message) -> Message | None:
             return load(payload)
     if isinstance(payload, list):
         return payload[0] if payload and isinstance(payload[0], Message) else None
-    data = part.get_payload(decode=True)
-    if not data:
+    decoded = part.get_payload(decode=True)
+    if not isinstance(decoded, bytes) or not decoded:
         return None
-    return load(data)
+    return load(decoded)
 
 
 def decode_transfer(data: bytes, encoding: str) -> bytes:

@@ -108,7 +108,9 @@ MAX_RECIPIENTS = 500
 SEGMENT_LIMIT = 4000
 
 
-def find_recipients(notice: str, exclude: set[str], never: set[str] = frozenset()) -> list[Finding]:
+def find_recipients(
+    notice: str, exclude: set[str], never: frozenset[str] | set[str] = frozenset()
+) -> list[Finding]:
     """The recipients named in recipient positions of ``notice``, each with its text.
 
     Addresses in ``never`` (the reporting system's own) are skipped; those in ``exclude``
@@ -119,11 +121,11 @@ def find_recipients(notice: str, exclude: set[str], never: set[str] = frozenset(
     offset = 0
     for number, line in enumerate(notice.splitlines(keepends=True)):
         listed, last = True, 0
-        for begin, end, found in find_emails(line):
+        for begin, end, email in find_emails(line):
             gap = re.sub(r"[,;]", " ", line[last:begin])
             listed = listed and bool(_LEADING.match(gap))
             last = end
-            address = found.strip(".").lower()
+            address = email.strip(".").lower()
             if address in never or not is_anchor(line[:begin], listed):
                 continue
             anchors.append((offset, offset + end, number, address))
