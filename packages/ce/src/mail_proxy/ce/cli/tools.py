@@ -8,15 +8,23 @@ from typing import Any
 from mail_proxy.core.cli.output import print_json, print_table
 
 
-def serve() -> int:
+def serve(*, require_key: bool = False) -> int:
     """Run the server in the foreground, configured by GMP_* variables only (containers).
 
     No instance directory is needed: GMP_API_TOKEN, GMP_DATABASE_URL (or GMP_DB_PATH),
-    GMP_HOST, GMP_PORT... as in docs/configuration.md. Logs go to stderr.
+    GMP_HOST, GMP_PORT... as in docs/configuration.md. A secret may be a file instead:
+    GMP_API_TOKEN_FILE=/path, or /run/secrets/api_token (any setting by its name). Logs go to
+    stderr. Exit 2 on a configuration error (no admin token, a bad value).
+
+    Parameters
+    ----------
+    require_key
+        Refuse to start without an encryption key (MAIL_PROXY_ENCRYPTION_KEY, its _FILE, or
+        /run/secrets/encryption_key) instead of starting unable to store passwords.
     """
     from mail_proxy.core.cli.serve import serve_env
 
-    return serve_env()
+    return serve_env(require_key=require_key)
 
 
 def keygen() -> int:
