@@ -1,6 +1,6 @@
 """The bounce parser measured on the real-world corpus, against Sisimai's labels.
 
-``/work/shared/corpora/bounces/`` holds 252 messages from about 60 mail systems with the
+``../shared/corpora/bounces/`` holds 252 messages from about 60 mail systems with the
 labels Sisimai 4.25.15 gives them (see its README). This test parses every file, compares,
 prints a table and asserts floors. Run it with ``-s`` to see the table and, with
 ``BOUNCE_CORPUS_DETAIL=1``, every disagreement.
@@ -47,13 +47,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from mail_proxy.ee.bounce.parsing import parse_bounce
+from support.corpora import corpus
 
-CORPUS = Path(os.environ.get("BOUNCE_CORPUS", "/work/shared/corpora/bounces"))
+CORPUS = corpus("bounces")
 
 REASON_MAP = {
     "userunknown": "user_unknown",

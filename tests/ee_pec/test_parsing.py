@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mail_proxy.ee.pec.parsing import EVENTS, PecReceipt, parse_files, parse_receipt
+from support.corpora import corpus
 from support.pec_provider import (
     KINDS,
     build_anomaly,
@@ -19,7 +19,7 @@ from support.pec_provider import (
     signing_identity,
 )
 
-CORPUS = Path(os.environ.get("GMP_PEC_CORPUS", "/work/shared/corpora/pec"))
+CORPUS = corpus("pec")
 WHEN = datetime(2024, 3, 1, 9, 5, 7, tzinfo=timezone(timedelta(hours=1)))
 ORIGINAL_ID = "<20240301090500.abc123@pec.mittente.example>"
 SENDER = "ufficio@pec.mittente.example"
@@ -39,7 +39,7 @@ EXPECTED_EVENTS = {
 def corpus_file(name: str) -> Path:
     path = CORPUS / name
     if not path.is_file():
-        pytest.skip(f"PEC corpus not available ({path}; set GMP_PEC_CORPUS)")
+        pytest.skip(f"PEC corpus not available ({path})")
     return path
 
 

@@ -4,16 +4,15 @@ returns stays well-formed."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import pytest
 
 from mail_proxy.ee.pec.parsing import EVENTS, PecReceipt, parse_receipt
+from support.corpora import corpus
 from support.pec_provider import KINDS, build_receipt
 
-CORPUS = Path(os.environ.get("GMP_PEC_CORPUS", "/work/shared/corpora/pec"))
+CORPUS = corpus("pec")
 ROUNDS = 400
 
 

@@ -6,7 +6,6 @@ against a real running instance whose PEC mailbox is on the test Dovecot.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +14,17 @@ import pytest
 
 from mail_proxy.core.testing.net import free_port
 from support.cli_runner import Cli
+from support.corpora import corpus
 from support.dovecot import Dovecot
 from support.pec_provider import build_anomaly, build_receipt
 
-CORPUS = Path(os.environ.get("GMP_PEC_CORPUS", "/work/shared/corpora/pec"))
+CORPUS = corpus("pec")
 
 
 def corpus(name: str) -> Path:
     path = CORPUS / name
     if not path.is_file():
-        pytest.skip(f"PEC corpus not available ({path}; set GMP_PEC_CORPUS)")
+        pytest.skip(f"PEC corpus not available ({path})")
     return path
 
 

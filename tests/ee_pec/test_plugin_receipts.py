@@ -14,6 +14,7 @@ from typing import Any
 from ee_pec.world import DELIVERED, SENDER, PecWorld, Received, common, metric
 
 from mail_proxy.core.testing.reports import wait_until
+from support.corpora import corpus
 from support.pec_provider import build_anomaly, build_certified_mail, build_receipt
 
 FIRST = "primo@pec.destinatario.test"
@@ -237,14 +238,12 @@ async def test_the_real_receipts_are_matched_header_first_then_by_daticert(
 ) -> None:
     """The corpus receipts: the acceptance names the original in its header; the delivery
     error's header names another Message-ID and only its signed daticert <msgid> matches."""
-    import os
-    from pathlib import Path
 
     import pytest
 
-    corpus = Path(os.environ.get("GMP_PEC_CORPUS", "/work/shared/corpora/pec"))
-    if not (corpus / "errore-consegna.eml").is_file():
-        pytest.skip(f"PEC corpus not available ({corpus})")
+    real = corpus("pec")
+    if not (real / "errore-consegna.eml").is_file():
+        pytest.skip(f"PEC corpus not available ({real})")
     world: PecWorld = await start_world()
     world.provider.plan = lambda got: []
     await world.add_pec_account(sender="sender@fakepec.it")
@@ -253,7 +252,7 @@ async def test_the_real_receipts_are_matched_header_first_then_by_daticert(
     (got,) = await world.provider.wait_received(1)
     assert got.message_id == original
     for name in ("accettazione.eml", "errore-consegna.eml"):
-        world.dovecot.append(world.user, (corpus / name).read_bytes())
+        world.dovecot.append(world.user, (real / name).read_bytes())
 
     acceptance, error = await world.wait_pec_items("real", 2)
     assert acceptance["pec_event"] == "pec_acceptance"
