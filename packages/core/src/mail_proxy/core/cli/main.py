@@ -219,7 +219,7 @@ def _add(app: App, registry: CommandRegistry, level: CommandLevel, group: str | 
     for spec in registry.at(level):
         if spec.name in app:
             # A plugin may name a global command and an instance/tenant command alike
-            # (``mail-proxy pec parse`` and ``mail-proxy NAME pec status``): the root app
+            # (``mail-proxy tool parse`` and ``mail-proxy NAME tool status``): the root app
             # keeps the global one; dispatch() sends NAME-prefixed lines to the other.
             continue
         if group is None:

@@ -59,7 +59,7 @@ class MigrationBranch:
 
 @dataclass(frozen=True)
 class TenantSetting:
-    """A typed per-tenant configuration field owned by a plugin (e.g. ``"bounce"``).
+    """A typed per-tenant configuration field owned by a plugin (e.g. ``"example_labels"``).
 
     ``model`` is a pydantic model that validates the value (a bad value is a 400 naming the
     field); ``secret_fields`` are encrypted at rest and never returned (``"<field>_set":
@@ -84,7 +84,7 @@ class TenantSetting:
 
 @dataclass(frozen=True)
 class AccountFields:
-    """Fields a plugin adds to accounts (e.g. a PEC account's ``pec`` and ``imap_*``).
+    """Fields a plugin adds to accounts (e.g. a mailbox an account reads receipts from: ``imap_*``).
 
     The names of ``model`` (a pydantic model) are accepted at the top level of an account
     body, validated together by the model, stored in the account's ``extra[name]`` (members

@@ -85,7 +85,7 @@ class Account:
     transport: str = "smtp"
     #: Transport-specific settings (the ``file`` transport's ``directory``, ...).
     options: dict[str, Any] = field(default_factory=dict)
-    #: Plugin-owned extra settings (PEC's IMAP settings, ...), stored as JSON.
+    #: Plugin-owned extra settings (``register_account_fields``), stored as JSON.
     extra: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0

@@ -1,6 +1,6 @@
 """Background services: long-running tasks started and stopped with the application.
 
-The dispatcher, the reporter, cleanup jobs and plugin pollers (bounce, PEC) are services.
+The dispatcher, the reporter, cleanup jobs and plugin pollers (mailbox readers) are services.
 Each runs inside the aiohttp application's lifecycle: ``start`` after storage is ready,
 ``stop`` before storage closes, in reverse order.
 """

@@ -10,7 +10,7 @@ Rules (see API.md):
 
 * ``Message-ID`` is the id the engine generated once at enqueue, so every retry of one message
   carries the same id and a duplicate delivery can be recognised.
-* ``X-Genro-Mail-ID`` always carries the client's message id (bounce/PEC correlation).
+* ``X-Genro-Mail-ID`` always carries the client's message id (correlating what comes back, e.g. delivery notices).
 * ``Bcc`` never appears in the headers: bcc recipients exist only in the envelope.
 * ``Return-Path`` is the envelope sender, never a header (the receiving MTA writes it).
 * ``body`` + ``body_html`` → ``multipart/alternative``; attachments → ``multipart/mixed``.

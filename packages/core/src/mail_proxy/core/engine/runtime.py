@@ -325,7 +325,7 @@ class Runtime:
         self.plugins.on_event(event, self)
 
     async def record_events(self, events: Sequence[NewEvent]) -> list[EventRecord]:
-        """Record events on existing messages from a service (a bounce, a receipt): stored in
+        """Record events on existing messages from a service (a delivery notice read from a mailbox, ...): stored in
         one transaction, then each one told to plugins and the reporter woken. Events naming
         an unknown message are ignored; the recorded ones are returned."""
         recorded = await self.storage.add_events(events)

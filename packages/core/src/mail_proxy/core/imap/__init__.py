@@ -1,1 +1,1 @@
-"""IMAP mailbox polling kit shared by the plugins that read mail (bounces, PEC receipts)."""
+"""IMAP mailbox polling kit shared by the plugins that read mail (delivery notices, receipts)."""

@@ -1,12 +1,12 @@
 """Read the new messages of one IMAP folder, hand each to a handler, remember where it stopped.
 
-:class:`ImapPoller` is the loop a mail-reading plugin (bounce detection, PEC receipts) runs per
+:class:`ImapPoller` is the loop a mail-reading plugin (delivery notices, receipts) runs per
 mailbox::
 
     async def handler(uid: int, raw: bytes) -> None:
         ...  # parse and record; must be idempotent (see below)
 
-    poller = ImapPoller(settings, store, handler, key="bounces:main")
+    poller = ImapPoller(settings, store, handler, key="notices:main")
     task = asyncio.create_task(poller.run())
     ...
     poller.stop(); await task
@@ -192,7 +192,7 @@ def _describe(exc: BaseException) -> str:
 class ImapPoller:
     """Poll one mailbox folder (see the module docstring for what a cycle does).
 
-    ``key`` names the mailbox in the state store (e.g. ``"bounces:<account>"``); ``owner``
+    ``key`` names the mailbox in the state store (e.g. ``"notices:<account>"``); ``owner``
     names this instance for the lease (default: host, pid and a random suffix). The lease lasts
     ``lease_ttl`` seconds (default: three poll intervals, at least 60 s) and is renewed at each
     cycle and during long ones.
