@@ -3,8 +3,8 @@
 A fetcher plugin registers a :class:`Fetcher` under its mode name (``base64``, ``filesystem``,
 ``endpoint``, ``http_url``, or a third party's own). ``validate`` runs at enqueue so a bad
 attachment rejects the message up front; ``fetch`` runs at send time. ``stream`` hands the
-content over in chunks, for callers that pass a file on without holding it (the large-files
-plugin uploads attachments to object storage this way); by default it yields ``fetch``'s bytes
+content over in chunks, for callers that pass a file on without holding it (a message step
+that uploads attachments to object storage, say); by default it yields ``fetch``'s bytes
 as one chunk, so every fetcher supports it.
 """
 
