@@ -1,6 +1,6 @@
-"""Retaking a claim whose lease ran out (SQLite and PostgreSQL): another instance may, and the
-message is then flagged ``uncertain``; the instance that holds the claim never retakes it
-(it gives every claim an outcome, however slow the send or the database); a claim given back
+"""Retaking a claim whose lease ran out (SQLite and PostgreSQL): from another instance the
+message is flagged ``uncertain``; the instance that held it gets it back unflagged (its
+dispatcher carries the delivery it still has over to the new claim); a claim given back
 while the transport had the message is flagged too."""
 
 from __future__ import annotations
@@ -41,17 +41,20 @@ async def test_only_another_instance_retakes_and_the_retake_is_flagged(
     await storage.enqueue([msg("a")], now)
     [first] = await storage.claim_messages("i1", now, 10, 5, 10)
     assert first.uncertain is False
-    assert await storage.claim_messages("i1", now + 60, 10, 5, 10) == []  # never its own
-    [again] = await storage.claim_messages("i2", now + 60, 10, 5, 10)
+    # its own claim comes back unflagged (its dispatcher carries on with the delivery)
+    [own] = await storage.claim_messages("i1", now + 60, 10, 5, 10)
+    assert own.uncertain is False and own.claim_token == (first.claim_token or 0) + 1
+    first = own
+    [again] = await storage.claim_messages("i2", now + 120, 10, 5, 10)
     assert again.uncertain is True and again.claim_token == (first.claim_token or 0) + 1
     # the first claimer's late outcome is fenced off; the new one is applied and keeps the flag
-    late = Outcome(first.pk, first.claim_token or 0, "sent", now + 61)
+    late = Outcome(first.pk, first.claim_token or 0, "sent", now + 121)
     assert await storage.record_outcomes([late]) == []
     done = Outcome(
         again.pk,
         again.claim_token or 0,
         "sent",
-        now + 62,
+        now + 122,
         recipients=[RecipientOutcome("r@example.com", "sent", 250, "OK")],
     )
     assert await storage.record_outcomes([done]) == [again.pk]

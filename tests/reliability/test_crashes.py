@@ -52,6 +52,15 @@ LEASE = "2"
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
 
 
+def crash_env(rc: ReportClient) -> dict[str, str]:
+    # A killed instance may hold the report-sync lease (GMP_SYNC_TIMEOUT + 30 s): short here.
+    return {
+        "GMP_CLAIM_LEASE_SECONDS": LEASE,
+        "GMP_CLIENT_SYNC_URL": rc.url,
+        "GMP_SYNC_TIMEOUT": "5",
+    }
+
+
 async def enqueue(svc: ServiceProcess, ids: list[str]) -> None:
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
@@ -100,7 +109,7 @@ async def check_crash_accounting(
         seen = {i["id"] for i in rc.accepted_items() if "sent_ts" in i and i.get("uncertain")}
         return seen >= wanted
 
-    await rc.wait_for(reported, 30)
+    await rc.wait_for(reported, 90)
 
 
 async def test_l3_kill_9_at_random_moments_sqlite(tmp_path: Path) -> None:
@@ -108,9 +117,7 @@ async def test_l3_kill_9_at_random_moments_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l3.db'}"
     async with Sink() as sink, ReportClient() as rc:
         sink.data_delay = 0.15
-        async with Fleet(
-            tmp_path, url, GMP_CLAIM_LEASE_SECONDS=LEASE, GMP_CLIENT_SYNC_URL=rc.url
-        ) as fleet:
+        async with Fleet(tmp_path, url, **crash_env(rc)) as fleet:
             svc = await fleet.start()
             await add_account(svc, sink)
             ids = [f"k{i}" for i in range(600)]
@@ -135,9 +142,7 @@ async def test_l3_kill_9_one_of_two_postgresql_instances(tmp_path: Path, pg_url:
     rng = random.Random(SEED + 1)
     async with Sink() as sink, ReportClient() as rc:
         sink.data_delay = 0.15
-        async with Fleet(
-            tmp_path, pg_url, GMP_CLAIM_LEASE_SECONDS=LEASE, GMP_CLIENT_SYNC_URL=rc.url
-        ) as fleet:
+        async with Fleet(tmp_path, pg_url, **crash_env(rc)) as fleet:
             survivor = await fleet.start()
             await add_account(survivor, sink)
             ids = [f"k{i}" for i in range(900)]

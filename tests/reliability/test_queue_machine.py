@@ -10,8 +10,8 @@ Invariants, checked after every step against the database:
 - ``attempts`` never goes down;
 - a message is recorded ``sent`` at most once, and an outcome is applied only for the claim
   that holds the message (a stale instance's completion changes nothing: fencing);
-- no message is handed to a second instance while another one's lease on it runs;
-- a message retaken after a lease expired is flagged ``uncertain``.
+- no message is handed out again while a lease on it runs;
+- a message retaken from another process after a lease expired is flagged ``uncertain``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ class QueueMachine(RuleBasedStateMachine):
         self.storage = self._run(self._open())
         self.seen: dict[str, Seen] = {}
         self.held: dict[str, list[MessageRecord]] = {i: [] for i in INSTANCES}
+        #: A crashed instance comes back as a new process: a new instance id.
+        self.generation: dict[str, int] = dict.fromkeys(INSTANCES, 0)
         self.next_id = itertools.count()
+
+    def _id(self, instance: str) -> str:
+        return f"{instance}{self.generation[instance]}"
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, coro: Any) -> Any:
@@ -118,21 +123,23 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(instance=st.sampled_from(INSTANCES))
     def claim(self, instance: str) -> None:
-        records = self._run(self.storage.claim_messages(instance, self.now, 4, LEASE, 100))
+        me = self._id(instance)
+        records = self._run(self.storage.claim_messages(me, self.now, 4, LEASE, 100))
         for rec in records:
             if rec.tenant_id != self.tenant:  # another example's leftover: not ours
                 continue
             seen = self.seen[rec.id]
             if seen.holder is not None:
                 other, lease_until = seen.holder
-                # handed out again only after the previous lease ran out, never to its holder
+                # handed out again only after the previous lease ran out
                 assert lease_until < self.now, (rec.id, seen.holder, self.now)
-                assert other != instance, (rec.id, "retook its own claim")
-                assert rec.uncertain, (rec.id, "retaken but not flagged")
-                seen.retaken = True
-                self.held[other] = [r for r in self.held[other] if r.id != rec.id]
+                if other != me:  # from another process (a live one adopts its own)
+                    assert rec.uncertain, (rec.id, "retaken but not flagged")
+                    seen.retaken = True
+                for held in self.held.values():
+                    held[:] = [r for r in held if r.id != rec.id]
             assert seen.status not in FINAL, (rec.id, seen.status)
-            seen.holder = (instance, self.now + LEASE)
+            seen.holder = (me, self.now + LEASE)
             seen.status = "sending"
             self.held[instance].append(rec)
 
@@ -161,7 +168,7 @@ class QueueMachine(RuleBasedStateMachine):
         }[kind]
         applied = self._run(self.storage.record_outcomes([outcome]))
         seen = self.seen[rec.id]
-        current = seen.holder is not None and seen.holder[0] == instance
+        current = seen.holder is not None and seen.holder[0] == self._id(instance)
         assert bool(applied) == current, (rec.id, kind, seen.holder, instance)
         if not applied:
             return
@@ -174,8 +181,10 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(instance=st.sampled_from(INSTANCES))
     def crash(self, instance: str) -> None:
-        """The instance dies: it forgets its claims; their leases run on in the database."""
+        """The instance dies: it forgets its claims; their leases run on in the database. It
+        comes back as a new process."""
         self.held[instance] = []
+        self.generation[instance] += 1
 
     @rule(seconds=st.sampled_from([0.5, 2.0, LEASE + 1.0]))
     def advance(self, seconds: float) -> None:

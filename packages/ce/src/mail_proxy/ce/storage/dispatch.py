@@ -46,13 +46,9 @@ class DispatchRepository(SqlBase):
             sa.and_(
                 m.status.in_(REPLACEABLE), sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= now)
             ),
-            # A lease that ran out: the claimer died or stalled. Never our own: a live
-            # instance gives every claim an outcome, however slow the send or the database.
-            sa.and_(
-                m.status == "sending",
-                m.lease_until < now,
-                sa.or_(m.claimed_by.is_(None), m.claimed_by != instance_id),
-            ),
+            # A lease that ran out: the claimer died or stalled (or it is this instance,
+            # whose dispatcher carries on with a delivery it still has: Dispatcher._adopt).
+            sa.and_(m.status == "sending", m.lease_until < now),
         )
         suspended = (
             sa.select(s.tenant_id)
@@ -104,8 +100,12 @@ class DispatchRepository(SqlBase):
                     claimed_by=instance_id,
                     lease_until=now + lease_seconds,
                     updated_at=now,
-                    # retaken after its lease expired mid-send: it may have been delivered
-                    uncertain=sa.case((m.status == "sending", sa.true()), else_=m.uncertain),
+                    # retaken from another instance after its lease expired mid-send: it may
+                    # have been delivered already
+                    uncertain=sa.case(
+                        (sa.and_(m.status == "sending", m.claimed_by != instance_id), sa.true()),
+                        else_=m.uncertain,
+                    ),
                 )
                 .returning(*t.messages.c)
             )

@@ -105,6 +105,8 @@ class Dispatcher(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         #: Messages handed to the transport and not yet answered (see ``_deliver``).
         self._in_transport: set[int] = set()
+        #: Deliveries of this instance from their claim to their committed outcome, by pk.
+        self._live: dict[int, MessageRecord] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         #: The plugins' message steps that do something at delivery time, in name order.
@@ -236,6 +238,8 @@ class Dispatcher(Service):
             return 0
         by_account: dict[tuple[str, str], list[MessageRecord]] = defaultdict(list)
         for rec in records:
+            if self._adopt(rec):
+                continue
             by_account[(rec.tenant_id, rec.account_id)].append(rec)
         for (tenant_id, account_id), group in by_account.items():
             account = await self._account(tenant_id, account_id)
@@ -315,7 +319,19 @@ class Dispatcher(Service):
         return group[:granted]
 
     # -- delivery -----------------------------------------------------------------------------------
+    def _adopt(self, rec: MessageRecord) -> bool:
+        """Our own claim came back: its lease ran out while we were still sending the message
+        or waiting to commit its outcome (a slow server, the database away). The delivery in
+        progress goes on under the new claim, instead of a second delivery."""
+        live = self._live.get(rec.pk)
+        if live is None:
+            return False
+        live.claim_token, live.lease_until = rec.claim_token, rec.lease_until
+        self.writer.retarget(rec.pk, rec.claim_token or 0)
+        return True
+
     def _spawn(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
+        self._live[rec.pk] = rec
         self._inflight += 1
         self._account_inflight[(rec.tenant_id, rec.account_id)] += 1
         task = asyncio.create_task(self._deliver(rec, account, tenant))
@@ -342,6 +358,7 @@ class Dispatcher(Service):
                 # message soon. Give it back instead of racing it (no double send).
                 self._sent_off(rec)
                 sent_off = True
+                self._live.pop(rec.pk, None)
                 self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
                 return
             outcome = await self._attempt(rec, account, tenant)
@@ -349,6 +366,7 @@ class Dispatcher(Service):
             # Stopped (shutdown): the claim goes back. If the transport had the message, the
             # server may have taken it: the next attempt is flagged uncertain.
             meta = {"uncertain": True} if rec.pk in self._in_transport else {}
+            self._live.pop(rec.pk, None)
             self._finish(
                 rec,
                 Outcome(rec.pk, rec.claim_token or 0, "released", time.time(), metadata=meta),
@@ -369,6 +387,7 @@ class Dispatcher(Service):
             await self._finish(rec, outcome)
         finally:
             self._uncommitted -= 1
+            self._live.pop(rec.pk, None)
             self._slot_freed.set()
 
     async def _attempt(self, rec: MessageRecord, account: Account, tenant: Tenant) -> Outcome:

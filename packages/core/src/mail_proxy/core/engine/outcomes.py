@@ -34,6 +34,8 @@ class OutcomeWriter:
         self.rt = runtime
         self.max_batch = max_batch
         self._buffer: list[tuple[Outcome, MessageRecord, asyncio.Future[None]]] = []
+        #: Outcomes not committed yet (buffered or being written), by message pk.
+        self._pending: dict[int, Outcome] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -44,8 +46,16 @@ class OutcomeWriter:
         """Queue an outcome of ``rec``; the returned future completes once it is committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer.append((outcome, rec, done))
+        self._pending[outcome.pk] = outcome
         self._ready.set()
         return done
+
+    def retarget(self, pk: int, claim_token: int) -> None:
+        """This instance claimed message ``pk`` again while its outcome waits here: the
+        outcome now belongs to the new claim (see ``Dispatcher._adopt``)."""
+        outcome = self._pending.get(pk)
+        if outcome is not None:
+            outcome.claim_token = claim_token
 
     async def _loop(self) -> None:
         while True:
@@ -61,12 +71,14 @@ class OutcomeWriter:
         its messages stay ``sending`` and are retaken when their lease expires."""
         while self._buffer:
             batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+            tokens = [o.claim_token for o, *_ in batch]
             try:
                 applied = set(await self.rt.storage.record_outcomes([o for o, *_ in batch]))
             except Exception:
                 if not retry:
                     log.exception("recording %d outcomes failed at shutdown", len(batch))
-                    for *_, done in batch:
+                    for outcome, _, done in batch:
+                        self._pending.pop(outcome.pk, None)
                         if not done.done():
                             done.set_result(None)
                     continue
@@ -75,7 +87,13 @@ class OutcomeWriter:
                 await asyncio.sleep(1.0)
                 continue
             now = time.time()
-            for outcome, rec, done in batch:
+            for (outcome, rec, done), token in zip(batch, tokens, strict=True):
+                if outcome.pk not in applied and outcome.claim_token != token:
+                    self._buffer.append((outcome, rec, done))  # retargeted meanwhile: again
+                    self._ready.set()
+                    continue
+                if self._pending.get(outcome.pk) is outcome:
+                    del self._pending[outcome.pk]
                 if not done.done():
                     done.set_result(None)
                 if outcome.pk not in applied:
