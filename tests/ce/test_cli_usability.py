@@ -291,3 +291,7 @@ def test_without_any_plugin_commands_mail_proxy_names_the_package_to_add(tmp_pat
         assert "pip install genro-mail-proxy" in text and "genro-mail-proxy-ce" in text
     assert bare("--version").out.strip()
     assert not (tmp_path / "home" / "x").exists()
+
+
+def test_url_prints_the_instance_url_for_scripts(srv: Cli) -> None:
+    assert srv.ok("main", "url").out.strip() == srv.url("main")

@@ -27,6 +27,7 @@ COMMANDS: list[tuple[CommandLevel, str, str, str]] = [
     ("global", "keygen", "tools:keygen", "Print a new encryption key."),
     ("global", "plugins", "tools:plugins", "List the installed plugins and what they add."),
     ("instance", "info", "instance:info", "Show the instance: directory, URL, status."),
+    ("instance", "url", "instance:url", "Print the URL of the instance's REST API."),
     ("instance", "token", "instance:token", "Print (or regenerate) the admin token."),
     ("instance", "logs", "instance:logs", "Print (or follow) the server log."),
     ("instance", "rotate-key", "rotate:rotate_key", "Re-encrypt stored secrets with a new key."),

@@ -1,4 +1,4 @@
-"""One instance: ``use``, ``NAME info``, ``NAME token``, ``NAME logs``."""
+"""One instance: ``use``, ``NAME info``, ``NAME url``, ``NAME token``, ``NAME logs``."""
 
 from __future__ import annotations
 
@@ -85,6 +85,12 @@ def info(*, json: bool = False) -> int:
     if status.get("plugins"):
         names = [p.get("name", p) if isinstance(p, dict) else p for p in status["plugins"]]
         print_fields({"plugins": names})
+    return 0
+
+
+def url() -> int:
+    """Print the URL of the instance's REST API (for scripts: URL=$(mail-proxy NAME url))."""
+    print(current().instance_dir().require().url)
     return 0
 
 
