@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -119,7 +120,16 @@ def test_every_setting_is_in_the_configuration_table() -> None:
     for name, section in sections.items():  # every installed product plugin's settings too
         if sections.owner(name) in product:
             declared |= {f.metadata["env"] for f in setting_fields(section.settings)}
-    assert declared == documented
+    assert declared <= documented, f"undocumented: {sorted(declared - documented)}"
+    # the table lists the enterprise plugins' settings too: equal when they are all installed
+    enterprise = [
+        p.name for p in (ROOT / "packages").glob("ee-*") if (p / "pyproject.toml").exists()
+    ]
+    installed = {d.metadata["Name"] for d in importlib.metadata.distributions()}
+    if all(f"genro-mail-proxy-{name}" in installed for name in enterprise):
+        assert declared == documented, (
+            f"documented, declared nowhere: {sorted(documented - declared)}"
+        )
 
 
 def test_encryption_round_trip_and_wrong_key(tmp_path: Path) -> None:
