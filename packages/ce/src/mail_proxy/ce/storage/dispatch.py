@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -39,6 +39,7 @@ class DispatchRepository(SqlBase):
         per_account_limit: int,
         *,
         skip_accounts: Collection[tuple[str, str]] = (),
+        busy: Mapping[tuple[str, str], int] | None = None,
     ) -> list[MessageRecord]:
         m = t.messages.c
         s = t.suspensions.c
@@ -70,8 +71,14 @@ class DispatchRepository(SqlBase):
             .scalar_subquery()
             .label("account_batch")
         )
+        account_connections = (
+            sa.select(a.max_connections)
+            .where(a.tenant_id == m.tenant_id, a.id == m.account_id)
+            .scalar_subquery()
+            .label("account_connections")
+        )
         q = (
-            sa.select(m.pk, m.tenant_id, m.account_id, account_batch)
+            sa.select(m.pk, m.tenant_id, m.account_id, account_batch, account_connections)
             .where(ACTIVE_LITERAL, ready, ~suspended, ~inactive)
             .order_by(m.priority, m.pk)
             .limit(limit)
@@ -84,9 +91,12 @@ class DispatchRepository(SqlBase):
             candidates = (await conn.execute(q)).all()
             per_account: dict[tuple[str, str], int] = defaultdict(int)
             chosen: list[int] = []
+            in_flight = busy or {}
             for row in candidates:
                 key = (row.tenant_id, row.account_id)
-                if per_account[key] < (row.account_batch or per_account_limit):
+                # at most a round's batch, and no more than the account's free connections
+                room = (row.account_connections or per_account_limit) - in_flight.get(key, 0)
+                if per_account[key] < min(row.account_batch or per_account_limit, room):
                     per_account[key] += 1
                     chosen.append(row.pk)
             if not chosen:

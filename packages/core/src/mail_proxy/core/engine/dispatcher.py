@@ -233,6 +233,7 @@ class Dispatcher(Service):
             s.claim_lease_seconds,
             s.batch_size_per_account,
             skip_accounts=self._saturated(),
+            busy=self._account_inflight,
         )
         if not records:
             return 0
