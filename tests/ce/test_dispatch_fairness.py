@@ -52,12 +52,13 @@ async def test_a_stalled_account_does_not_hold_the_slots_of_the_others(
     aiohttp_client_factory: Any, make_settings: Any, stalled: StalledServer
 ) -> None:
     async with SmtpTestServer() as healthy:
-        # few global slots, so that the stalled account could take them all
-        client = await aiohttp_client_factory(make_settings(max_concurrent_sends=6))
+        # few global slots, so that the stalled account could take them all (it may hold
+        # 10 per connection: 20 of 30)
+        client = await aiohttp_client_factory(make_settings(max_concurrent_sends=30))
         await add_account(client, stalled, "stalled", max_connections=2, timeout=60)
         await add_account(client, healthy, "healthy", default=True)
         # the stalled account's messages come first in the queue (FIFO)
-        await enqueue(client, [message(id=f"s{i}", account_id="stalled") for i in range(30)])
+        await enqueue(client, [message(id=f"s{i}", account_id="stalled") for i in range(60)])
         await enqueue(client, [message(id=f"h{i}", account_id="healthy") for i in range(10)])
         for i in range(10):
             await wait_status(client, f"h{i}", "sent", timeout=15)

@@ -40,6 +40,7 @@ class DispatchRepository(SqlBase):
         *,
         skip_accounts: Collection[tuple[str, str]] = (),
         busy: Mapping[tuple[str, str], int] | None = None,
+        per_connection: int = 1,
     ) -> list[MessageRecord]:
         m = t.messages.c
         s = t.suspensions.c
@@ -95,7 +96,8 @@ class DispatchRepository(SqlBase):
             for row in candidates:
                 key = (row.tenant_id, row.account_id)
                 # at most a round's batch, and no more than the account's free connections
-                room = (row.account_connections or per_account_limit) - in_flight.get(key, 0)
+                connections = row.account_connections or per_account_limit
+                room = per_connection * connections - in_flight.get(key, 0)
                 if per_account[key] < min(row.account_batch or per_account_limit, room):
                     per_account[key] += 1
                     chosen.append(row.pk)

@@ -187,13 +187,14 @@ class Storage(abc.ABC):
         *,
         skip_accounts: Collection[tuple[str, str]] = (),
         busy: Mapping[tuple[str, str], int] | None = None,
+        per_connection: int = 1,
     ) -> list[MessageRecord]:
         """Claim up to ``limit`` ready messages for delivery, in priority order (0 first)
         and FIFO (``pk``) inside a priority, at most ``per_account_limit`` per account (or the
         account's own ``batch_size`` when it has one), none of the ``(tenant_id,
         account_id)`` pairs in ``skip_accounts`` (accounts whose connections are all busy), and for
-        each account no more than its ``max_connections`` minus its deliveries in ``busy`` (this
-        instance's, in flight).
+        each account no more than ``per_connection`` × its ``max_connections`` minus its
+        deliveries in ``busy`` (this instance's, in flight).
 
         Ready: status pending/scheduled/deferred with ``deferred_ts`` None or ≤ ``now``, or
         status sending with an expired lease (a dead instance's claim). Skips suspended
