@@ -62,6 +62,8 @@ CACHE_SECONDS = 2.0
 #: messages/s, 708 with 10), and no more, so a stalled server holds a bounded share of the
 #: global slots (10 × its connections).
 QUEUED_PER_CONNECTION = 10
+#: All claimed deliveries, sending or queued, at most this many times GMP_MAX_CONCURRENT_SENDS.
+QUEUED_TOTAL = 4
 #: Attachments at least this large (bytes in all) are MIME-encoded in a worker thread.
 BUILD_IN_THREAD_BYTES = 256 * 1024
 
@@ -96,9 +98,13 @@ class Dispatcher(Service):
         self._attachment_budget = ByteBudget(int(s.attachment_memory_budget_mb * 1024 * 1024))
         # Claim again only when a useful number of slots is free (not one by one).
         self._claim_threshold = max(1, min(16, s.max_concurrent_sends // 4))
-        #: Deliveries between claim and the transport's answer (bounded by
-        #: ``max_concurrent_sends``), and outcomes waiting for their commit (bounded too).
+        #: Deliveries holding one of their account's connections (bounded by
+        #: ``max_concurrent_sends``), outcomes waiting for their commit (bounded too), and
+        #: deliveries claimed and not yet ended, sending or queued on their account's
+        #: connections (bounded by ``QUEUED_PER_CONNECTION`` per account and 4 × the global
+        #: bound in all).
         self._inflight = 0
+        self._queued = 0
         self._uncommitted = 0
         self._slot_freed = asyncio.Event()
         #: Deliveries in flight per account, and each account's bound (its
@@ -182,10 +188,10 @@ class Dispatcher(Service):
                 continue  # more may be ready: claim again at once
             if claimed or self._free() < self._claim_threshold:
                 await self._wait_for_slots(s.send_loop_interval)
-            elif self._inflight:
+            elif self._queued:
                 # accounts full (their connections busy, a round queued behind): claim again
                 # when a few of their deliveries ended (or a wake-up), not on a timer
-                await self._wait_for_completions(min(self._claim_threshold, self._inflight))
+                await self._wait_for_completions(min(self._claim_threshold, self._queued))
             elif s.test_mode:
                 await wake.wait()  # idle in test mode: wait for the next run-now
             else:
@@ -209,7 +215,7 @@ class Dispatcher(Service):
         deadline = loop.time() + self.rt.settings.send_loop_interval
         target = self._completed + max(1, count)
         wake = self.rt.dispatch_wakeup
-        while self._completed < target and not wake.is_set() and self._inflight:
+        while self._completed < target and not wake.is_set() and self._queued:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -231,7 +237,8 @@ class Dispatcher(Service):
         s = self.rt.settings
         if self._uncommitted >= s.max_concurrent_sends:
             return 0  # the outcome writer is behind: claim nothing more until it catches up
-        return s.max_concurrent_sends - self._inflight
+        sending = s.max_concurrent_sends - self._inflight
+        return min(sending, QUEUED_TOTAL * s.max_concurrent_sends - self._queued)
 
     def _saturated(self) -> list[tuple[str, str]]:
         """Accounts with as many deliveries in flight as their connections allow."""
@@ -360,7 +367,7 @@ class Dispatcher(Service):
 
     def _spawn(self, rec: MessageRecord, account: Account, tenant: Tenant) -> None:
         self._live[rec.pk] = rec
-        self._inflight += 1
+        self._queued += 1
         self._account_inflight[(rec.tenant_id, rec.account_id)] += 1
         task = asyncio.create_task(self._deliver(rec, account, tenant))
         self._tasks.add(task)
@@ -378,9 +385,9 @@ class Dispatcher(Service):
         return slot
 
     def _sent_off(self, rec: MessageRecord) -> None:
-        """The transport answered (or the attempt ended): free the delivery's slots; its
-        outcome is counted as uncommitted until the writer commits it."""
-        self._inflight -= 1
+        """The attempt ended: free the account's room for it; its outcome is counted as
+        uncommitted until the writer commits it."""
+        self._queued -= 1
         key = (rec.tenant_id, rec.account_id)
         self._account_inflight[key] -= 1
         self._completed += 1
@@ -402,7 +409,14 @@ class Dispatcher(Service):
                 self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
                 return
             async with self._slot(rec, account):
-                outcome = await self._attempt(rec, account, tenant)
+                # a global slot only while it holds one of the account's connections: messages
+                # queued behind a stalled server take none from the other accounts
+                self._inflight += 1
+                try:
+                    outcome = await self._attempt(rec, account, tenant)
+                finally:
+                    self._inflight -= 1
+                    self._slot_freed.set()
         except asyncio.CancelledError:
             # Stopped (shutdown): the claim goes back. If the transport had the message, the
             # server may have taken it: the next attempt is flagged uncertain.
