@@ -73,15 +73,26 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     assert not MISSING, f"CI=true and {MISSING} missing: scripts/ci-packages installs them"
     lock = ROOT / ".tmp" / "build-image.lock"
     lock.parent.mkdir(exist_ok=True)
+    # xdist workers of one run share this id: the first builds, the others reuse its image
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    stamp = ROOT / ".tmp" / f"build-image.{run_id}" if run_id else None
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
+        if stamp is not None and stamp.exists():
+            return stamp.read_text().strip()
         started = time.monotonic()
         proc = subprocess.run(
             [str(BUILD_IMAGE)], cwd=ROOT, capture_output=True, text=True, timeout=1700
         )
         assert proc.returncode == 0, f"scripts/build-image failed:\n{proc.stdout}\n{proc.stderr}"
         print(f"image built in {time.monotonic() - started:.0f}s")
-    return proc.stdout.strip().splitlines()[-1]
+        tag = proc.stdout.strip().splitlines()[-1]
+        if stamp is not None:
+            for old in stamp.parent.glob("build-image.*"):
+                if old.name != "build-image.lock":
+                    old.unlink(missing_ok=True)  # stamps of earlier runs
+            stamp.write_text(tag + "\n")
+    return tag
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +111,15 @@ class Container:
         self.entrypoint = entrypoint
         subprocess.run(
             ["buildah", "from", "--quiet", "--name", self.name, image],
+            check=True,
+            capture_output=True,
+        )
+        # buildah run mounts an anonymous volume at the image's VOLUME and, in an order that
+        # varies from run to run, the --volume given for the same path: sometimes the
+        # anonymous one wins. The working container forgets the VOLUME (the image keeps it:
+        # test_image_metadata), so the test's directory is the only mount there.
+        subprocess.run(
+            ["buildah", "config", "--volume", f"{DATA}-", self.name],
             check=True,
             capture_output=True,
         )
@@ -241,6 +261,17 @@ async def _wait_health(url: str, runner: subprocess.Popen[bytes], log: Path) -> 
     raise AssertionError(f"no /health in 90 s:\n{_tail(log)}")
 
 
+def _where_is_the_database(container: Container, runner: subprocess.Popen[bytes]) -> str:
+    """Diagnostics: what the container has at the data path, and what is mounted there."""
+    mnt = subprocess.run(
+        ["buildah", "mount", container.name], capture_output=True, text=True
+    ).stdout.strip()
+    inside = list(Path(mnt, DATA.lstrip("/")).iterdir()) if mnt else []
+    mountinfo = Path(f"/proc/{server_pid(runner)}/mountinfo").read_text()
+    mounts = [m for m in mountinfo.splitlines() if "mail-proxy" in m or "secrets" in m]
+    return f"no database in the volume; in the container: {inside}; mounts: {mounts}"
+
+
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
@@ -333,7 +364,8 @@ async def test_serves_with_secret_files_and_delivers_a_message(
 
             # the volume holds the database, written by the image's non-root user
             db = data / "mail_proxy.db"
-            assert db.exists() and db.stat().st_uid == UID
+            assert db.exists(), _where_is_the_database(container, runner)
+            assert db.stat().st_uid == UID
             assert b"box-secret-from-container" not in db.read_bytes()
             owner = psutil.Process(server_pid(runner)).uids().real
             assert owner == UID
