@@ -10,30 +10,21 @@ from typing import Any
 import pytest
 
 from mail_proxy.core.testing.reports import ReportClient
-from mail_proxy.core.testing.smtp import SmtpTestServer, _Handler
+from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.api import add_account, enqueue, events, get_message, message, wait_status
 
 OK, GONE, BUSY = "ok@example.com", "gone@example.com", "busy@example.com"
 
 
 @pytest.fixture
-async def smtp(monkeypatch: pytest.MonkeyPatch) -> Any:
+async def smtp() -> Any:
     """The server answers 550 to GONE and 451 to BUSY, and records every RCPT it receives
     (``server.rcpts``)."""
-    rcpts: list[str] = []
-    original = _Handler.handle_RCPT
-
-    async def handle_rcpt(self: _Handler, *args: Any) -> str:
-        rcpts.append(args[3])  # (server, session, envelope, address, options)
-        return await original(self, *args)
-
-    monkeypatch.setattr(_Handler, "handle_RCPT", handle_rcpt)
     async with SmtpTestServer() as server:
         server.script_rcpt = {
             GONE: "550 5.1.1 no such user",
             BUSY: "451 4.2.1 mailbox busy, try later",
         }
-        server.rcpts = rcpts  # type: ignore[attr-defined]
         yield server
 
 
@@ -81,7 +72,7 @@ async def test_250_550_451_is_recorded_per_recipient_and_only_the_451_is_retried
     assert final["attempts"] == 2 and final["uncertain"] is False
     # Each recipient got it at most once; the 550 one was never asked again.
     assert [m.rcpt_tos for m in smtp.messages] == [[OK], [BUSY]]
-    rcpts = smtp.rcpts  # type: ignore[attr-defined]
+    rcpts = smtp.rcpts
     assert rcpts.count(GONE) == 1 and rcpts.count(OK) == 1 and rcpts.count(BUSY) == 2
     ids = {m.message["Message-ID"] for m in smtp.messages}
     assert len(ids) == 1
@@ -119,7 +110,7 @@ async def test_a_recipient_deferred_until_max_retries_fails_and_the_message_stay
     assert final["attempts"] == 3
     assert "gave up after 3 attempts" in final["error"] and BUSY in final["error"]
     assert [m.rcpt_tos for m in smtp.messages] == [[OK]]
-    rcpts = smtp.rcpts  # type: ignore[attr-defined]
+    rcpts = smtp.rcpts
     assert rcpts.count(BUSY) == 3 and rcpts.count(GONE) == 1
     items = await rc.wait_items(3)
     assert [sorted(i["failed_recipients"]) for i in items if "sent_ts" in i] == [[BUSY, GONE]]

@@ -136,6 +136,7 @@ class _Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        self.owner.rcpts.append(address)
         scripted = self.owner.script_rcpt.get(address) or self.owner.script_rcpt.get(
             address.lower()
         )
@@ -292,6 +293,8 @@ class SmtpTestServer:
         self.pipelining = pipelining
         # Scripting.
         self.script_rcpt: dict[str, str] = {}
+        #: Every RCPT address the server was given, refused or not, in order.
+        self.rcpts: list[str] = []
         self.mail_reply: str | None = None
         self.data_replies: deque[str] = deque()
         self.data_command_reply: str | None = None
