@@ -89,11 +89,13 @@ async def test_kill_9_with_messages_in_flight_flags_their_redelivery(tmp_path: P
 
 async def test_a_graceful_stop_mid_data_flags_the_next_attempt(tmp_path: Path) -> None:
     # SIGTERM while the sink holds the message longer than the shutdown grace (5 s): the
-    # delivery is cancelled and its claim given back, but the sink keeps the message.
+    # delivery is cancelled and its claim given back, but the sink keeps the message. The
+    # lease (12 s) outlasts the sink's delay, so the first instance never retakes its own
+    # claim, and is short enough that the SIGKILL fallback's claim expires within the wait.
     url = f"sqlite:///{tmp_path / 'stop.db'}"
     async with Sink() as sink:
         sink.data_delay = 10.0
-        async with Fleet(tmp_path, url) as fleet:
+        async with Fleet(tmp_path, url, GMP_CLAIM_LEASE_SECONDS="12") as fleet:
             svc = await fleet.start()
             await add_account(svc, sink)
             await svc.call("POST", "/commands/add-messages", json={"messages": [message("slow")]})
@@ -105,7 +107,7 @@ async def test_a_graceful_stop_mid_data_flags_the_next_attempt(tmp_path: Path) -
                 assert await uncertain_ids(url) == {"slow"}
                 assert await in_flight(url) == set()  # given back, not left to its lease
             svc = await fleet.start()
-            [msg] = await wait_final(svc, 1, timeout=30)
+            [msg] = await wait_final(svc, 1, timeout=45)
             assert msg["id"] == "slow" and msg["status"] == "sent"
             detail = (await svc.call("GET", "/messages/slow"))["message"]
             assert detail["uncertain"] is True
