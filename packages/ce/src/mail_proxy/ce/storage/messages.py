@@ -21,6 +21,9 @@ from mail_proxy.core.contracts.storage import (
     DeleteResult,
     EnqueueResult,
     MessageFilter,
+    QueueOverview,
+    RequeueResult,
+    Suspension,
 )
 
 from . import schema as t
@@ -149,18 +152,28 @@ class MessageRepository(SqlBase):
         return results
 
     async def list_messages(self, flt: MessageFilter) -> list[MessageRecord]:
+        """A keyset page: ``pk`` order (either way) from the cursor, the filters on columns
+        that lead an index with ``tenant_id`` (ix_messages_tenant_*), so a page costs the
+        same at the start and deep in a million rows."""
         m = t.messages.c
-        q = sa.select(t.messages).order_by(m.pk).limit(flt.limit)
+        order = m.pk.desc() if flt.descending else m.pk
+        q = sa.select(t.messages).order_by(order).limit(flt.limit)
         if flt.tenant_id is not None:
             q = q.where(m.tenant_id == flt.tenant_id)
         if flt.status is not None:
             q = q.where(m.status == flt.status)
         if flt.batch_code is not None:
             q = q.where(m.batch_code == flt.batch_code)
+        if flt.account_id is not None:
+            q = q.where(m.account_id == flt.account_id)
+        if flt.created_since is not None:
+            q = q.where(m.created_at >= flt.created_since)
+        if flt.created_until is not None:
+            q = q.where(m.created_at < flt.created_until)
         if flt.active_only:
             q = q.where(m.status.in_(t.ACTIVE))
         if flt.after_pk is not None:
-            q = q.where(m.pk > flt.after_pk)
+            q = q.where(m.pk < flt.after_pk if flt.descending else m.pk > flt.after_pk)
         now = time.time()
         async with self._read() as conn:
             return [self._record(r, now) for r in await conn.execute(q)]
@@ -223,6 +236,117 @@ class MessageRepository(SqlBase):
             unauthorized=[i for i in wanted if i in found and found[i].status not in REPLACEABLE],
         )
 
+    async def requeue_messages(
+        self, tenant_id: str, ids: Sequence[str], now: float
+    ) -> RequeueResult:
+        m = t.messages.c
+        wanted = list(dict.fromkeys(ids))
+        async with self._write() as conn:
+            found = {
+                r.id: r
+                for r in await conn.execute(
+                    self._lock_for_change(
+                        sa.select(m.pk, m.id, m.status, m.error, m.smtp_code, m.recipients).where(
+                            m.tenant_id == tenant_id, m.id.in_(wanted)
+                        )
+                    )
+                )
+            }
+            failed = [found[i] for i in wanted if i in found and found[i].status == "error"]
+            if failed:
+                await conn.execute(
+                    t.messages.update()
+                    .where(m.pk == sa.bindparam("b_pk"), m.status == "error")
+                    .values(
+                        status="pending",
+                        attempts=0,
+                        error=None,
+                        error_ts=None,
+                        smtp_code=None,
+                        deferred_ts=None,
+                        lease_until=None,
+                        claimed_by=None,
+                        updated_at=now,
+                        recipients=sa.bindparam("v_recipients"),
+                    ),
+                    [
+                        # recipients that took the message keep it (no second copy); the
+                        # refused ones are tried again
+                        {"b_pk": r.pk, "v_recipients": _delivered_recipients(r.recipients)}
+                        for r in failed
+                    ],
+                )
+                await self._insert_events(
+                    conn,
+                    [
+                        {
+                            "tenant_id": tenant_id,
+                            "message_pk": r.pk,
+                            "message_id": r.id,
+                            "event_type": "requeued",
+                            "event_ts": now,
+                            "description": "queued again after a final error",
+                            "metadata": {"previous_error": r.error, "smtp_code": r.smtp_code},
+                            # the client had the error; the next outcome is reported as usual
+                            "reportable": False,
+                            "reported_ts": None,
+                        }
+                        for r in failed
+                    ],
+                )
+        return RequeueResult(
+            requeued=len(failed),
+            not_found=[i for i in wanted if i not in found],
+            not_failed=[i for i in wanted if i in found and found[i].status != "error"],
+        )
+
+    async def queue_overview(self, tenant_id: str | None, since_ts: float) -> QueueOverview:
+        m = t.messages.c
+        e = t.events.c
+        now = time.time()
+        shown = sa.case(
+            (
+                sa.and_(
+                    m.status == "scheduled",
+                    sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= now),
+                ),
+                "pending",
+            ),
+            else_=m.status,
+        )
+        counts_q = sa.select(shown.label("s"), sa.func.count()).group_by(shown)
+        oldest_q = sa.select(sa.func.min(m.created_at)).where(ACTIVE_LITERAL)
+        recent_q = (
+            sa.select(e.event_type, sa.func.count())
+            .where(e.event_ts >= since_ts, e.event_type.in_(("sent", "error", "deferred")))
+            .group_by(e.event_type)
+        )
+        backlog_q = (
+            sa.select(sa.func.count())
+            .select_from(t.events)
+            .where(e.reportable.is_(True), e.reported_ts.is_(None))
+        )
+        if tenant_id is not None:
+            counts_q = counts_q.where(m.tenant_id == tenant_id)
+            oldest_q = oldest_q.where(m.tenant_id == tenant_id)
+            recent_q = recent_q.where(e.tenant_id == tenant_id)
+            backlog_q = backlog_q.where(e.tenant_id == tenant_id)
+        async with self._read() as conn:
+            counts = {str(r[0]): int(r[1]) for r in await conn.execute(counts_q)}
+            recent = {str(r[0]): int(r[1]) for r in await conn.execute(recent_q)}
+            oldest = await conn.scalar(oldest_q)
+            backlog = int(await conn.scalar(backlog_q) or 0)
+        for status in (*t.ACTIVE, *t.FINISHED):
+            counts.setdefault(status, 0)
+        for kind in ("sent", "error", "deferred"):
+            recent.setdefault(kind, 0)
+        return QueueOverview(
+            counts=counts,
+            recent=recent,
+            oldest_pending_created_at=float(oldest) if oldest is not None else None,
+            report_backlog=backlog,
+        )
+
     async def cleanup_messages(self, tenant_id: str | None, older_than_ts: float) -> int:
         m = t.messages.c
         e = t.events.c
@@ -278,6 +402,19 @@ class MessageRepository(SqlBase):
             await conn.execute(q)
         return await self.suspended_batches(tenant_id)
 
+    async def list_suspensions(self, tenant_id: str | None = None) -> list[Suspension]:
+        s = t.suspensions.c
+        q = sa.select(s.tenant_id, s.batch_code, s.created_at).order_by(
+            s.tenant_id, s.batch_code
+        )
+        if tenant_id is not None:
+            q = q.where(s.tenant_id == tenant_id)
+        async with self._read() as conn:
+            return [
+                Suspension(r.tenant_id, r.batch_code, float(r.created_at))
+                for r in await conn.execute(q)
+            ]
+
     async def suspended_batches(self, tenant_id: str) -> list[str]:
         s = t.suspensions.c
         async with self._read() as conn:
@@ -285,3 +422,11 @@ class MessageRepository(SqlBase):
                 sa.select(s.batch_code).where(s.tenant_id == tenant_id).order_by(s.batch_code)
             )
             return [r.batch_code for r in rows]
+
+
+def _delivered_recipients(stored: Any) -> list[dict[str, Any]] | None:
+    """The stored recipient outcomes of a failed message, keeping only those delivered."""
+    if not stored:
+        return None
+    kept = [r for r in stored if not isinstance(r, dict) or r.get("status") == "sent"]
+    return kept or None

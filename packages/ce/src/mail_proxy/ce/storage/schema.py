@@ -109,6 +109,21 @@ sa.Index(
     postgresql_where=messages.c.status.in_(ACTIVE),
 )
 sa.Index("ix_messages_tenant_pk", messages.c.tenant_id, messages.c.pk)
+# The filters of GET /messages (the console's messages page): each walks its index in pk
+# order from the cursor, so a page deep in a million rows costs what the first one does.
+sa.Index("ix_messages_tenant_status_pk", messages.c.tenant_id, messages.c.status, messages.c.pk)
+sa.Index(
+    "ix_messages_tenant_account_pk", messages.c.tenant_id, messages.c.account_id, messages.c.pk
+)
+sa.Index(
+    "ix_messages_tenant_batch_pk",
+    messages.c.tenant_id,
+    messages.c.batch_code,
+    messages.c.pk,
+    sqlite_where=messages.c.batch_code.is_not(None),
+    postgresql_where=messages.c.batch_code.is_not(None),
+)
+sa.Index("ix_messages_tenant_created", messages.c.tenant_id, messages.c.created_at)
 # Finding a message by the Message-ID the proxy generated (bounces, receipts quote it).
 sa.Index("ix_messages_message_id", messages.c.message_id)
 # Retention scan of finished rows. Partial, so that the claim query (active rows) is never
@@ -141,6 +156,8 @@ events = sa.Table(
     sa.Column("reported_ts", sa.Float),
 )
 sa.Index("ix_events_message", events.c.message_pk, events.c.pk)
+# The overview's "last hour" counts.
+sa.Index("ix_events_ts", events.c.event_ts)
 # The outbox scan: reportable events not yet acknowledged, per tenant, in order.
 sa.Index(
     "ix_events_outbox",

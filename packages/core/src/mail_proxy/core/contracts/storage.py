@@ -53,8 +53,46 @@ class MessageFilter:
     batch_code: str | None = None
     active_only: bool = False
     limit: int = 100
-    #: Opaque cursor from a previous page (the last ``pk`` seen).
+    #: Opaque cursor from a previous page (the last ``pk`` seen): the page continues after it
+    #: (below it when ``descending``).
     after_pk: int | None = None
+    account_id: str | None = None
+    #: ``created_at`` bounds: at or after ``created_since``, before ``created_until``.
+    created_since: float | None = None
+    created_until: float | None = None
+    #: Newest first (``pk`` descending) instead of oldest first.
+    descending: bool = False
+
+
+@dataclass
+class RequeueResult:
+    """The answer of ``requeue_messages``."""
+
+    requeued: int
+    not_found: list[str] = field(default_factory=list)
+    #: Ids that exist but did not fail (only ``error`` messages can be queued again).
+    not_failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QueueOverview:
+    """What the overview shows about one tenant's queue, or every tenant's."""
+
+    #: Messages by status (``scheduled`` rows whose time has come count as ``pending``).
+    counts: dict[str, int]
+    #: ``sent``, ``error`` and ``deferred`` events since the time asked for.
+    recent: dict[str, int]
+    oldest_pending_created_at: float | None
+    #: Reportable events not yet acknowledged by the client.
+    report_backlog: int
+
+
+@dataclass(frozen=True)
+class Suspension:
+    tenant_id: str
+    #: ``*`` for the whole tenant.
+    batch_code: str
+    created_at: float
 
 
 @dataclass
@@ -151,6 +189,17 @@ class Storage(abc.ABC):
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> DeleteResult: ...
 
     @abc.abstractmethod
+    async def requeue_messages(
+        self, tenant_id: str, ids: Sequence[str], now: float
+    ) -> RequeueResult:
+        """Queue failed (``error``) messages again, as new: status ``pending``, no attempts,
+        no error; a ``requeued`` event (not reported) keeps the error they had."""
+
+    @abc.abstractmethod
+    async def queue_overview(self, tenant_id: str | None, since_ts: float) -> QueueOverview:
+        """Counts for the operator's overview: one tenant, or every tenant (None)."""
+
+    @abc.abstractmethod
     async def cleanup_messages(self, tenant_id: str | None, older_than_ts: float) -> int:
         """Delete finished messages (sent/error) finished before ``older_than_ts`` whose
         events are all reported, with their events. ``tenant_id`` None = all tenants."""
@@ -174,6 +223,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def suspended_batches(self, tenant_id: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def list_suspensions(self, tenant_id: str | None = None) -> list[Suspension]:
+        """The suspensions of one tenant, or of every tenant (None)."""
 
     # -- dispatch ------------------------------------------------------------------
     @abc.abstractmethod
