@@ -77,6 +77,15 @@ class SqlStorage(
     async def close(self) -> None:
         await self.engine.dispose()
 
+    async def database_time(self) -> float | None:
+        """PostgreSQL's clock (``clock_timestamp()``: the time now, not the transaction's);
+        SQLite has none apart from this machine's (None)."""
+        if not self._pg:
+            return None
+        async with self._read() as conn:
+            value = await conn.scalar(sa.text("SELECT extract(epoch FROM clock_timestamp())"))
+        return float(value)
+
     async def ping(self) -> bool:
         try:
             async with self._read() as conn:

@@ -5,9 +5,10 @@ scheme they serve (``sqlite``, ``postgresql``). The Community Edition ships one 
 implementation for both. Dialect differences (row claiming, upserts, locking) live inside the
 backend; the rest of the code never asks which database it runs on.
 
-All times are Unix epoch seconds (float). Leases and rate windows use the clock of the
-instance that writes them (``now`` is passed in); instances sharing a database must keep their
-clocks in sync (NTP) — docs/operations.md says so.
+All times are Unix epoch seconds (float). Times that instances compare (leases, rate windows,
+deferrals) are passed in as ``now`` from the caller's shared clock, which follows the
+database's (:meth:`Storage.database_time`, engine/clock.py): instances whose own clocks
+disagree still compare like with like.
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the database answers (used by ``/status`` and the 503 path)."""
+
+    async def database_time(self) -> float | None:
+        """The database server's clock (Unix time), or None when it has none of its own
+        apart from this machine's (an embedded database). Instances align the times they
+        write for each other to it (engine/clock.py)."""
+        return None
 
     # -- tenants -------------------------------------------------------------------
     @abc.abstractmethod

@@ -258,7 +258,7 @@ class Dispatcher(Service):
         free = min(self._free(), limit)
         if free <= 0:
             return 0
-        now = time.time()
+        now = self.rt.clock.now()
         records = await rt.storage.claim_messages(
             rt.instance_id,
             now,
@@ -345,7 +345,7 @@ class Dispatcher(Service):
                         rec.pk,
                         rec.claim_token or 0,
                         "deferred",
-                        time.time(),
+                        self.rt.clock.now(),
                         deferred_ts=next_free or now + 1.0,
                         deferred_reason="rate limit",
                         count_attempt=False,
@@ -406,7 +406,9 @@ class Dispatcher(Service):
                 self._sent_off(rec)
                 sent_off = True
                 self._live.pop(rec.pk, None)
-                self._finish(rec, Outcome(rec.pk, rec.claim_token or 0, "released", time.time()))
+                self._finish(
+                    rec, Outcome(rec.pk, rec.claim_token or 0, "released", self.rt.clock.now())
+                )
                 return
             async with self._slot(rec, account):
                 # a global slot only while it holds one of the account's connections: messages
@@ -424,7 +426,9 @@ class Dispatcher(Service):
             self._live.pop(rec.pk, None)
             self._finish(
                 rec,
-                Outcome(rec.pk, rec.claim_token or 0, "released", time.time(), metadata=meta),
+                Outcome(
+                    rec.pk, rec.claim_token or 0, "released", self.rt.clock.now(), metadata=meta
+                ),
             )
             raise
         except Exception as exc:  # a bug, not a delivery failure: retry, bounded by max_retries
@@ -503,7 +507,7 @@ class Dispatcher(Service):
             if ctx.events:  # e.g. an attachment offloaded: recorded before the outcome
                 await rt.record_events(
                     [
-                        NewEvent(rec.tenant_id, rec.id, kind, time.time(), text, meta)
+                        NewEvent(rec.tenant_id, rec.id, kind, self.rt.clock.now(), text, meta)
                         for kind, text, meta in ctx.events
                     ]
                 )
@@ -535,14 +539,14 @@ class Dispatcher(Service):
         """True when less than half of the claim lease is left before sending starts."""
         if rec.lease_until is None:
             return False
-        return time.time() > rec.lease_until - self.rt.settings.claim_lease_seconds / 2
+        return self.rt.clock.now() > rec.lease_until - self.rt.settings.claim_lease_seconds / 2
 
     # -- outcomes -----------------------------------------------------------------------------------
     def _finish(self, rec: MessageRecord, outcome: Outcome) -> asyncio.Future[None]:
         return self.writer.add(outcome, rec)
 
-    @staticmethod
     def _outcome(
+        self,
         rec: MessageRecord,
         kind: Literal["sent", "deferred", "error"],
         recipients: list[RecipientOutcome],
@@ -566,7 +570,7 @@ class Dispatcher(Service):
             rec.pk,
             rec.claim_token or 0,
             kind,
-            time.time(),
+            self.rt.clock.now(),
             error=error,
             smtp_code=code,
             recipients=recipients,
@@ -611,7 +615,7 @@ class Dispatcher(Service):
             recipients,
             reason,
             code,
-            deferred_ts=time.time() + self.policy.delay(attempts),
+            deferred_ts=self.rt.clock.now() + self.policy.delay(attempts),
             deferred_reason=reason,
         )
 

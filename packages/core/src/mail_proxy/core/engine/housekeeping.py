@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from mail_proxy.core.contracts.services import PeriodicService
@@ -38,7 +37,7 @@ class Housekeeping(PeriodicService):
     async def tick(self) -> None:
         rt = self.runtime
         assert rt is not None
-        now = time.time()
+        now = rt.clock.now()  # the times compared were written on the database's clock
         self.last_purged = await rt.storage.cleanup_messages(
             None, now - rt.settings.report_retention_seconds
         )

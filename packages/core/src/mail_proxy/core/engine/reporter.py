@@ -346,7 +346,7 @@ class Reporter(Service):
         # completion first (_uncancellable), then the cancellation goes on.
         try:
             claimed = await _uncancellable(
-                rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease),
+                rt.storage.claim_report_sync(tid, rt.instance_id, rt.clock.now(), lease),
                 undo=lambda: rt.storage.release_report_sync(tid, rt.instance_id),
             )
             if not claimed:
@@ -390,7 +390,9 @@ class Reporter(Service):
             if not events and not force:
                 return
             if time.monotonic() >= renew_at:  # a long sync: renew before the lease runs out
-                if not await rt.storage.claim_report_sync(tid, rt.instance_id, time.time(), lease):
+                if not await rt.storage.claim_report_sync(
+                    tid, rt.instance_id, rt.clock.now(), lease
+                ):
                     return  # the lease was lost (this instance stalled): leave it to the holder
                 renew_at = time.monotonic() + keep
             async with self._slots:

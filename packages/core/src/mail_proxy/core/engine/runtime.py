@@ -30,6 +30,7 @@ from mail_proxy.core.contracts.fetch import Fetcher
 from mail_proxy.core.contracts.model import EventRecord, NewEvent, Principal
 from mail_proxy.core.contracts.reports import ReportSink
 from mail_proxy.core.contracts.transport import Transport, TransportFactory
+from mail_proxy.core.engine.clock import SharedClock
 from mail_proxy.core.engine.controls import ReportSync, Scheduler
 from mail_proxy.core.engine.encryption import Cipher, EncryptionError, load_key
 from mail_proxy.core.engine.intake import IntakePressure
@@ -88,6 +89,9 @@ class Runtime:
         self._decrypt_fallbacks: list[Cipher] = []
         self._rotation_lock = asyncio.Lock()
         self.storage: Storage = None  # type: ignore[assignment]  # set by start()
+        #: Wall-clock time for what instances compare (leases, rate windows, deferrals): the
+        #: database's clock (clock.py). ``time.time()`` only for what stays in this process.
+        self.clock = SharedClock()
         self.services: list[Service] = []
         self._transports: dict[str, Transport] = {}
         #: Set to wake the dispatcher now (new messages, run-now).
@@ -165,6 +169,7 @@ class Runtime:
             raise ConfigError("GMP_DATABASE_URL", str(exc)) from None
         self.storage = factory(self, url)
         await self.storage.start()
+        await self.clock.start(self.storage)
         await self._verify_key()
         stored = await self.storage.get_settings()
         if "scheduler_active" in stored:
@@ -223,6 +228,7 @@ class Runtime:
             except Exception:
                 log.exception("%s %s failed to close", kind, name)
         self._transports.clear()
+        await self.clock.stop()
         if self.storage is not None:
             await self.storage.close()
 
