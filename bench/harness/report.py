@@ -112,6 +112,9 @@ TARGETS: dict[str, list[Target]] = {
     "e2e-latency": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
     "e2e-many-accounts": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
     "e2e-stalled-neighbour": [*_NO_ENQUEUE_ERRORS, *_NO_LOSS],
+    # issue 19: every call of the console's messages page under 300 ms with 1,000,000
+    # messages, and no plan reading the messages table sequentially
+    "console-pg": [Target("max_page_ms", "<=", 300), Target("seq_scans", "==", 0)],
 }
 
 #: The figures the table shows for each scenario (the JSON line has them all).
@@ -204,6 +207,15 @@ HEADLINE: dict[str, list[str]] = {
         "ratio",
         "alone.of_ideal",
         "lost",
+    ],
+    "console-pg": [
+        "page_ms.first",
+        "page_ms.status",
+        "page_ms.date",
+        "page_ms.deep",
+        "page_ms.deep_status",
+        "max_page_ms",
+        "seq_scans",
     ],
 }
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from . import bounce, large_files, latency
+from . import bounce, console, large_files, latency
 from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
 from .relay import RelayHandle
@@ -44,6 +44,7 @@ ORDER = [
     "e2e-latency",
     "e2e-many-accounts",
     "e2e-stalled-neighbour",
+    "console-pg",
 ]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STALL_S = 30.0
@@ -143,6 +144,8 @@ class Bench:
             "e2e-latency": lambda: latency.e2e_latency(self),  # distant servers: latency.py
             "e2e-many-accounts": lambda: latency.e2e_many_accounts(self),
             "e2e-stalled-neighbour": lambda: latency.e2e_stalled_neighbour(self),
+            # the console's messages page on 1,000,000 messages: console.py
+            "console-pg": lambda: console.run(self),
         }
         self.current = ""
 

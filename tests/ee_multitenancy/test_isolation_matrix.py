@@ -139,6 +139,7 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         ("POST", "/commands/suspend"): {},
         ("POST", "/commands/activate"): {},
         ("POST", "/commands/delete-messages"): {"ids": [f"{ID_MARK}-msg", "m-1"]},
+        ("POST", "/commands/requeue-messages"): {"ids": [f"{ID_MARK}-msg", "m-1"]},
         ("POST", "/commands/cleanup-messages"): {"older_than_seconds": 0},
         ("POST", "/account"): {
             "id": "intruder",

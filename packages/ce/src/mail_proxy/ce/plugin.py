@@ -69,10 +69,12 @@ def register_report_sinks(registry: Registry[ReportSink]) -> None:
 @hookimpl
 def register_routes(routes: RouteTable) -> None:
     from .api import register
+    from .console import register as register_console
     from .reports.routes import register as register_report_routes
 
     register(routes, PLUGIN)
     register_report_routes(routes, PLUGIN)
+    register_console(routes, PLUGIN)
 
 
 @hookimpl

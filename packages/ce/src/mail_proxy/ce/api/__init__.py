@@ -3,15 +3,15 @@
 :func:`register` adds every route to the route table with its scope and request models;
 authentication, scope, tenant binding, JSON parsing, validation and the audit entry are done
 once for all routes by the core's guard (:mod:`mail_proxy.core.web.app`). Handlers live in small
-modules: ``messages``, ``commands``, ``accounts``, ``instance``, ``status``; request models in
-``models``; the enqueue validator in ``validation``.
+modules: ``messages``, ``commands``, ``accounts``, ``instance``, ``status``, ``overview``;
+request models in ``models``; the enqueue validator in ``validation``.
 """
 
 from __future__ import annotations
 
 from mail_proxy.core.contracts.routes import RouteTable
 
-from . import accounts, commands, instance, messages, status, tenant_settings
+from . import accounts, commands, instance, messages, overview, status, tenant_settings
 from .models import (
     AccountBody,
     AddMessagesBody,
@@ -21,6 +21,8 @@ from .models import (
     ExportQuery,
     InstanceUpdate,
     MessagesQuery,
+    OverviewQuery,
+    RequeueMessagesBody,
     SuspendBody,
     TenantBody,
     TenantQuery,
@@ -91,6 +93,34 @@ def register(routes: RouteTable, plugin: str) -> None:
     )
     add(
         "POST",
+        "/commands/requeue-messages",
+        messages.requeue_messages,
+        scope="tenant",
+        body=RequeueMessagesBody,
+        query=TenantQuery,
+        plugin=plugin,
+        summary="Queue failed messages again by id (delivered recipients are not sent again)",
+    )
+    add(
+        "GET",
+        "/suspended-batches",
+        overview.suspended_batches,
+        scope="tenant",
+        query=TenantQuery,
+        plugin=plugin,
+        summary="Suspended tenants and batches (admin, no tenant: every tenant)",
+    )
+    add(
+        "GET",
+        "/overview",
+        overview.overview,
+        scope="tenant",
+        query=OverviewQuery,
+        plugin=plugin,
+        summary="Queue by status, recent outcomes, oldest pending age, report backlog",
+    )
+    add(
+        "POST",
         "/commands/cleanup-messages",
         messages.cleanup_messages,
         scope="tenant",
@@ -148,6 +178,15 @@ def register(routes: RouteTable, plugin: str) -> None:
         query=TenantQuery,
         plugin=plugin,
         summary="List the tenant's accounts",
+    )
+    add(
+        "POST",
+        "/account/{account_id}/test",
+        accounts.probe_account,
+        scope="tenant",
+        query=TenantQuery,
+        plugin=plugin,
+        summary="Test the account's connection now (connect, TLS, login; nothing sent)",
     )
     add(
         "DELETE",

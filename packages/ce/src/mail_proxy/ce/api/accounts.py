@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import Account
+from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.account_fields import AccountFieldsCodec
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
@@ -144,3 +146,40 @@ async def delete_account(request: web.Request) -> web.Response:
     await rt.tenant_changed(tenant_id)
     request[AUDIT_SUMMARY] = {"account_id": account_id}
     return ok({"removed": account_id})
+
+
+async def probe_account(request: web.Request) -> web.Response:
+    """Try the account's server now (connect, TLS, login, QUIT for SMTP) without sending.
+
+    The outcome is the answer's ``connected`` and ``detail`` (the server's refusal when it
+    failed); the request itself succeeds either way."""
+    rt = runtime_of(request)
+    tenant_id = tenant_of(request)
+    account_id = request.match_info["account_id"]
+    account = await rt.storage.get_account(tenant_id, account_id)
+    if account is None:
+        raise ApiError(404, "account_not_found", f"no account {account_id!r} for this tenant")
+    transport = rt.transport(account.transport)
+    probe = getattr(transport, "probe", None)
+    if probe is None:
+        raise ApiError(
+            400,
+            "test_unsupported",
+            f"the {account.transport!r} transport cannot test a connection",
+        )
+    started = time.monotonic()
+    try:
+        detail = await probe(account)
+        connected = True
+    except TransportError as exc:
+        detail, connected = str(exc), False
+    elapsed_ms = round(1000 * (time.monotonic() - started), 1)
+    request[AUDIT_SUMMARY] = {"account_id": account_id, "connected": connected}
+    return ok(
+        {
+            "account_id": account_id,
+            "connected": connected,
+            "detail": detail,
+            "elapsed_ms": elapsed_ms,
+        }
+    )

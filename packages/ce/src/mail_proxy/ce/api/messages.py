@@ -26,10 +26,15 @@ from .models import (
     CleanupBody,
     DeleteMessagesBody,
     MessagesQuery,
+    RequeueMessagesBody,
     priority_value,
 )
-from .pagination import decode_cursor, page
+from .pagination import decode_cursor, encode_cursor
 from .validation import enqueue_batch
+
+#: Cursors of newest-first pages: an oldest-first cursor is refused with them (and back).
+_DESC_PREFIX = "d1:"
+_ASC_PREFIX = "p1:"
 
 
 async def add_messages(request: web.Request) -> web.Response:
@@ -51,19 +56,36 @@ async def add_messages(request: web.Request) -> web.Response:
 
 
 async def list_messages(request: web.Request) -> web.Response:
+    """One keyset page of the tenant's messages, filtered; ``next_cursor`` continues it."""
     rt = runtime_of(request)
     q: MessagesQuery = query_of(request)
+    if q.since is not None and q.until is not None and q.since >= q.until:
+        raise ApiError(
+            400,
+            "invalid_range",
+            "since must be earlier than until",
+            details=[{"field": "since", "message": "not before until"}],
+        )
+    descending = q.order == "desc"
+    prefix = _DESC_PREFIX if descending else _ASC_PREFIX
     rows = await rt.storage.list_messages(
         MessageFilter(
             tenant_id=tenant_of(request),
             status=q.status,
             batch_code=q.batch_code,
+            account_id=q.account_id,
+            created_since=q.since,
+            created_until=q.until,
+            descending=descending,
             active_only=q.active_only,
             limit=q.limit + 1,
-            after_pk=decode_cursor(q.cursor),
+            after_pk=decode_cursor(q.cursor, prefix, f"this server (order={q.order})"),
         )
     )
-    rows, next_cursor = page(rows, q.limit)
+    next_cursor = None
+    if len(rows) > q.limit:
+        rows = rows[: q.limit]
+        next_cursor = encode_cursor(rows[-1].pk, prefix)
     return ok({"messages": [r.public() for r in rows], "next_cursor": next_cursor})
 
 
@@ -102,7 +124,9 @@ async def message_events(request: web.Request) -> web.Response:
     events = await rt.storage.list_events(tenant_of(request), request.match_info["id"])
     if events is None:
         raise ApiError(404, "message_not_found", "no message with this id for this tenant")
-    return ok({"events": [e.public() for e in events]})
+    # reported_ts: when the client acknowledged the report item of this event (None: not
+    # yet, or an event that is not reported, such as requeued)
+    return ok({"events": [{**e.public(), "reported_ts": e.reported_ts} for e in events]})
 
 
 async def delete_messages(request: web.Request) -> web.Response:
@@ -124,6 +148,31 @@ async def delete_messages(request: web.Request) -> web.Response:
             "removed": result.removed,
             "not_found": result.not_found,
             "unauthorized": result.unauthorized,
+        }
+    )
+
+
+async def requeue_messages(request: web.Request) -> web.Response:
+    """Queue failed messages again; others are listed in ``not_failed`` / ``not_found``."""
+    rt = runtime_of(request)
+    body: RequeueMessagesBody = body_of(request)
+    limit = rt.settings.max_batch_messages
+    if len(body.ids) > limit:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"{len(body.ids)} ids in one request; the limit is {limit}",
+            limit=limit,
+        )
+    result = await rt.storage.requeue_messages(tenant_of(request), body.ids, time.time())
+    if result.requeued:
+        rt.wake_dispatcher()
+    request[AUDIT_SUMMARY] = {"requeued": result.requeued}
+    return ok(
+        {
+            "requeued": result.requeued,
+            "not_found": result.not_found,
+            "not_failed": result.not_failed,
         }
     )
 

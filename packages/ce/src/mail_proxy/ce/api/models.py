@@ -187,7 +187,27 @@ class MessagesQuery(PageQuery):
     tenant_id: str | None = None
     status: Literal["pending", "scheduled", "deferred", "sending", "sent", "error"] | None = None
     batch_code: str | None = None
+    account_id: str | None = None
+    since: Epoch | None = Field(None, description="created at or after (epoch seconds)")
+    until: Epoch | None = Field(None, description="created before (epoch seconds)")
+    order: Literal["asc", "desc"] = Field(
+        "asc", description="asc: oldest first (pk order); desc: newest first"
+    )
     active_only: bool = False
+
+
+class RequeueMessagesBody(_Strict):
+    ids: list[str]
+    tenant_id: str | None = None
+
+
+class OverviewQuery(_Query):
+    tenant_id: str | None = Field(
+        None, description="admin: one tenant (default: every tenant); a tenant token: its own"
+    )
+    window: Annotated[int, Field(ge=60, le=86400)] = Field(
+        3600, description="seconds of the recent counts (default: the last hour)"
+    )
 
 
 class TenantQuery(_Query):

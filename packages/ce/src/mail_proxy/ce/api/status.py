@@ -30,5 +30,7 @@ async def status(request: web.Request) -> web.Response:
             "pending_messages": pending,
             "database": rt.storage.dialect,
             "plaintext_auth_accounts": plaintext_auth,
+            # who the caller is: the console shows admin pages only to the admin
+            "token": {"kind": principal.kind, "tenant_id": principal.tenant_id},
         }
     )

@@ -66,6 +66,31 @@ class FileTransport(Transport):
     def __init__(self, runtime: Runtime | None = None) -> None:
         """(The runtime is part of the transport factory signature; not needed here.)"""
 
+    async def probe(self, account: Account) -> str:
+        """"Test connection" of a file account: the directory exists (or can be made) and
+        takes a file."""
+        directory = (account.options or {}).get("directory")
+        if not directory:
+            raise TransportError(
+                f"account {account.id}: the file transport needs options.directory",
+                permanent=True,
+            )
+
+        def check() -> None:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".probe-")
+            os.close(fd)
+            os.unlink(tmp)
+
+        try:
+            await asyncio.to_thread(check)
+        except OSError as exc:
+            raise TransportError(
+                f"account {account.id}: cannot write to {directory}: {exc.strerror or exc}",
+                permanent=False,
+            ) from None
+        return f"directory {directory} is writable"
+
     async def send(
         self,
         account: Account,

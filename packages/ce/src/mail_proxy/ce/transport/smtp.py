@@ -282,6 +282,26 @@ class SmtpTransport(Transport):
         finally:
             pool.users -= 1
 
+    async def probe(self, account: Account) -> str:
+        """Connect, greet, secure and log in as ``account`` would, then QUIT: what
+        "test connection" reports. A new connection outside the pools (what is pooled was
+        tested already); failures raise :class:`TransportError` with the password scrubbed."""
+        if not account.host:
+            raise TransportError(f"account {account.id}: no SMTP host configured", permanent=True)
+        key = _PoolKey.of(account, self._cap)
+        conn = await self._connect(key, account)
+        smtp = conn.smtp
+        encrypted = bool(smtp.get_transport_info("sslcontext"))
+        try:
+            await asyncio.wait_for(smtp.quit(), timeout=self._connect_timeout)
+        except Exception:
+            smtp.close()
+        parts = [f"connected to {key.where}"]
+        parts.append("TLS" if encrypted else "no TLS")
+        if key.user:
+            parts.append(f"logged in as {key.user}")
+        return ", ".join(parts)
+
     @property
     def open_connections(self) -> int:
         """SMTP connections this instance holds open now (all accounts)."""
