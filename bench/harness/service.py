@@ -21,7 +21,7 @@ from .procs import REPO, ProcessFailed, free_port, stop
 ENTRY_POINT = REPO / ".venv" / "bin" / "mail-proxy"
 TOKEN = "bench-admin-token"
 #: Test-suite plugins installed in a developer's venv; a user's install has none of them.
-TEST_PLUGINS = "gmp_test,vault"
+TEST_PLUGINS = "gmp_test,vault,example"
 MB = 1024 * 1024
 
 
