@@ -112,3 +112,32 @@ async def test_unknown_route_and_method(api: Api) -> None:
     assert answer["code"] == "not_found"
     answer = await api.call("DELETE", "/messages", expect=405)
     assert answer["code"] == "method_not_allowed"
+    # the 405 names the methods the path has (RFC 9110; it was lost in the JSON error)
+    resp = await api.client.request("DELETE", "/messages", headers=api.headers)
+    assert resp.status == 405 and set(resp.headers["Allow"].split(", ")) >= {"GET"}
+
+
+@pytest.mark.parametrize(
+    "field, raw",
+    [
+        ("subject", '"\\ud800"'),  # a high surrogate alone
+        ("body", '"text \\udfff end"'),  # a low one
+        ("subject", '"\\udc00\\ud83d"'),  # a pair the wrong way round
+        ("body", b'"\xed\xa0\x80"'),  # the (invalid) UTF-8 form of U+D800
+    ],
+)
+async def test_a_lone_surrogate_is_refused_with_a_stable_code(
+    api: Api, field: str, raw: str | bytes
+) -> None:
+    # (before: accepted, then an internal error when it was stored or sent)
+    head = json.dumps({"messages": [{**message("s1"), field: "PLACEHOLDER"}]})
+    before, after = head.split('"PLACEHOLDER"')
+    data = before.encode() + (raw if isinstance(raw, bytes) else raw.encode()) + after.encode()
+    status, answer = await _raw(api, data, "application/json")
+    assert (status, answer["code"]) == (400, "invalid_unicode"), answer
+    assert "surrogate" in answer["error"]
+    assert await api.message_ids() == []
+    # a real pair (an emoji written as two escapes) is a character: accepted
+    ok = head.replace('"PLACEHOLDER"', '"smile \\ud83d\\ude00"')
+    status, answer = await _raw(api, ok, "application/json")
+    assert status == 200 and answer["queued"] == 1, answer

@@ -194,6 +194,22 @@ def test_builder_refuses_every_line_breaking_character(where: str) -> None:
         assert str(err.value) == f"{field}: {kind} U+{ord(char):04X} is not allowed"
 
 
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"subject": "a \ud800 b"}, "subject"),
+        ({"headers": {"X-Tag": "\udfff"}}, "header X-Tag"),
+        ({"body": "text \ud83d"}, "body"),  # half an emoji
+        ({"body_html": "<p>\udc00</p>"}, "body_html"),
+    ],
+)
+def test_a_lone_surrogate_is_a_permanent_message_error(fields: dict[str, Any], field: str) -> None:
+    # (the API refuses it at enqueue; a stored one fails here, not as an internal error)
+    with pytest.raises(MimeError) as err:
+        roundtrip(payload(**fields))
+    assert str(err.value).startswith(f"{field}: lone surrogate U+")
+
+
 def test_tab_and_other_unicode_are_kept_in_headers() -> None:
     subject = "Grüße\taus Köln \u00a0 \u200b 😀"
     raw, msg = roundtrip(payload(subject=subject, headers={"X-Tag": "a\tb"}))

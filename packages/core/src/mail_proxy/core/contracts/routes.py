@@ -40,6 +40,8 @@ class RouteSpec:
     plugin: str = "?"
     #: Raw (non-JSON) body accepted, e.g. an uploaded file.
     raw_body: bool = False
+    #: The status of a successful answer (``201`` for a route that creates something).
+    success: int = 200
 
 
 class RouteTable:
@@ -61,6 +63,7 @@ class RouteTable:
         tenant_param: str | None = None,
         plugin: str = "?",
         raw_body: bool = False,
+        success: int = 200,
     ) -> None:
         key = (method.upper(), path)
         if key in self._routes:
@@ -79,6 +82,7 @@ class RouteTable:
             tenant_param,
             plugin,
             raw_body,
+            success,
         )
 
     def route(self, method: str, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:

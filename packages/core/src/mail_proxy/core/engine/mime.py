@@ -103,6 +103,8 @@ LINE_BREAKING = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 #: The same plus TAB, for values that have no reason to hold one (ids, file names, codes).
 LINE_BREAKING_OR_TAB = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 _SEPARATOR_NAMES = {"\u2028": "line separator", "\u2029": "paragraph separator"}
+#: A UTF-16 surrogate on its own is not a character: it cannot be encoded (UTF-8 or any other).
+SURROGATE = re.compile("[\ud800-\udfff]")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _MIME_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 _DOMAIN_OK = re.compile(r"^[A-Za-z0-9.-]+$")
@@ -142,7 +144,8 @@ def character_problem(text: str, field: str, *, tab: bool = True) -> str | None:
     """
     found = (LINE_BREAKING if tab else LINE_BREAKING_OR_TAB).search(text)
     if found is None:
-        return None
+        lone = SURROGATE.search(text)
+        return None if lone is None else f"{field}: lone surrogate U+{ord(lone.group()):04X}"
     char = found.group()
     kind = _SEPARATOR_NAMES.get(char, "control character")
     return f"{field}: {kind} U+{ord(char):04X} is not allowed"
@@ -331,6 +334,10 @@ def build_email(
     _put(msg, MAIL_ID_HEADER, _clean(mail_id, "id", tab=False))
 
     plain, html = _body_parts(payload)
+    for text, field in ((plain, "body"), (html, "body_html")):
+        lone = SURROGATE.search(text) if isinstance(text, str) else None
+        if lone is not None:
+            raise MimeError("invalid_unicode", f"{field}: lone surrogate U+{ord(lone.group()):04X}")
     if plain is not None:
         msg.set_content(plain)
         if html is not None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -179,7 +180,7 @@ async def _read_json(request: web.Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         msg = (
             "JSON nested too deeply"
@@ -187,6 +188,38 @@ async def _read_json(request: web.Request) -> Any:
             else f"malformed JSON: {exc}"
         )
         raise ApiError(400, "malformed_json", msg) from None
+    if _MAYBE_SURROGATE.search(raw) and _has_lone_surrogate(data):
+        raise ApiError(
+            400,
+            "invalid_unicode",
+            "a string holds a lone UTF-16 surrogate (U+D800 to U+DFFF, e.g. \\ud800 without "
+            "its pair): not a character, it can be neither stored nor sent",
+        )
+    return data
+
+
+#: What a lone surrogate can come from: a ``\uD800``-``\uDFFF`` escape, or the (invalid)
+#: UTF-8 form of one, which ``json.loads`` lets through (it decodes with ``surrogatepass``).
+#: Valid pairs match too; only then is the parsed body walked.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True when a string of ``value`` (keys included) holds a surrogate code point: pairs
+    were combined by the JSON parser, so any left is alone."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
@@ -289,7 +322,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return error_response(ApiError(exc.status, code, exc.reason))
+        response = error_response(ApiError(exc.status, code, exc.reason))
+        if "Allow" in exc.headers:  # a 405 says which methods the path has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except StorageUnavailable as exc:
         log.warning("database unavailable: %s", exc)
         return error_response(

@@ -24,8 +24,10 @@ def document(routes: RouteTable) -> dict[str, Any]:
             "tags": [spec.plugin],
             "x-scope": spec.scope,
             "responses": {
-                "200": {"description": "success: a JSON object with ok: true"},
+                str(spec.success): {"description": "success: a JSON object with ok: true"},
                 "400": {"$ref": "#/components/responses/Error"},
+                # 404 (unknown id or tenant), 409, 413, 415, 503 (database away), ...
+                "default": {"$ref": "#/components/responses/Error"},
             },
         }
         params = [

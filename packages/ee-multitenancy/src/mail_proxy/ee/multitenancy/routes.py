@@ -72,6 +72,7 @@ def register(routes: RouteTable, plugin: str) -> None:
         body=TenantCreate,
         plugin=plugin,
         summary="Create a tenant; its api_key and sync_secret are returned once",
+        success=201,
     )
     add(
         "GET",
