@@ -33,7 +33,8 @@ What it can be told to do (change the attributes at any time):
   just does not advertise the extension, which this server adds by default.
 
 Certificates are minted with ``trustme`` for ``127.0.0.1`` and ``localhost``; clients trust
-them through ``server.ca_file``.
+them through ``server.ca_file``. ``tls_context`` serves another certificate instead (e.g. a
+self-signed one: then there is no ``ca_file``).
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ class SmtpTestServer:
         host: str = "127.0.0.1",
         idle_timeout: float = 300.0,
         pipelining: bool = True,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = 0
@@ -310,9 +312,11 @@ class SmtpTestServer:
         self.errors: list[Exception] = []
         # TLS material.
         self._tmpdir: Path | None = None
-        self.ca: trustme.CA | None = ca if ca is not None else (trustme.CA() if tls else None)
+        self.ca: trustme.CA | None = ca
+        if ca is None and tls and tls_context is None:
+            self.ca = trustme.CA()
         self.ca_file: str | None = None
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = tls_context
         # Internals.
         self._next_id = 0
         self._live: dict[int, _RecordingSMTP] = {}
@@ -326,8 +330,9 @@ class SmtpTestServer:
             ca_path = self._tmpdir / "ca.pem"
             self.ca.cert_pem.write_to_path(str(ca_path))
             self.ca_file = str(ca_path)
-            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl)
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._ssl)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._factory,
