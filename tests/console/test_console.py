@@ -39,7 +39,16 @@ SMTP_REFUSAL = "550 5.1.1 <refused@example.org>: Recipient address rejected: Use
 XSS_SUBJECT = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
 #: In the other tenant's data only: it must never reach the first tenant's pages.
 FOREIGN_MARK = "globex-confidential-7731"
-HAS_MULTITENANCY = importlib.util.find_spec("mail_proxy.ee.multitenancy") is not None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing (core+CE only)
+        return False
+
+
+HAS_MULTITENANCY = _installed("mail_proxy.ee.multitenancy")
 T = TypeVar("T")
 
 

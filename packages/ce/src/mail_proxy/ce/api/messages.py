@@ -164,7 +164,8 @@ async def requeue_messages(request: web.Request) -> web.Response:
             f"{len(body.ids)} ids in one request; the limit is {limit}",
             limit=limit,
         )
-    result = await rt.storage.requeue_messages(tenant_of(request), body.ids, time.time())
+    # (the database's clock, as the dispatcher writes its times: engine/clock.py)
+    result = await rt.storage.requeue_messages(tenant_of(request), body.ids, rt.clock.now())
     if result.requeued:
         rt.wake_dispatcher()
     request[AUDIT_SUMMARY] = {"requeued": result.requeued}

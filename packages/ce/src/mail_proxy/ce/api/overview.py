@@ -7,7 +7,6 @@ token, sees that tenant only.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +42,7 @@ async def overview(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     q: OverviewQuery = query_of(request)
     tenant_id = _scope(request)
-    now = time.time()
+    now = rt.clock.now()  # the clock the events' times were written on (engine/clock.py)
     view = await rt.storage.queue_overview(tenant_id, now - q.window)
     oldest = view.oldest_pending_created_at
     suspensions = await rt.storage.list_suspensions(tenant_id)

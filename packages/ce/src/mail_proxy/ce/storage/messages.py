@@ -281,18 +281,16 @@ class MessageRepository(SqlBase):
     async def queue_overview(self, tenant_id: str | None, since_ts: float) -> QueueOverview:
         m = t.messages.c
         e = t.events.c
-        now = time.time()
-        shown = sa.case(
-            (
-                sa.and_(
-                    m.status == "scheduled",
-                    sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= now),
-                ),
-                "pending",
-            ),
-            else_=m.status,
+        counts_q = sa.select(m.status, sa.func.count()).group_by(m.status)
+        # scheduled rows whose time has come are shown as pending (as _record does)
+        due_q = (
+            sa.select(sa.func.count())
+            .select_from(t.messages)
+            .where(
+                m.status == "scheduled",
+                sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= time.time()),
+            )
         )
-        counts_q = sa.select(shown.label("s"), sa.func.count()).group_by(shown)
         oldest_q = sa.select(sa.func.min(m.created_at)).where(ACTIVE_LITERAL)
         recent_q = (
             sa.select(e.event_type, sa.func.count())
@@ -306,16 +304,20 @@ class MessageRepository(SqlBase):
         )
         if tenant_id is not None:
             counts_q = counts_q.where(m.tenant_id == tenant_id)
+            due_q = due_q.where(m.tenant_id == tenant_id)
             oldest_q = oldest_q.where(m.tenant_id == tenant_id)
             recent_q = recent_q.where(e.tenant_id == tenant_id)
             backlog_q = backlog_q.where(e.tenant_id == tenant_id)
         async with self._read() as conn:
             counts = {str(r[0]): int(r[1]) for r in await conn.execute(counts_q)}
+            due = int(await conn.scalar(due_q) or 0) if counts.get("scheduled") else 0
             recent = {str(r[0]): int(r[1]) for r in await conn.execute(recent_q)}
             oldest = await conn.scalar(oldest_q)
             backlog = int(await conn.scalar(backlog_q) or 0)
         for status in (*t.ACTIVE, *t.FINISHED):
             counts.setdefault(status, 0)
+        counts["scheduled"] -= due
+        counts["pending"] += due
         for kind in ("sent", "error", "deferred"):
             recent.setdefault(kind, 0)
         return QueueOverview(
