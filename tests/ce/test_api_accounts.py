@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mail_proxy.core.engine.encryption import account_password_context
 from support.ce_api import Api, message, start_api
 
 SENTINEL = "s3ntinel-Passw0rd-never-shown"
@@ -40,7 +41,8 @@ async def test_add_list_update_without_secrets(api: Api) -> None:
     # stored encrypted, never in clear
     stored = await api.runtime.storage.get_account("default", "smtp1")
     assert stored.password_enc and SENTINEL not in stored.password_enc
-    assert api.runtime.decrypt(stored.password_enc) == SENTINEL
+    place = account_password_context("default", "smtp1")
+    assert api.runtime.decrypt(stored.password_enc, place) == SENTINEL
 
     # an update without "password" keeps it; null removes it
     update = {k: v for k, v in SMTP.items() if k != "password"} | {"port": 587}

@@ -79,7 +79,7 @@ async def servers() -> AsyncIterator[Callable[..., Any]]:
 
 async def fetch_one(rt: Runtime, att: dict[str, Any], tenant: Tenant | None = None) -> bytes:
     tenant = tenant or Tenant(id="t1")
-    [result] = await get_resolver(rt).resolve(tenant, [att])
+    [result] = await get_resolver(rt).resolve(tenant, [att], "m1")
     return result.content
 
 
@@ -100,7 +100,7 @@ async def test_base64_exact_bytes_with_and_without_prefix(runtime: Any) -> None:
         },
     ]
     assert validate_attachments(atts, rt) is None
-    result = await get_resolver(rt).resolve(Tenant(id="t1"), atts)
+    result = await get_resolver(rt).resolve(Tenant(id="t1"), atts, "m1")
     assert [r.filename for r in result] == ["a.bin", "b.bin", "c.bin"]
     assert all(r.content == ALL_BYTES for r in result)
     assert [r.mime_type for r in result] == [None, None, "application/x-test"]
@@ -115,7 +115,7 @@ async def test_base64_invalid_is_rejected_at_enqueue(runtime: Any, payload: str)
     ]
     assert validate_attachments(atts, rt) == "attachment 2: invalid base64 content"
     with fails("attachment 'bad.txt': invalid base64"):
-        await get_resolver(rt).resolve(Tenant(id="t1"), atts)
+        await get_resolver(rt).resolve(Tenant(id="t1"), atts, "m1")
 
 
 async def test_base64_over_the_cap_is_rejected(runtime: Any) -> None:
@@ -532,7 +532,7 @@ async def test_same_md5_marker_is_fetched_once(runtime: Any, servers: Any) -> No
     att = {"filename": f"report_{{MD5:{md5(ALL_BYTES)}}}.pdf", "storage_path": "doc"}
     resolver = get_resolver(rt)
     for _ in range(3):
-        [result] = await resolver.resolve(tenant, [att])
+        [result] = await resolver.resolve(tenant, [att], "m1")
         assert (result.filename, result.content) == ("report.pdf", ALL_BYTES)
     assert srv.count() == 1
     assert resolver.cache.stats.memory_hits == 2
@@ -546,7 +546,7 @@ async def test_short_faq_marker_is_a_cache_key(runtime: Any, servers: Any) -> No
     tenant = Tenant(id="t1", client_base_url=srv.url)
     att = {"filename": "report_{MD5:a1b2c3d4e5f6}.pdf", "storage_path": "doc"}
     for _ in range(2):
-        [result] = await get_resolver(rt).resolve(tenant, [att])
+        [result] = await get_resolver(rt).resolve(tenant, [att], "m1")
         assert (result.filename, result.content) == ("report.pdf", b"short key content")
     assert srv.count() == 1
 
@@ -566,21 +566,21 @@ async def test_corrupted_disk_entry_is_detected_and_refetched(
     key = md5(content)
     att = {"filename": f"big_{{MD5:{key}}}.bin", "storage_path": "big"}
     resolver = get_resolver(rt)
-    assert (await resolver.resolve(tenant, [att]))[0].content == content
+    assert (await resolver.resolve(tenant, [att], "m1"))[0].content == content
     name = resolver.cache.disk_path("t1", key)
     assert name is not None
     path = Path(name)
     assert await asyncio.to_thread(path.is_file)
-    assert (await resolver.resolve(tenant, [att]))[0].content == content
+    assert (await resolver.resolve(tenant, [att], "m1"))[0].content == content
     assert (srv.count(), resolver.cache.stats.disk_hits) == (1, 1)
 
     raw = bytearray(await asyncio.to_thread(path.read_bytes))
     raw[-100] ^= 0xFF  # flip one byte of the stored content
     await asyncio.to_thread(path.write_bytes, bytes(raw))
-    assert (await resolver.resolve(tenant, [att]))[0].content == content
+    assert (await resolver.resolve(tenant, [att], "m1"))[0].content == content
     assert (srv.count(), resolver.cache.stats.corrupt) == (2, 1)
     assert await asyncio.to_thread(path.read_bytes) != bytes(raw)  # the good content again
-    assert (await resolver.resolve(tenant, [att]))[0].content == content
+    assert (await resolver.resolve(tenant, [att], "m1"))[0].content == content
     assert srv.count() == 2
 
 
@@ -592,8 +592,8 @@ async def test_another_tenant_with_the_same_hash_misses(runtime: Any, servers: A
     rt = runtime(fetch_allow_networks=LOOPBACK)
     key = md5(b"tenant A's confidential file")
     att = {"filename": f"x_{{MD5:{key}}}.pdf", "storage_path": "doc"}
-    await get_resolver(rt).resolve(Tenant(id="A", client_base_url=srv_a.url), [att])
-    await get_resolver(rt).resolve(Tenant(id="B", client_base_url=srv_b.url), [att])
+    await get_resolver(rt).resolve(Tenant(id="A", client_base_url=srv_a.url), [att], "m1")
+    await get_resolver(rt).resolve(Tenant(id="B", client_base_url=srv_b.url), [att], "m1")
     assert (srv_a.count(), srv_b.count()) == (1, 1)  # B fetched from its own server
 
 
@@ -603,9 +603,11 @@ async def test_content_md5_mismatch_fails_the_attachment(runtime: Any, servers: 
     rt = runtime(fetch_allow_networks=LOOPBACK)
     att = {"filename": "f.txt", "storage_path": "doc", "content_md5": md5(b"other")}
     with fails("attachment 'f.txt': content does not match content_md5"):
-        await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), [att])
+        await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), [att], "m1")
     good = {**att, "content_md5": md5(b"actual content").upper()}
-    [result] = await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), [good])
+    [result] = await get_resolver(rt).resolve(
+        Tenant(id="t1", client_base_url=srv.url), [good], "m1"
+    )
     assert result.content == b"actual content"
 
 
@@ -615,10 +617,12 @@ async def test_concurrent_messages_with_one_key_fetch_once(runtime: Any, servers
     rt = runtime(fetch_allow_networks=LOOPBACK, cache_memory_max_mb=0)  # no cache at all
     tenant = Tenant(id="t1", client_base_url=srv.url)
     att = {"filename": "a_{MD5:beef}.pdf", "storage_path": "doc"}
-    results = await asyncio.gather(*(get_resolver(rt).resolve(tenant, [att]) for _ in range(5)))
+    results = await asyncio.gather(
+        *(get_resolver(rt).resolve(tenant, [att], "m1") for _ in range(5))
+    )
     assert all(r[0].content == b"campaign attachment" for r in results)
     assert srv.count() == 1
-    await get_resolver(rt).resolve(tenant, [att])
+    await get_resolver(rt).resolve(tenant, [att], "m1")
     assert srv.count() == 2  # nothing cached: a later message fetches again
 
 
@@ -632,7 +636,7 @@ async def test_concurrency_bound_is_honoured(runtime: Any, servers: Any) -> None
     msg1 = [{"filename": f"f{i}", "storage_path": f"f{i}"} for i in range(3)]
     msg2 = [{"filename": f"f{i}", "storage_path": f"f{i}"} for i in range(3, 6)]
     r1, r2 = await asyncio.gather(
-        get_resolver(rt).resolve(tenant, msg1), get_resolver(rt).resolve(tenant, msg2)
+        get_resolver(rt).resolve(tenant, msg1, "m1"), get_resolver(rt).resolve(tenant, msg2, "m2")
     )
     assert [a.content for a in r1 + r2] == [f"content {i}".encode() for i in range(6)]
     assert srv.count() == 6
@@ -648,7 +652,7 @@ async def test_one_failed_attachment_fails_the_message(runtime: Any, servers: An
         {"filename": "missing.txt", "storage_path": "nope"},
     ]
     with fails("attachment 'missing.txt': HTTP 404"):
-        await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), atts)
+        await get_resolver(rt).resolve(Tenant(id="t1", client_base_url=srv.url), atts, "m1")
 
 
 # -- third-party plugin ------------------------------------------------------------------------
@@ -669,7 +673,7 @@ async def test_vault_plugin_is_discovered_and_fetches(
         "fetch_mode": "vault",
     }
     assert validate_attachments([att], rt) is None
-    [result] = await get_resolver(rt).resolve(Tenant(id="t1"), [att])
+    [result] = await get_resolver(rt).resolve(Tenant(id="t1"), [att], "m1")
     assert (result.filename, result.content) == ("c.pdf", ALL_BYTES)
     bad = {**att, "storage_path": "../etc/passwd"}
     assert validate_attachments([bad], rt) == (
@@ -677,7 +681,7 @@ async def test_vault_plugin_is_discovered_and_fetches(
     )
     with fails("attachment 'c.pdf': no vault entry 'missing'"):
         await get_resolver(rt).resolve(
-            Tenant(id="t1"), [{**att, "filename": "c.pdf", "storage_path": "missing"}]
+            Tenant(id="t1"), [{**att, "filename": "c.pdf", "storage_path": "missing"}], "m1"
         )
 
 

@@ -2,26 +2,45 @@
 ``Runtime.rotate_key`` and ``POST /instance/rotate-key`` on the real app.
 
 The stored values are read back with plain SQL and decrypted with :class:`Cipher` directly,
-so the tests see what is really in the database, not what the storage layer reports.
+so the tests see what is really in the database, not what the storage layer reports. Each
+value is bound to its place (table, column, row key: AES-GCM associated data): a value moved
+to another row does not decrypt, and the startup upgrade binds legacy (``gcm1:``) tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage import schema as t
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import Account, NewMessage, Tenant
-from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
-from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING, Runtime
+from mail_proxy.core.engine.encryption import (
+    Cipher,
+    EncryptionError,
+    account_password_context,
+    attachment_auth_context,
+    generate_key,
+    load_key,
+    parse_key,
+    tenant_secret_context,
+)
+from mail_proxy.core.engine.runtime import (
+    KEY_CHECK_CONTEXT,
+    KEY_CHECK_PLAINTEXT,
+    KEY_CHECK_SETTING,
+    SECRETS_FORMAT_SETTING,
+    Runtime,
+)
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.ce_api import Api
 
@@ -45,13 +64,35 @@ def cipher_of(store: SqlStorage) -> Cipher:
     return store.runtime.cipher
 
 
-async def fill(store: SqlStorage) -> None:
+def legacy(store: SqlStorage) -> Any:
+    """An encrypt function writing the legacy ``gcm1:`` format (no associated data) with the
+    storage's key, as versions before the binding did: ``encrypt(plaintext, place)``."""
+    assert store.runtime is not None
+    found = load_key(store.runtime.settings.encryption_key, store.runtime.settings.instance_dir)
+    assert found is not None
+    aead = AESGCM(found[0])
+
+    def encrypt(plaintext: str, place: str) -> str:
+        nonce = os.urandom(12)
+        sealed = aead.encrypt(nonce, plaintext.encode(), None)
+        return "gcm1:" + base64.b64encode(nonce + sealed).decode()
+
+    return encrypt
+
+
+async def fill(store: SqlStorage, encrypt: Any = None) -> None:
     """Two accounts (one without password), a tenant with both secrets, one without any,
-    and the key check value."""
-    old = cipher_of(store)
+    the key check value and a queued message with sealed attachment credentials; every
+    secret encrypted with ``encrypt(plaintext, place)`` (the storage's cipher by default)."""
+    encrypt = encrypt or cipher_of(store).encrypt
     await store.save_account(
         Account(
-            "default", "pw", "smtp.example.com", 587, "u", password_enc=old.encrypt("smtp-secret")
+            "default",
+            "pw",
+            "smtp.example.com",
+            587,
+            "u",
+            password_enc=encrypt("smtp-secret", PLACES["account:pw"]),
         )
     )
     await store.save_account(Account("default", "nopw", "smtp.example.com", 587))
@@ -60,13 +101,23 @@ async def fill(store: SqlStorage) -> None:
             "acme", "ACME", client_auth={"method": "bearer", "token": "tok-1"}, sync_secret="sync-1"
         )
     )
+    if encrypt is not cipher_of(store).encrypt:  # the storage sealed them with its cipher
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                t.tenants.update()
+                .where(t.tenants.c.id == "acme")
+                .values(
+                    client_auth_enc=encrypt(PLAINTEXTS["auth:acme"], PLACES["auth:acme"]),
+                    sync_secret_enc=encrypt("sync-1", PLACES["secret:acme"]),
+                )
+            )
     await store.save_tenant(Tenant("plain", "Plain"))
-    await store.put_settings({KEY_CHECK_SETTING: old.encrypt(KEY_CHECK_PLAINTEXT)})
+    await store.put_settings({KEY_CHECK_SETTING: encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT)})
     # a queued message whose attachment credentials were sealed at enqueue (seal_auth)
     sealed = {
         "filename": "a.pdf",
         "storage_path": "https://files.example.com/a.pdf",
-        "auth_enc": old.encrypt(ATTACHMENT_AUTH),
+        "auth_enc": encrypt(ATTACHMENT_AUTH, PLACES["attachment:queued"]),
     }
     unsealed = {"filename": "b.pdf", "storage_path": "https://files.example.com/b.pdf"}
     payload = {"from": "a@example.com", "to": ["b@example.com"], "attachments": [sealed, unsealed]}
@@ -106,20 +157,29 @@ PLAINTEXTS = {
     "check": KEY_CHECK_PLAINTEXT,
     "attachment:queued": ATTACHMENT_AUTH,
 }
+PLACES = {
+    "account:pw": account_password_context("default", "pw"),
+    "auth:acme": tenant_secret_context("client_auth_enc", "acme"),
+    "secret:acme": tenant_secret_context("sync_secret_enc", "acme"),
+    "check": KEY_CHECK_CONTEXT,
+    "attachment:queued": attachment_auth_context("default", "queued"),
+}
 EMPTY = ("account:nopw", "auth:default", "secret:default", "auth:plain", "secret:plain")
 
 
 async def test_reencrypt_rewrites_every_encrypted_value(storage: SqlStorage) -> None:
     await fill(storage)
     old, new = cipher_of(storage), Cipher(parse_key(generate_key()))
-    changed = await storage.reencrypt_secrets(lambda tok: new.encrypt(old.decrypt(tok)))
+    changed = await storage.reencrypt_secrets(
+        lambda tok, place: new.encrypt(old.decrypt(tok, place), place)
+    )
     assert changed == len(PLAINTEXTS)
     stored = await raw_values(storage)
     for name, plain in PLAINTEXTS.items():
         token = stored[name]
-        assert token is not None and new.decrypt(token) == plain, name
+        assert token is not None and new.decrypt(token, PLACES[name]) == plain, name
         with pytest.raises(EncryptionError):
-            old.decrypt(token)
+            old.decrypt(token, PLACES[name])
     assert all(stored[name] is None for name in EMPTY)  # nothing invented for empty values
 
 
@@ -129,11 +189,11 @@ async def test_a_failing_value_rolls_everything_back(storage: SqlStorage) -> Non
     old, new = cipher_of(storage), Cipher(parse_key(generate_key()))
     seen: list[str] = []
 
-    def transform(token: str) -> str:
+    def transform(token: str, place: str) -> str:
         seen.append(token)
         if len(seen) == len(PLAINTEXTS):  # the last value, after all the others
             raise EncryptionError("boom")
-        return new.encrypt(old.decrypt(token))
+        return new.encrypt(old.decrypt(token, place), place)
 
     with pytest.raises(EncryptionError):
         await storage.reencrypt_secrets(transform)
@@ -144,7 +204,7 @@ async def test_a_failing_value_rolls_everything_back(storage: SqlStorage) -> Non
 async def test_an_identity_transform_changes_nothing(storage: SqlStorage) -> None:
     await fill(storage)
     before = await raw_values(storage)
-    assert await storage.reencrypt_secrets(lambda tok: tok) == 0
+    assert await storage.reencrypt_secrets(lambda tok, place: tok) == 0
     assert await raw_values(storage) == before
 
 
@@ -162,16 +222,16 @@ async def test_runtime_rotate_key_swaps_the_cipher_and_keeps_old_tokens_readable
     assert await rt.rotate_key(new_key) == len(PLAINTEXTS)
     assert rt.cipher is not old
     # a token read before the swap (the dispatcher caches accounts) still decrypts here...
-    assert rt.decrypt(cached.password_enc) == "smtp-secret"
+    assert rt.decrypt(cached.password_enc, PLACES["account:pw"]) == "smtp-secret"
     # ...but the database holds only values of the new key
     stored = await raw_values(storage)
     fresh = Cipher(new_key)
-    assert all(fresh.decrypt(stored[n] or "") == p for n, p in PLAINTEXTS.items())
+    assert all(fresh.decrypt(stored[n] or "", PLACES[n]) == p for n, p in PLAINTEXTS.items())
     tenant = await storage.get_tenant("acme")
     assert tenant is not None and tenant.sync_secret == "sync-1"
     assert tenant.client_auth == {"method": "bearer", "token": "tok-1"}
     # new secrets are encrypted with the new key
-    assert fresh.decrypt(rt.encrypt("later")) == "later"
+    assert fresh.decrypt(rt.encrypt("later", PLACES["account:pw"]), PLACES["account:pw"]) == "later"
 
 
 async def test_runtime_rotate_key_refuses_a_database_it_cannot_decrypt(
@@ -180,7 +240,14 @@ async def test_runtime_rotate_key_refuses_a_database_it_cannot_decrypt(
     await fill(storage)
     foreign = Cipher(parse_key(generate_key()))
     await storage.save_account(
-        Account("default", "alien", "smtp.example.com", 587, "u", password_enc=foreign.encrypt("x"))
+        Account(
+            "default",
+            "alien",
+            "smtp.example.com",
+            587,
+            "u",
+            password_enc=foreign.encrypt("x", account_password_context("default", "alien")),
+        )
     )
     rt = storage.runtime
     assert rt is not None
@@ -207,9 +274,10 @@ async def test_route_rotates_and_never_echoes_the_key(api: Api) -> None:
 
     account = await rt.storage.get_account("default", "main")
     fresh = Cipher(parse_key(new_key))
-    assert fresh.decrypt(account.password_enc) == "smtp-secret"
+    place = account_password_context("default", "main")
+    assert fresh.decrypt(account.password_enc, place) == "smtp-secret"
     with pytest.raises(EncryptionError):
-        old.decrypt(account.password_enc)
+        old.decrypt(account.password_enc, place)
 
     log = await api.get("/command-log")
     entry = next(e for e in log["entries"] if e["path"] == "/instance/rotate-key")
@@ -252,11 +320,91 @@ async def test_route_key_mismatch_is_409_and_changes_nothing(api: Api) -> None:
     await api.add_account("main", password="smtp-secret")
     foreign = Cipher(parse_key(generate_key()))
     await api.runtime.storage.save_account(
-        Account("default", "alien", "smtp.example.com", 587, "u", password_enc=foreign.encrypt("x"))
+        Account(
+            "default",
+            "alien",
+            "smtp.example.com",
+            587,
+            "u",
+            password_enc=foreign.encrypt("x", account_password_context("default", "alien")),
+        )
     )
     old = api.runtime.cipher
     answer = await api.post("/instance/rotate-key", {"new_key": generate_key()}, expect=409)
     assert answer["code"] == "key_mismatch"
     assert api.runtime.cipher is old
     account = await api.runtime.storage.get_account("default", "main")
-    assert old.decrypt(account.password_enc) == "smtp-secret"
+    assert old.decrypt(account.password_enc, account_password_context("default", "main")) == (
+        "smtp-secret"
+    )
+
+
+# -- every secret bound to its place -----------------------------------------------------------
+
+
+async def test_a_secret_moved_to_another_row_does_not_decrypt(storage: SqlStorage) -> None:
+    """Swap two accounts' passwords and two tenants' secrets in the database itself: each
+    value is still a valid token of the right key, and none opens where it now is."""
+    await fill(storage)
+    rt = storage.runtime
+    assert rt is not None
+    other = account_password_context("default", "pw2")
+    await storage.save_account(
+        Account(
+            "default", "pw2", "smtp.example.com", 587, "u", password_enc=rt.encrypt("two", other)
+        )
+    )
+    await storage.save_tenant(Tenant("beta", "Beta", sync_secret="sync-2"))
+    a, c = t.accounts.c, t.tenants.c
+    async with storage.engine.begin() as conn:
+        rows = dict((await conn.execute(sa.select(a.id, a.password_enc))).all())
+        for account_id, new in (("pw", rows["pw2"]), ("pw2", rows["pw"])):
+            await conn.execute(
+                t.accounts.update().where(a.id == account_id).values(password_enc=new)
+            )
+        secrets = dict((await conn.execute(sa.select(c.id, c.sync_secret_enc))).all())
+        for tenant_id, new in (("acme", secrets["beta"]), ("beta", secrets["acme"])):
+            await conn.execute(
+                t.tenants.update().where(c.id == tenant_id).values(sync_secret_enc=new)
+            )
+
+    for account_id in ("pw", "pw2"):
+        account = await storage.get_account("default", account_id)
+        assert account is not None and account.password_enc is not None
+        with pytest.raises(EncryptionError, match="another row"):
+            rt.decrypt(account.password_enc, account_password_context("default", account_id))
+    for tenant_id in ("acme", "beta"):
+        with pytest.raises(EncryptionError, match="another row"):
+            await storage.get_tenant(tenant_id)
+    # copied to another tenant's account of the same id: refused as well
+    account = await storage.get_account("default", "pw")
+    assert account is not None and account.password_enc is not None
+    with pytest.raises(EncryptionError):
+        rt.decrypt(account.password_enc, account_password_context("acme", "pw2"))
+
+
+async def test_startup_upgrade_binds_legacy_tokens_once(storage: SqlStorage) -> None:
+    """A database written before the binding (``gcm1:`` tokens everywhere, no
+    ``secrets_format``): the upgrade re-encrypts each value for its place in one pass,
+    records the format, and is a no-op afterwards; a legacy token planted later is refused."""
+    rt = storage.runtime
+    assert rt is not None
+    old_style = legacy(storage)
+    await fill(storage, old_style)
+    assert all((v or "").startswith("gcm1:") for v in (await raw_values(storage)).values() if v)
+
+    assert await rt.upgrade_secrets() == len(PLAINTEXTS)
+    stored = await raw_values(storage)
+    cipher = cipher_of(storage)
+    for name, plain in PLAINTEXTS.items():
+        token = stored[name] or ""
+        assert token.startswith("gcm2:") and cipher.decrypt(token, PLACES[name]) == plain, name
+    assert (await storage.get_settings())[SECRETS_FORMAT_SETTING] == 2
+    assert await rt.upgrade_secrets() == 0  # recorded: not scanned again
+    assert await raw_values(storage) == stored
+
+    tenant = await storage.get_tenant("acme")
+    assert tenant is not None and tenant.sync_secret == "sync-1"
+    planted = old_style("smtp-secret", PLACES["account:pw"])
+    with pytest.raises(EncryptionError, match="legacy format"):
+        rt.decrypt(planted, PLACES["account:pw"])

@@ -20,6 +20,7 @@ from mail_proxy.ce.transport.file import FileTransport
 from mail_proxy.ce.transport.smtp import SmtpTransport
 from mail_proxy.core.contracts.model import Account
 from mail_proxy.core.contracts.transport import TransportError
+from mail_proxy.core.engine.encryption import account_password_context
 from mail_proxy.core.engine.mime import Attachment, build_email, envelope, new_message_id
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.registry import Registry
@@ -200,15 +201,19 @@ async def test_accounts_have_separate_pools_and_an_edit_starts_a_new_one(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD))
-    one = account_for(server, id="one", user="user", password_enc=rt.encrypt(PASSWORD))
-    two = account_for(server, id="two", user="user", password_enc=rt.encrypt(PASSWORD))
+    one = account_for(
+        server, id="one", user="user", password_enc=rt.encrypt(PASSWORD, pw_place("one"))
+    )
+    two = account_for(
+        server, id="two", user="user", password_enc=rt.encrypt(PASSWORD, pw_place("two"))
+    )
     await send(transport, one)
     await send(transport, two)
     assert server.connection_count == 2
     await send(transport, one)
     assert server.connection_count == 2
     # The account is saved again with a new password token: its old pool is not reused.
-    one.password_enc = rt.encrypt(PASSWORD)
+    one.password_enc = rt.encrypt(PASSWORD, pw_place("one"))
     await send(transport, one)
     assert server.connection_count == 3
     assert [a.success for a in server.auth_attempts] == [True, True, True]
@@ -395,7 +400,7 @@ async def test_auth_over_starttls(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD), auth_required=True)
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD))
+    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD, pw_place("acc")))
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
     [got] = server.messages
@@ -412,7 +417,7 @@ async def test_auth_failure_is_permanent_and_the_password_never_shows(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = await smtp_server_factory(starttls=True, auth=("user", "the-right-one"))
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD))
+    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD, pw_place("acc")))
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
@@ -428,7 +433,9 @@ async def test_required_starttls_not_offered_fails_before_auth(
 ) -> None:
     # The server even advertises AUTH in clear text: the client must not take the bait.
     server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD), starttls=True)
+    account = account_for(
+        server, user="user", password_enc=rt.encrypt(PASSWORD, pw_place("acc")), starttls=True
+    )
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
@@ -443,7 +450,7 @@ async def test_auth_is_not_sent_over_an_unencrypted_connection(
 ) -> None:
     # No STARTTLS, AUTH offered in clear text: the password must not leave.
     server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
-    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD))
+    account = account_for(server, user="user", password_enc=rt.encrypt(PASSWORD, pw_place("acc")))
     with pytest.raises(TransportError) as err:
         await send(transport, account)
     assert err.value.permanent is True
@@ -457,7 +464,10 @@ async def test_plaintext_auth_when_the_account_allows_it(
 ) -> None:
     server = await smtp_server_factory(auth=("user", PASSWORD), auth_require_tls=False)
     account = account_for(
-        server, user="user", password_enc=rt.encrypt(PASSWORD), allow_plaintext_auth=True
+        server,
+        user="user",
+        password_enc=rt.encrypt(PASSWORD, pw_place("acc")),
+        allow_plaintext_auth=True,
     )
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
@@ -476,7 +486,7 @@ async def test_stripped_starttls_is_refused_when_the_account_requires_it(
             server,
             proxy.port,
             user="user",
-            password_enc=rt.encrypt(PASSWORD),
+            password_enc=rt.encrypt(PASSWORD, pw_place("acc")),
             starttls=True,
             allow_plaintext_auth=True,  # not even this lets the password out: TLS is required
         )
@@ -524,7 +534,9 @@ async def test_implicit_tls_with_a_private_ca(
     smtp_server_factory: Callable[..., Any], rt: Runtime, transport: SmtpTransport
 ) -> None:
     server = await smtp_server_factory(implicit_tls=True, auth=("user", PASSWORD))
-    account = account_for(server, use_tls=True, user="user", password_enc=rt.encrypt(PASSWORD))
+    account = account_for(
+        server, use_tls=True, user="user", password_enc=rt.encrypt(PASSWORD, pw_place("acc"))
+    )
     result = await send(transport, account)
     assert result.accepted == ["a@example.com"]
     assert server.messages[0].tls is True
@@ -551,7 +563,10 @@ async def test_starttls_untrusted_certificate_is_permanent_and_sends_no_auth(
 ) -> None:
     server = await smtp_server_factory(starttls=True, auth=("user", PASSWORD))
     account = account_for(
-        server, user="user", password_enc=rt.encrypt(PASSWORD), options={"tls_ca_file": None}
+        server,
+        user="user",
+        password_enc=rt.encrypt(PASSWORD, pw_place("acc")),
+        options={"tls_ca_file": None},
     )
     with pytest.raises(TransportError) as err:
         await send(transport, account)
@@ -625,3 +640,8 @@ async def test_file_transport_needs_a_directory(rt: Runtime) -> None:
         await transport.send(account, email, sender, rcpts)
     assert err.value.permanent is True
     assert "directory" in str(err.value)
+
+
+def pw_place(account_id: str) -> str:
+    """Where the default tenant's account ``account_id`` keeps its password."""
+    return account_password_context("default", account_id)

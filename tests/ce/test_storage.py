@@ -20,6 +20,7 @@ from mail_proxy.core.contracts.model import (
     Tenant,
 )
 from mail_proxy.core.contracts.storage import MessageFilter, RateLimits
+from mail_proxy.core.engine.encryption import account_password_context
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
 
@@ -276,14 +277,15 @@ async def test_accounts_tenants_secrets(storage: SqlStorage, db_url: str) -> Non
             "a1",
             host="smtp.x",
             port=587,
-            password_enc=rt.encrypt("s3cret"),
+            password_enc=rt.encrypt("s3cret", account_password_context("default", "a1")),
             default=True,
         )
     )
     await storage.save_account(Account("default", "a2", host="smtp.y", port=25, default=True))
     accounts = {a.id: a for a in await storage.list_accounts("default")}
     assert accounts["a2"].default and not accounts["a1"].default
-    assert rt.decrypt(accounts["a1"].password_enc or "") == "s3cret"
+    place = account_password_context("default", "a1")
+    assert rt.decrypt(accounts["a1"].password_enc or "", place) == "s3cret"
     await storage.save_tenant(
         Tenant(
             id="acme",

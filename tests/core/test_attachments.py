@@ -219,11 +219,11 @@ async def test_resolver_names_the_failed_attachment(runtime: Callable[..., Runti
     rt = runtime()
     with pytest.raises(FetchError) as err:
         await get_resolver(rt).resolve(
-            Tenant(id="t1"), [{"filename": "x", "storage_path": "p", "fetch_mode": "gone"}]
+            Tenant(id="t1"), [{"filename": "x", "storage_path": "p", "fetch_mode": "gone"}], "m1"
         )
     assert str(err.value) == "attachment 'x': unknown fetch_mode 'gone'"
     with pytest.raises(FetchError) as err:
-        await get_resolver(rt).resolve(Tenant(id="t1"), [{"filename": "x"}])
+        await get_resolver(rt).resolve(Tenant(id="t1"), [{"filename": "x"}], "m1")
     assert str(err.value) == "attachment 1: missing storage_path"
 
 

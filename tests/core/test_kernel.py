@@ -20,6 +20,7 @@ from mail_proxy.core.engine.encryption import (
     generate_key,
     load_key,
     parse_key,
+    secret_context,
 )
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from mail_proxy.core.plugins.manager import PluginError, hookimpl
@@ -135,10 +136,25 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 def test_encryption_round_trip_and_wrong_key(tmp_path: Path) -> None:
     key = generate_key()
     c = Cipher(parse_key(key))
-    token = c.encrypt("pässword")
-    assert "pässword" not in token and c.decrypt(token) == "pässword"
+    place = secret_context("accounts", "password_enc", "t1", "a1")
+    token = c.encrypt("pässword", place)
+    assert "pässword" not in token and c.decrypt(token, place) == "pässword"
     with pytest.raises(EncryptionError, match="does not decrypt"):
-        Cipher(parse_key(generate_key())).decrypt(token)
+        Cipher(parse_key(generate_key())).decrypt(token, place)
+    # bound to its place: the same key refuses it anywhere else
+    for elsewhere in (
+        secret_context("accounts", "password_enc", "t1", "a2"),
+        secret_context("accounts", "password_enc", "t2", "a1"),
+        secret_context("tenants", "sync_secret_enc", "t1"),
+    ):
+        with pytest.raises(EncryptionError, match="another row"):
+            c.decrypt(token, elsewhere)
+    # the legacy format (no associated data) opens only through the upgrade's door
+    legacy = "gcm1:" + token[len("gcm2:") :]
+    with pytest.raises(EncryptionError, match="legacy format"):
+        c.decrypt(legacy, place)
+    with pytest.raises(EncryptionError, match="does not decrypt"):
+        c.decrypt_legacy(legacy)  # a gcm2 body is not a legacy token either
     with pytest.raises(EncryptionError, match="32 bytes"):
         parse_key("c2hvcnQ=")
     with pytest.raises(EncryptionError, match="not valid base64"):

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from ee_largefiles.lf import MB, LargeFilesApp, bodies, fetch, links, md5_of
 
 from mail_proxy.core.engine.encryption import Cipher, generate_key, parse_key
+from mail_proxy.ee.largefiles.records import secret_place, store_place
 from support.ce_api import message
 
 
@@ -32,10 +33,16 @@ async def test_rotation_reencrypts_the_plugin_secrets(lf: LargeFilesApp, tmp_pat
     assert rotated["reencrypted"] >= 3  # the setting's options, the kept options, the secret
     new = Cipher(parse_key(new_key))
     async with lf.runtime.storage.database.connect() as conn:
-        secret = await conn.scalar(sa.text("SELECT value_enc FROM largefiles_secrets"))
-        options = await conn.scalar(sa.text("SELECT options_enc FROM largefiles_stores"))
-    assert len(new.decrypt(secret)) >= 43
-    assert new.decrypt(options) == '{"auto_mkdir": true}'
+        secret, name = (
+            await conn.execute(sa.text("SELECT value_enc, name FROM largefiles_secrets"))
+        ).one()
+        options, tenant_id, key = (
+            await conn.execute(
+                sa.text("SELECT options_enc, tenant_id, url_hash FROM largefiles_stores")
+            )
+        ).one()
+    assert len(new.decrypt(secret, secret_place(name))) >= 43
+    assert new.decrypt(options, store_place(tenant_id, key)) == '{"auto_mkdir": true}'
 
     status, _h, data = await fetch(url)
     assert status == 200 and md5_of(data) == digest

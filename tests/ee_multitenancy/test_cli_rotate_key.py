@@ -20,8 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.core.engine.encryption import Cipher, EncryptionError, generate_key, parse_key
-from mail_proxy.core.engine.runtime import KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING
+from mail_proxy.core.engine.encryption import (
+    Cipher,
+    EncryptionError,
+    account_password_context,
+    generate_key,
+    parse_key,
+    tenant_secret_context,
+)
+from mail_proxy.core.engine.runtime import KEY_CHECK_CONTEXT, KEY_CHECK_PLAINTEXT, KEY_CHECK_SETTING
 from mail_proxy.core.testing.net import free_port
 from mail_proxy.core.testing.smtp import SmtpTestServer
 from support.cli_runner import Cli, Result, http
@@ -97,6 +104,18 @@ def stored_secrets(db: Path) -> dict[str, str]:
     return out
 
 
+def place_of(name: str) -> str:
+    """The encryption context of a :func:`stored_secrets` entry (where it is stored)."""
+    kind, _, where = name.partition(":")
+    if kind == "password":
+        tenant, account = where.split("/")
+        return account_password_context(tenant, account)
+    if kind in ("auth", "secret"):
+        column = "client_auth_enc" if kind == "auth" else "sync_secret_enc"
+        return tenant_secret_context(column, where)
+    return KEY_CHECK_CONTEXT
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -158,10 +177,11 @@ async def test_rotate_key_live_then_restart(cli: Cli, smtp: SmtpTestServer, tmp_
     old, new = Cipher(parse_key(old_key)), Cipher(parse_key(new_key))
     for name, token in after.items():
         with pytest.raises(EncryptionError):
-            old.decrypt(token)
-        assert new.decrypt(token) == old.decrypt(before[name]), name
-    assert new.decrypt(after["password:acme/smtp1"]) == SMTP_AUTH[1]
-    assert new.decrypt(after["check"]) == KEY_CHECK_PLAINTEXT
+            old.decrypt(token, place_of(name))
+        assert new.decrypt(token, place_of(name)) == old.decrypt(before[name], place_of(name))
+    acme = "password:acme/smtp1"
+    assert new.decrypt(after[acme], place_of(acme)) == SMTP_AUTH[1]
+    assert new.decrypt(after["check"], KEY_CHECK_CONTEXT) == KEY_CHECK_PLAINTEXT
 
     # the running instance still sends without a restart (fresh connections: AUTH again)
     smtp.drop_all_connections()
@@ -203,7 +223,8 @@ async def test_key_from_the_environment_is_printed_once(
         assert not (inst / "encryption.key.new").exists()
         new = Cipher(parse_key(new_key))
         stored = stored_secrets(inst / "mail_proxy.db")
-        assert new.decrypt(stored["password:default/smtp1"]) == SMTP_AUTH[1]
+        smtp1 = "password:default/smtp1"
+        assert new.decrypt(stored[smtp1], place_of(smtp1)) == SMTP_AUTH[1]
 
         # a restart with the stale variable is refused, naming the problem
         await asyncio.to_thread(cli.ok, "stop", "main")
@@ -224,7 +245,7 @@ async def test_refused_and_unfinished_rotations(
     key = (inst / "encryption.key").read_text()
 
     # a value the current key cannot decrypt: the server refuses, nothing changes
-    alien = Cipher(parse_key(generate_key())).encrypt("x")
+    alien = Cipher(parse_key(generate_key())).encrypt("x", place_of("password:acme/smtp1"))
     with sqlite3.connect(inst / "mail_proxy.db") as conn:
         conn.execute("UPDATE accounts SET password_enc = ? WHERE tenant_id = 'acme'", (alien,))
     refused = await asyncio.to_thread(cli, "main", "rotate-key")

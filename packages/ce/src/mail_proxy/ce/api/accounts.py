@@ -13,6 +13,7 @@ from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import Account
 from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.account_fields import AccountFieldsCodec
+from mail_proxy.core.engine.encryption import account_password_context
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
 
@@ -85,10 +86,14 @@ async def save_account(request: web.Request) -> web.Response:
     tenant_id = tenant_of(request)
     existing = await rt.storage.get_account(tenant_id, body.id)
     plugin_fields = rt.local(AccountFieldsCodec).split(
-        body.model_extra or {}, existing.extra if existing else None
+        body.model_extra or {}, existing.extra if existing else None, tenant_id, body.id
     )
     if "password" in body.model_fields_set:
-        password_enc = rt.encrypt(body.password) if body.password else None
+        password_enc = (
+            rt.encrypt(body.password, account_password_context(tenant_id, body.id))
+            if body.password
+            else None
+        )
     else:
         password_enc = existing.password_enc if existing else None
     account = Account(

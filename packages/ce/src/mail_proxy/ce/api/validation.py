@@ -29,6 +29,7 @@ from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.extensions import EnqueueContext, EnqueueRejected, MessageStep
 from mail_proxy.core.contracts.model import DEFAULT_TENANT, NewMessage
 from mail_proxy.core.engine.attachments import seal_auth, validate_attachments
+from mail_proxy.core.engine.encryption import attachment_auth_context
 from mail_proxy.core.engine.mime import (
     LINE_BREAKING_OR_TAB,
     RESERVED_HEADERS,
@@ -298,7 +299,7 @@ class MessageValidator:
         if msg.attachments:
             attachments = [a.model_dump(exclude_none=True) for a in msg.attachments]
             problem = validate_attachments(attachments, self.runtime) or seal_auth(
-                attachments, self.runtime
+                attachments, self.runtime, attachment_auth_context(view.tenant.id, msg.id)
             )
             if problem:
                 raise Rejected(problem)

@@ -12,8 +12,13 @@ from mail_proxy.core.contracts.model import (
     CommandLogEntry,
 )
 from mail_proxy.core.engine.attachments import SEALED_AUTH
-from mail_proxy.core.engine.runtime import KEY_CHECK_SETTING
-from mail_proxy.core.engine.sealed import SEALED
+from mail_proxy.core.engine.encryption import (
+    account_password_context,
+    attachment_auth_context,
+    tenant_secret_context,
+)
+from mail_proxy.core.engine.runtime import KEY_CHECK_CONTEXT, KEY_CHECK_SETTING
+from mail_proxy.core.engine.sealed import SEALED, SecretPlace
 
 from . import schema as t
 
@@ -43,8 +48,9 @@ class AdminRepository(SqlBase):
                     await conn.execute(t.instance_settings.insert().values(key=key, value=value))
         return await self.get_settings()
 
-    async def reencrypt_secrets(self, transform: Callable[[str], str]) -> int:
-        """Rewrite every encrypted value with ``transform`` in one transaction (key rotation).
+    async def reencrypt_secrets(self, transform: Callable[[str, str], str]) -> int:
+        """Rewrite every encrypted value with ``transform(token, context)`` in one
+        transaction (key rotation, the upgrade to place-bound tokens).
 
         The rows are read and rewritten inside the same write transaction, locked on
         PostgreSQL (``FOR UPDATE``), so a secret saved concurrently is never overwritten with
@@ -67,19 +73,27 @@ class AdminRepository(SqlBase):
 
             account_rows = []
             for row in await conn.execute(accounts):
-                new = transform(row.password_enc)
+                new = transform(row.password_enc, account_password_context(row.tenant_id, row.id))
                 if new != row.password_enc:
                     account_rows.append({"b_tenant": row.tenant_id, "b_id": row.id, "b_pw": new})
             tenant_rows = []
             for row in await conn.execute(tenants):
-                auth = _apply(transform, row.client_auth_enc)
-                secret = _apply(transform, row.sync_secret_enc)
+                auth = _apply(
+                    transform, row.client_auth_enc, tenant_secret_context("client_auth_enc", row.id)
+                )
+                secret = _apply(
+                    transform, row.sync_secret_enc, tenant_secret_context("sync_secret_enc", row.id)
+                )
                 moved = (auth != row.client_auth_enc) + (secret != row.sync_secret_enc)
                 if moved:
                     changed += moved
                     tenant_rows.append({"b_id": row.id, "b_auth": auth, "b_secret": secret})
             stored_check = await conn.scalar(check)
-            new_check = _apply(transform, stored_check) if isinstance(stored_check, str) else None
+            new_check = (
+                _apply(transform, stored_check, KEY_CHECK_CONTEXT)
+                if isinstance(stored_check, str)
+                else None
+            )
 
             if account_rows:
                 await conn.execute(
@@ -111,12 +125,12 @@ class AdminRepository(SqlBase):
         return changed
 
     async def _reencrypt_attachment_auth(
-        self, conn: AsyncConnection, transform: Callable[[str], str]
+        self, conn: AsyncConnection, transform: Callable[[str, str], str]
     ) -> int:
         """Key rotation of the attachment credentials sealed in message payloads
         (``core.attachments.seal_auth``); only payloads that mention one are read."""
         m = t.messages.c
-        query = sa.select(m.pk, m.payload).where(
+        query = sa.select(m.pk, m.tenant_id, m.id, m.payload).where(
             sa.cast(m.payload, sa.Text).like(f'%"{SEALED_AUTH}"%')
         )
         if self._pg:
@@ -130,7 +144,9 @@ class AdminRepository(SqlBase):
             for att in attachments:
                 sealed = att.get(SEALED_AUTH)
                 if isinstance(sealed, str):
-                    att[SEALED_AUTH] = transform(sealed)
+                    att[SEALED_AUTH] = transform(
+                        sealed, attachment_auth_context(row.tenant_id, row.id)
+                    )
                     moved += att[SEALED_AUTH] != sealed
             if moved:
                 payload["attachments"] = attachments
@@ -190,7 +206,7 @@ class AdminRepository(SqlBase):
             ]
 
     async def _reencrypt_plugin_values(
-        self, conn: AsyncConnection, transform: Callable[[str], str]
+        self, conn: AsyncConnection, transform: Callable[[str, str], str]
     ) -> int:
         """Re-encrypt every sealed member of the plugins' tenant settings and account fields
         (key rotation), in the caller's transaction."""
@@ -205,7 +221,9 @@ class AdminRepository(SqlBase):
                 query = query.with_for_update()
             for row in (await conn.execute(query)).all():
                 count = [0]
-                value = _reseal(row[-1], transform, count)
+                key = tuple(row[: len(cols)])
+                place = SecretPlace(table.name, column, key)
+                value = _reseal(row[-1], transform, count, place, ())
                 if count[0]:
                     changed += count[0]
                     where = [c == row[i] for i, c in enumerate(cols)]
@@ -213,13 +231,21 @@ class AdminRepository(SqlBase):
         return changed
 
 
-def _reseal(value: Any, transform: Callable[[str], str], count: list[int]) -> Any:
+def _reseal(
+    value: Any,
+    transform: Callable[[str, str], str],
+    count: list[int],
+    place: SecretPlace,
+    path: tuple[str, ...],
+) -> Any:
+    """``value`` with every sealed member re-encrypted for its place: the row's
+    :class:`SecretPlace` and the member's path in the JSON column."""
     if isinstance(value, dict):
         if set(value) == {SEALED} and isinstance(value[SEALED], str):
-            new = transform(value[SEALED])
+            new = transform(value[SEALED], place.context(".".join(path)))
             count[0] += new != value[SEALED]
             return {SEALED: new}
-        return {k: _reseal(v, transform, count) for k, v in value.items()}
+        return {k: _reseal(v, transform, count, place, (*path, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_reseal(v, transform, count) for v in value]
+        return [_reseal(v, transform, count, place, (*path, str(i))) for i, v in enumerate(value)]
     return value

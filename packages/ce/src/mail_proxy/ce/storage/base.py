@@ -39,6 +39,7 @@ from mail_proxy.core.contracts.model import (
 from mail_proxy.core.contracts.storage import (
     EnqueueResult,
 )
+from mail_proxy.core.engine.encryption import tenant_secret_context
 
 from . import schema as t
 from .engine import make_engine
@@ -107,21 +108,22 @@ class SqlBase:
         return insert(table).on_conflict_do_nothing()
 
     # -- secrets --------------------------------------------------------------------------
-    def _encrypt(self, value: str | None) -> str | None:
+    def _encrypt(self, value: str | None, context: str) -> str | None:
+        """``value`` encrypted for its place ``context`` (``secret_context``)."""
         if value is None:
             return None
         if self.runtime is None:
             raise RuntimeError("storing secrets needs a runtime with an encryption key")
-        return self.runtime.encrypt(value)
+        return self.runtime.encrypt(value, context)
 
-    def _decrypt(self, value: str | None) -> str | None:
+    def _decrypt(self, value: str | None, context: str) -> str | None:
         if value is None or self.runtime is None:
             return None
-        return self.runtime.decrypt(value)
+        return self.runtime.decrypt(value, context)
 
     # -- tenants --------------------------------------------------------------------------
     def _tenant(self, row: Any) -> Tenant:
-        auth = self._decrypt(row.client_auth_enc)
+        auth = self._decrypt(row.client_auth_enc, tenant_secret_context("client_auth_enc", row.id))
         return Tenant(
             id=row.id,
             name=row.name,
@@ -131,7 +133,9 @@ class SqlBase:
             client_attachment_path=row.client_attachment_path,
             client_auth=json.loads(auth) if auth else None,
             rate_limits=row.rate_limits,
-            sync_secret=self._decrypt(row.sync_secret_enc),
+            sync_secret=self._decrypt(
+                row.sync_secret_enc, tenant_secret_context("sync_secret_enc", row.id)
+            ),
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -263,8 +267,8 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
-def _apply(transform: Callable[[str], str], value: str | None) -> str | None:
-    return None if value is None else transform(value)
+def _apply(transform: Callable[[str, str], str], value: str | None, context: str) -> str | None:
+    return None if value is None else transform(value, context)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -12,6 +12,7 @@ from mail_proxy.core.contracts.model import (
     Account,
     Tenant,
 )
+from mail_proxy.core.engine.encryption import tenant_secret_context
 
 from . import schema as t
 
@@ -44,11 +45,18 @@ class TenantRepository(SqlBase):
             "client_base_url": tenant.client_base_url,
             "client_sync_path": tenant.client_sync_path,
             "client_attachment_path": tenant.client_attachment_path,
-            "client_auth_enc": self._encrypt(json.dumps(tenant.client_auth))
+            "client_auth_enc": self._encrypt(
+                json.dumps(tenant.client_auth),
+                tenant_secret_context("client_auth_enc", tenant.id),
+            )
             if tenant.client_auth
             else None,
             "rate_limits": tenant.rate_limits,
-            "sync_secret_enc": self._encrypt(tenant.sync_secret) if tenant.sync_secret else None,
+            "sync_secret_enc": self._encrypt(
+                tenant.sync_secret, tenant_secret_context("sync_secret_enc", tenant.id)
+            )
+            if tenant.sync_secret
+            else None,
             "updated_at": now,
         }
         async with self._write() as conn:

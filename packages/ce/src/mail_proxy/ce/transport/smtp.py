@@ -72,6 +72,7 @@ from aiosmtplib import (
 from mail_proxy.ce.settings import SMTP as SMTP_SETTINGS
 from mail_proxy.ce.transport.transaction import run_transaction
 from mail_proxy.core.contracts.transport import SendResult, Transport, TransportError
+from mail_proxy.core.engine.encryption import account_password_context
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Account
@@ -587,7 +588,9 @@ class SmtpTransport(Transport):
         if not account.password_enc:
             return ""
         try:
-            return self._runtime.decrypt(account.password_enc)
+            return self._runtime.decrypt(
+                account.password_enc, account_password_context(account.tenant_id, account.id)
+            )
         except Exception:
             raise TransportError(
                 f"account {account.id}: the stored password cannot be decrypted "

@@ -355,13 +355,17 @@ class Storage(abc.ABC):
         """Merge ``values`` into the stored settings and return them all."""
 
     @abc.abstractmethod
-    async def reencrypt_secrets(self, transform: Callable[[str], str]) -> int:
-        """Apply ``transform`` to every encrypted value (accounts' passwords, tenants'
-        ``client_auth`` and sync secrets, the ``encryption_key_check`` setting) in ONE
-        transaction, and return how many values changed.
+    async def reencrypt_secrets(self, transform: Callable[[str, str], str]) -> int:
+        """Replace every encrypted value (accounts' passwords, tenants' ``client_auth`` and
+        sync secrets, the ``encryption_key_check`` setting, attachment credentials in
+        payloads, sealed members of tenant settings and account fields) by
+        ``transform(token, context)`` in ONE transaction, ``context`` being the value's place
+        (``secret_context``: table, column, row key, as it was encrypted for); return how many
+        values changed.
 
-        Key rotation: ``transform`` decrypts with the old key and encrypts with the new one.
-        If it raises for any value, the transaction rolls back and nothing changes.
+        Key rotation: ``transform`` decrypts with the old key and encrypts with the new one;
+        the upgrade binds legacy tokens to their place. If it raises for any value, the
+        transaction rolls back and nothing changes.
         """
 
     @abc.abstractmethod

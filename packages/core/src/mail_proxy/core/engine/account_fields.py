@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.contracts.errors import ApiError
-from mail_proxy.core.engine.sealed import is_sealed, opened, seal, shown, unsealed
+from mail_proxy.core.engine.sealed import (
+    SecretPlace,
+    is_sealed,
+    opened,
+    seal,
+    shown,
+    unsealed,
+)
 
 if TYPE_CHECKING:
     from mail_proxy.core.contracts.model import Account
@@ -32,11 +39,15 @@ class AccountFieldsCodec:
         }
 
     def split(
-        self, extra_fields: dict[str, Any], previous: dict[str, Any] | None = None
+        self,
+        extra_fields: dict[str, Any],
+        previous: dict[str, Any] | None,
+        tenant_id: str,
+        account_id: str,
     ) -> dict[str, Any]:
-        """The plugins' part of an account: ``extra_fields`` (what the core account body did
-        not know) grouped by plugin, validated and sealed, merged over ``previous`` (the
-        stored ``extra``). 400 for a field no installed plugin accepts (naming the plugin to
+        """The plugins' part of account ``(tenant_id, account_id)``: ``extra_fields`` (what
+        the core account body did not know) grouped by plugin, validated and sealed for that
+        account's row, merged over ``previous`` (the stored ``extra``). 400 for a field no installed plugin accepts (naming the plugin to
         install when it is a known one)."""
         reg = self.rt.account_fields
         owner = self._owner()
@@ -60,8 +71,12 @@ class AccountFieldsCodec:
                 for s in spec.secret_fields
                 if s not in raw and is_sealed(stored.get(s))
             }
-            full = {**raw, **{s: opened(self.rt, spec.model, s, t) for s, t in kept.items()}}
-            extra[name] = seal(self.rt, spec.model, spec.secret_fields, full, "")
+            place = _place(tenant_id, account_id, name)
+            full = {
+                **raw,
+                **{s: opened(self.rt, spec.model, s, t, place) for s, t in kept.items()},
+            }
+            extra[name] = seal(self.rt, spec.model, spec.secret_fields, full, "", place)
         return extra
 
     def public(self, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -78,4 +93,11 @@ class AccountFieldsCodec:
         stored = (account.extra or {}).get(name)
         if stored is None or name not in self.rt.account_fields:
             return None
-        return unsealed(self.rt, self.rt.account_fields.get(name).model, stored)
+        model = self.rt.account_fields.get(name).model
+        return unsealed(self.rt, model, stored, _place(account.tenant_id, account.id, name))
+
+
+def _place(tenant_id: str, account_id: str, name: str) -> SecretPlace:
+    """Where the secrets of field group ``name`` are stored: ``accounts`` row ``(tenant_id,
+    account_id)``, column ``extra``, member ``name``."""
+    return SecretPlace("accounts", f"extra.{name}", (tenant_id, account_id))

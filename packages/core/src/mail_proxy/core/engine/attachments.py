@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.contracts.fetch import FetchError, FetchRequest
 from mail_proxy.core.engine.attachment_cache import AttachmentCache, CacheStats, md5_hex
-from mail_proxy.core.engine.encryption import EncryptionError
+from mail_proxy.core.engine.encryption import EncryptionError, attachment_auth_context
 from mail_proxy.core.engine.mime import character_problem
 
 if TYPE_CHECKING:
@@ -205,11 +205,12 @@ def parse_spec(att: Any) -> AttachmentSpec:
 SEALED_AUTH = "auth_enc"
 
 
-def seal_auth(atts: list[dict[str, Any]], runtime: Runtime) -> str | None:
+def seal_auth(atts: list[dict[str, Any]], runtime: Runtime, context: str) -> str | None:
     """Encrypt each attachment's credentials before the payload is stored (in place).
 
     An ``auth`` with a secret (``bearer``, ``basic``) is replaced by ``auth_enc``, encrypted
-    with the instance key like account passwords, so the queue never holds it in clear;
+    with the instance key like account passwords, bound to its message (``context``:
+    :func:`attachment_auth_context`), so the queue never holds it in clear;
     ``{"method": "none"}`` (no secret: "do not send the tenant's credentials") stays as is.
     Returns a rejection reason when a secret arrives and no encryption key is configured.
     """
@@ -223,17 +224,18 @@ def seal_auth(atts: list[dict[str, Any]], runtime: Runtime) -> str | None:
                 "(MAIL_PROXY_ENCRYPTION_KEY)"
             )
         del att["auth"]
-        att[SEALED_AUTH] = runtime.cipher.encrypt(json.dumps(auth))
+        att[SEALED_AUTH] = runtime.cipher.encrypt(json.dumps(auth), context)
     return None
 
 
-def unseal_auth(att: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    """The stored attachment with its ``auth`` decrypted again (at fetch time)."""
+def unseal_auth(att: dict[str, Any], runtime: Runtime, context: str) -> dict[str, Any]:
+    """The stored attachment with its ``auth`` decrypted again (at fetch time); ``context``:
+    its message's :func:`attachment_auth_context`."""
     sealed = att.get(SEALED_AUTH)
     if sealed is None:
         return att
     try:
-        auth = json.loads(runtime.decrypt(sealed))
+        auth = json.loads(runtime.decrypt(sealed, context))
     except (EncryptionError, ValueError):
         raise AttachmentError(
             "its credentials cannot be decrypted (was the encryption key replaced without "
@@ -314,14 +316,18 @@ class AttachmentResolver:
             self._semaphore = asyncio.Semaphore(self.runtime.settings.max_concurrent_attachments)
         return self._semaphore
 
-    async def resolve(self, tenant: Tenant, atts: list[dict[str, Any]]) -> list[Attachment]:
-        """Fetch every attachment of one message; the first failure fails them all."""
+    async def resolve(
+        self, tenant: Tenant, atts: list[dict[str, Any]], message_id: str
+    ) -> list[Attachment]:
+        """Fetch every attachment of message ``message_id``; the first failure fails them
+        all."""
         from mail_proxy.core.engine.mime import Attachment
 
         specs = []
+        place = attachment_auth_context(tenant.id, message_id)
         for number, att in enumerate(atts, start=1):
             try:
-                specs.append(parse_spec(unseal_auth(att, self.runtime)))
+                specs.append(parse_spec(unseal_auth(att, self.runtime, place)))
             except AttachmentError as exc:
                 raise FetchError(f"attachment {number}: {exc}") from None
         if len(specs) == 1:

@@ -481,7 +481,7 @@ class Dispatcher(Service):
                 # file: off the event loop.
                 atts = ctx.payload["attachments"]
                 await reservation.ensure(COPIES * await asyncio.to_thread(estimated_size, atts))
-                ctx.attachments = await get_resolver(rt).resolve(tenant, atts)
+                ctx.attachments = await get_resolver(rt).resolve(tenant, atts, ctx.record.id)
                 # larger than estimated: reserve the real size
                 await reservation.ensure(COPIES * sum(len(a.content) for a in ctx.attachments))
             for step in steps:

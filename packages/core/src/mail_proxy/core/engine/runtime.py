@@ -32,7 +32,13 @@ from mail_proxy.core.contracts.reports import ReportSink
 from mail_proxy.core.contracts.transport import Transport, TransportFactory
 from mail_proxy.core.engine.clock import SharedClock
 from mail_proxy.core.engine.controls import ReportSync, Scheduler
-from mail_proxy.core.engine.encryption import Cipher, EncryptionError, load_key
+from mail_proxy.core.engine.encryption import (
+    LEGACY_PREFIX,
+    Cipher,
+    EncryptionError,
+    load_key,
+    secret_context,
+)
 from mail_proxy.core.engine.intake import IntakePressure
 from mail_proxy.core.plugins.manager import PluginManager
 from mail_proxy.core.plugins.registry import Registry
@@ -50,6 +56,10 @@ T = TypeVar("T")
 
 KEY_CHECK_SETTING = "encryption_key_check"
 KEY_CHECK_PLAINTEXT = "genro-mail-proxy key check"
+KEY_CHECK_CONTEXT = secret_context("instance_settings", "value", KEY_CHECK_SETTING)
+#: Recorded once every stored secret is bound to its place (:meth:`Runtime.upgrade_secrets`).
+SECRETS_FORMAT_SETTING = "secrets_format"
+SECRETS_FORMAT = 2
 #: Settings ``PUT /instance`` may change while running; stored values win over the config.
 LIVE_SETTINGS = (
     "instance_name",
@@ -194,7 +204,10 @@ class Runtime:
             )
         if stored and self.cipher is not None:
             try:
-                ok = self.cipher.decrypt(stored) == KEY_CHECK_PLAINTEXT
+                if stored.startswith(LEGACY_PREFIX):  # upgraded right after this check
+                    ok = self.cipher.decrypt_legacy(stored) == KEY_CHECK_PLAINTEXT
+                else:
+                    ok = self.cipher.decrypt(stored, KEY_CHECK_CONTEXT) == KEY_CHECK_PLAINTEXT
             except EncryptionError:
                 ok = False
             if not ok:
@@ -205,8 +218,42 @@ class Runtime:
                 )
         elif self.cipher is not None:
             await self.storage.put_settings(
-                {KEY_CHECK_SETTING: self.cipher.encrypt(KEY_CHECK_PLAINTEXT)}
+                {
+                    KEY_CHECK_SETTING: self.cipher.encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT),
+                    SECRETS_FORMAT_SETTING: SECRETS_FORMAT,
+                }
             )
+
+    async def upgrade_secrets(self) -> int:
+        """The one-time migration to place-bound ciphertexts: every ``gcm1:`` token (no
+        associated data) is re-encrypted as ``gcm2:`` bound to its table, column and row, in
+        the storage's tables (one transaction) and then in the plugins' own tables
+        (``reencrypt_secrets``); ``secrets_format`` is recorded last, so an interrupted
+        upgrade runs again at the next start (tokens already bound are left as they are).
+        Runs at startup, before any service reads a secret. Returns how many changed."""
+        if self.cipher is None:
+            return 0
+        if (await self.storage.get_settings()).get(SECRETS_FORMAT_SETTING) == SECRETS_FORMAT:
+            return 0
+        cipher = self.cipher
+
+        def bind(token: str, context: str) -> str:
+            if not token.startswith(LEGACY_PREFIX):
+                return token
+            return cipher.encrypt(cipher.decrypt_legacy(token), context)
+
+        try:
+            changed = await self.storage.reencrypt_secrets(bind)
+            changed += await self.plugins.reencrypt_secrets(bind, self)
+        except EncryptionError as exc:
+            raise ConfigError(
+                "MAIL_PROXY_ENCRYPTION_KEY",
+                f"upgrading the stored secrets to place-bound encryption failed: {exc}",
+            ) from None
+        await self.storage.put_settings({SECRETS_FORMAT_SETTING: SECRETS_FORMAT})
+        if changed:
+            log.info("stored secrets bound to their place: %d value(s) re-encrypted", changed)
+        return changed
 
     async def stop(self) -> None:
         for service in reversed(self.services):
@@ -239,7 +286,8 @@ class Runtime:
             self._transports[name] = self.transport_factories.get(name)(self)
         return self._transports[name]
 
-    def encrypt(self, secret: str) -> str:
+    def encrypt(self, secret: str, context: str) -> str:
+        """``secret`` encrypted for the place ``context`` names (:func:`secret_context`)."""
         if self.cipher is None:
             from mail_proxy.core.contracts.errors import ApiError
 
@@ -249,17 +297,19 @@ class Runtime:
                 "storing a secret needs an encryption key: set MAIL_PROXY_ENCRYPTION_KEY "
                 "(generate one with `mail-proxy keygen`) and restart",
             )
-        return self.cipher.encrypt(secret)
+        return self.cipher.encrypt(secret, context)
 
-    def decrypt(self, token: str) -> str:
+    def decrypt(self, token: str, context: str) -> str:
+        """The secret stored at ``context``; :class:`EncryptionError` when the token was
+        written elsewhere (another row, column or tenant) or under an unknown key."""
         if self.cipher is None:
             raise EncryptionError("no encryption key configured")
         try:
-            return self.cipher.decrypt(token)
+            return self.cipher.decrypt(token, context)
         except EncryptionError:
             for fallback in self._decrypt_fallbacks:
                 try:
-                    return fallback.decrypt(token)
+                    return fallback.decrypt(token, context)
                 except EncryptionError:
                     continue
             raise
@@ -282,12 +332,12 @@ class Runtime:
             raise EncryptionError("no encryption key is configured: there is nothing to rotate")
         new = Cipher(new_key)
 
-        def transform(token: str) -> str:
+        def transform(token: str, context: str) -> str:
             try:
-                new.decrypt(token)
+                new.decrypt(token, context)
                 return token  # already under the new key (written during the rotation)
             except EncryptionError:
-                return new.encrypt(old.decrypt(token))
+                return new.encrypt(old.decrypt(token, context), context)
 
         async with self._rotation_lock:
             # values committed by the rotation may be read before the swap below

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.extensions import TenantSetting
-from mail_proxy.core.engine.sealed import seal, shown, unsealed
+from mail_proxy.core.engine.sealed import SecretPlace, checked, seal_members, shown, unsealed
 
 if TYPE_CHECKING:
     from mail_proxy.core.engine.runtime import Runtime
@@ -49,14 +49,15 @@ class TenantSettings:
 
     # -- values ---------------------------------------------------------------------------
     def validate(self, name: str, raw: Any, *, is_admin: bool) -> dict[str, Any] | None:
-        """Check ``raw`` with the plugin's model and seal its secret members: what to store
-        (None removes the setting). 400 with the field and the model's reason otherwise."""
+        """Check ``raw`` with the plugin's model: what to pass to :meth:`put` (None removes
+        the setting), secret members still in clear (``put`` seals them for the tenant's
+        row) or sealed as stored. 400 with the field and the model's reason otherwise."""
         spec = self.spec(name)
         if spec.admin_only and not is_admin:
             raise ApiError(403, "admin_only", f"{name} is set with the admin token only")
         if raw is None:
             return None
-        return seal(self.rt, spec.model, spec.secret_fields, raw, name)
+        return checked(spec.model, raw, name)
 
     def public(self, name: str, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """What answers show: secret members replaced by ``"<member>_set": true``."""
@@ -77,17 +78,25 @@ class TenantSettings:
         data = (await self.stored(tenant_id)).get(name)
         if data is None:
             return None
-        return unsealed(self.rt, spec.model, data)
+        return unsealed(self.rt, spec.model, data, _place(tenant_id, name))
 
     async def put(self, tenant_id: str, name: str, value: dict[str, Any] | None) -> None:
         """Store a value :meth:`validate` returned, once the setting's own ``check`` (if it
         has one) accepted it; the tenant's owners are told."""
         if value is not None:
             spec = self.spec(name)
+            place = _place(tenant_id, name)
+            value = seal_members(self.rt, value, spec.secret_fields, place)
             if spec.check is not None:
-                await spec.check(unsealed(self.rt, spec.model, value), tenant_id, self.rt)
+                await spec.check(unsealed(self.rt, spec.model, value, place), tenant_id, self.rt)
         await self.rt.storage.put_tenant_setting(tenant_id, name, value)
         await self.rt.tenant_changed(tenant_id)
 
     def forget(self, tenant_id: str) -> None:
         self._cache.pop(tenant_id, None)
+
+
+def _place(tenant_id: str, name: str) -> SecretPlace:
+    """Where a tenant setting's secrets are stored: ``tenant_settings`` row
+    ``(tenant_id, name)``, column ``value``."""
+    return SecretPlace("tenant_settings", "value", (tenant_id, name))

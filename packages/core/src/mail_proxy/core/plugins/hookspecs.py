@@ -166,11 +166,13 @@ def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
 
 @hookspec
 def reencrypt_secrets(
-    transform: Callable[[str], str], runtime: Runtime
+    transform: Callable[[str, str], str], runtime: Runtime
 ) -> int | Awaitable[int] | None:
     """Called by a key rotation (``POST /instance/rotate-key``) right after the instance
-    switched to the new key: re-encrypt the secrets your plugin keeps in its own tables with
-    ``new_token = transform(old_token)`` (a token already under the new key comes back
+    switched to the new key, and once at startup by the upgrade to place-bound ciphertexts:
+    rewrite the secrets your plugin keeps in its own tables with ``new_token =
+    transform(old_token, context)``, ``context`` being the place you encrypt that value for
+    (``secret_context(table, column, *row_key)``; a token that needs no change comes back
     unchanged) and return how many changed. May be ``async``. Tenant settings and account
     fields are re-encrypted by the storage already; this is for anything else."""
 

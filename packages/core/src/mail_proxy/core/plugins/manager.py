@@ -132,7 +132,9 @@ class PluginManager:
     async def tenant_deleted(self, tenant_id: str, runtime: Runtime) -> None:
         await self._all("tenant_deleted", tenant_id=tenant_id, runtime=runtime)
 
-    async def reencrypt_secrets(self, transform: Callable[[str], str], runtime: Runtime) -> int:
+    async def reencrypt_secrets(
+        self, transform: Callable[[str, str], str], runtime: Runtime
+    ) -> int:
         """Every plugin re-encrypts its own secrets; the number of values changed."""
         total = 0
         for impl in reversed(self._pm.hook.reencrypt_secrets.get_hookimpls()):

@@ -158,7 +158,7 @@ async def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
 
 
 @hookimpl
-async def reencrypt_secrets(transform: Callable[[str], str], runtime: Runtime) -> int:
+async def reencrypt_secrets(transform: Callable[[str, str], str], runtime: Runtime) -> int:
     """Key rotation: the VERP secret (the IMAP passwords are tenant settings: the storage
     re-encrypts them)."""
     from .verp import reencrypt

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from mail_proxy.core.contracts.extensions import DeliveryContext, MessageStep
 from mail_proxy.core.contracts.storage import MessageFilter
+from mail_proxy.core.engine.encryption import secret_context
 
 from . import schema
 from .config import BounceConfigs
@@ -110,11 +111,17 @@ class VerpSecret:
             await insert_ignore(
                 conn,
                 t,
-                [{"name": SECRET_NAME, "value": self.rt.encrypt(fresh), "created_at": time.time()}],
+                [
+                    {
+                        "name": SECRET_NAME,
+                        "value": self.rt.encrypt(fresh, _place(SECRET_NAME)),
+                        "created_at": time.time(),
+                    }
+                ],
             )
             stored = await conn.scalar(sa.select(t.c.value).where(t.c.name == SECRET_NAME))
             try:
-                return base64.b64decode(self.rt.decrypt(stored))
+                return base64.b64decode(self.rt.decrypt(stored, _place(SECRET_NAME)))
             except Exception:
                 log.error(
                     "bounce: the VERP secret does not open with the current encryption key "
@@ -124,7 +131,9 @@ class VerpSecret:
                 await conn.execute(
                     t.update()
                     .where(t.c.name == SECRET_NAME)
-                    .values(value=self.rt.encrypt(fresh), created_at=time.time())
+                    .values(
+                        value=self.rt.encrypt(fresh, _place(SECRET_NAME)), created_at=time.time()
+                    )
                 )
                 return base64.b64decode(fresh)
 
@@ -178,8 +187,14 @@ async def records_by_pk(runtime: Runtime, pks: set[int]) -> dict[int, MessageRec
     return found
 
 
-async def reencrypt(runtime: Runtime, transform: Callable[[str], str]) -> int:
-    """Key rotation: the sealed secret re-encrypted with the new key (``transform``)."""
+def _place(name: str) -> str:
+    """Where a secret of ``bounce_secrets`` is stored (its encryption context)."""
+    return secret_context(schema.secrets.name, "value", name)
+
+
+async def reencrypt(runtime: Runtime, transform: Callable[[str, str], str]) -> int:
+    """Key rotation (and the upgrade to place-bound tokens): the sealed secret rewritten by
+    ``transform(token, context)``."""
     engine = runtime.storage.database if runtime.storage is not None else None
     if engine is None:
         return 0
@@ -187,7 +202,7 @@ async def reencrypt(runtime: Runtime, transform: Callable[[str], str]) -> int:
     changed = 0
     async with engine.begin() as conn:
         for row in (await conn.execute(sa.select(t.c.name, t.c.value))).all():
-            new = transform(row.value)
+            new = transform(row.value, _place(row.name))
             if new != row.value:
                 await conn.execute(t.update().where(t.c.name == row.name).values(value=new))
                 changed += 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from mail_proxy.core.contracts.errors import MessageContentError
 
-from .records import Records
+from .records import Records, secret_place
 from .settings import SECTION
 
 if TYPE_CHECKING:
@@ -54,9 +54,10 @@ class LinkSigner:
                     "(MAIL_PROXY_ENCRYPTION_KEY) to keep their signing secret"
                 )
             sealed = await self.rt.local(Records).secret(
-                SECRET_NAME, lambda: self.rt.encrypt(_b64(secrets.token_bytes(32)))
+                SECRET_NAME,
+                lambda: self.rt.encrypt(_b64(secrets.token_bytes(32)), secret_place(SECRET_NAME)),
             )
-            self._key = self.rt.decrypt(sealed).encode("ascii")
+            self._key = self.rt.decrypt(sealed, secret_place(SECRET_NAME)).encode("ascii")
         return self._key
 
     def _mac(self, key: bytes, body: str) -> str:

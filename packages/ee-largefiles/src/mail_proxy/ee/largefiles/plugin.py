@@ -142,7 +142,7 @@ async def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
 
 
 @hookimpl
-async def reencrypt_secrets(transform: Callable[[str], str], runtime: Runtime) -> int:
+async def reencrypt_secrets(transform: Callable[[str, str], str], runtime: Runtime) -> int:
     from .records import Records
 
     return await runtime.local(Records).reencrypt(transform)

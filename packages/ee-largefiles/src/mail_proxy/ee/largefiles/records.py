@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from mail_proxy.core.engine.encryption import secret_context
+
 from .tables import secrets, stores, uploads
 
 if TYPE_CHECKING:
@@ -165,8 +167,10 @@ class Records:
     # -- stores: the options (credentials) files were written with -----------------------------
     async def remember_store(self, tenant_id: str, url: str, options: dict[str, Any]) -> None:
         """Keep ``options`` (sealed) for ``(tenant_id, url)``, replacing what was kept."""
-        sealed = self.rt.encrypt(json.dumps(options)) if options else None
         key = url_hash(url)
+        sealed = (
+            self.rt.encrypt(json.dumps(options), store_place(tenant_id, key)) if options else None
+        )
         c = stores.c
         async with self.db.begin() as conn:
             changed = await conn.execute(
@@ -192,7 +196,7 @@ class Records:
         async with self.db.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(c.options_enc).where(
+                    sa.select(c.options_enc, c.url_hash).where(
                         c.tenant_id == tenant_id, c.url_hash == url_hash(url)
                     )
                 )
@@ -201,7 +205,7 @@ class Records:
             return None
         if row.options_enc is None:
             return {}
-        value = json.loads(self.rt.decrypt(row.options_enc))
+        value = json.loads(self.rt.decrypt(row.options_enc, store_place(tenant_id, row.url_hash)))
         return value if isinstance(value, dict) else {}
 
     async def forget_unused_stores(self, tenant_id: str) -> None:
@@ -236,11 +240,12 @@ class Records:
             )
 
     async def reencrypt(self, transform: Any) -> int:
-        """Key rotation: every sealed value of these tables, re-encrypted with ``transform``."""
+        """Key rotation (and the upgrade to place-bound tokens): every sealed value of these
+        tables rewritten by ``transform(token, context)``."""
         changed = 0
         async with self.db.begin() as conn:
             for row in (await conn.execute(sa.select(secrets.c.name, secrets.c.value_enc))).all():
-                new = transform(row.value_enc)
+                new = transform(row.value_enc, secret_place(row.name))
                 if new != row.value_enc:
                     changed += 1
                     await conn.execute(
@@ -251,7 +256,7 @@ class Records:
                 c.options_enc.is_not(None)
             )
             for row in (await conn.execute(query)).all():
-                new = transform(row.options_enc)
+                new = transform(row.options_enc, store_place(row.tenant_id, row.url_hash))
                 if new != row.options_enc:
                     changed += 1
                     await conn.execute(
@@ -260,3 +265,13 @@ class Records:
                         .values(options_enc=new)
                     )
         return changed
+
+
+def secret_place(name: str) -> str:
+    """Where the plugin's own secret ``name`` is stored (its encryption context)."""
+    return secret_context(secrets.name, "value_enc", name)
+
+
+def store_place(tenant_id: str, url_key: str) -> str:
+    """Where a tenant's options for one storage URL are stored (its encryption context)."""
+    return secret_context(stores.name, "options_enc", tenant_id, url_key)

@@ -29,6 +29,7 @@ from mail_proxy.core.contracts.extensions import (
     MessageStep,
 )
 from mail_proxy.core.engine.attachments import AttachmentError, parse_spec, unseal_auth
+from mail_proxy.core.engine.encryption import attachment_auth_context
 
 from .config import MB, LargeFileConfig, declared_size, over_limit
 from .events import OVER_LIMIT
@@ -103,7 +104,7 @@ class LargeFilesStep(MessageStep):
         offloader = Offloader(ctx, config) if config.offloads else None
         for position, att in enumerate(atts):
             try:
-                spec = parse_spec(unseal_auth(att, ctx.runtime))
+                spec = parse_spec(unseal_auth(att, ctx.runtime, _auth_place(ctx)))
             except AttachmentError:  # the dispatcher reports it
                 spec = None
             size = await known_size(att, spec) if spec is not None else None
@@ -157,7 +158,7 @@ class LargeFilesStep(MessageStep):
         payload_atts = ctx.payload.get("attachments") or []
         offloader = Offloader(ctx, config)
         for index, position in reversed(over):
-            spec = parse_spec(unseal_auth(payload_atts[index], ctx.runtime))
+            spec = parse_spec(unseal_auth(payload_atts[index], ctx.runtime, _auth_place(ctx)))
             link = await offloader.from_memory(position, spec, ctx.attachments[index].content)
             note.links.insert(0, link)
             del ctx.attachments[index]
@@ -193,3 +194,8 @@ async def _warn(ctx: DeliveryContext, config: LargeFileConfig, over: list[tuple[
             limit_mb=config.max_size_mb,
             position=position,
         )
+
+
+def _auth_place(ctx: DeliveryContext) -> str:
+    """Where the message's attachment credentials were sealed (its payload)."""
+    return attachment_auth_context(ctx.tenant.id, ctx.record.id)
