@@ -18,6 +18,7 @@ from mail_proxy.core.contracts.model import (
     NewMessage,
 )
 from mail_proxy.core.contracts.storage import (
+    ActiveQueue,
     DeleteResult,
     EnqueueResult,
     MessageFilter,
@@ -361,6 +362,35 @@ class MessageRepository(SqlBase):
         async with self._read() as conn:
             value = await conn.scalar(sa.select(sa.func.min(m.created_at)).where(ACTIVE_LITERAL))
         return float(value) if value is not None else None
+
+    async def active_queue(self, now: float) -> ActiveQueue:
+        m = t.messages.c
+        # Due scheduled rows count as pending (as _record shows them). The CASE sits in a
+        # subquery so that GROUP BY names it once: repeated, each copy would carry its own
+        # bound ``now`` and PostgreSQL would not see them as one expression. The WHERE is the
+        # claim index's (ix_messages_ready): only active rows are read, however many sent and
+        # failed ones retention keeps (docs/operations.md, Prometheus: the measured cost).
+        shown = sa.case(
+            (
+                sa.and_(
+                    m.status == "scheduled",
+                    sa.or_(m.deferred_ts.is_(None), m.deferred_ts <= now),
+                ),
+                "pending",
+            ),
+            else_=m.status,
+        ).label("shown")
+        rows = sa.select(shown, m.created_at).where(ACTIVE_LITERAL).subquery()
+        q = sa.select(rows.c.shown, sa.func.count(), sa.func.min(rows.c.created_at)).group_by(
+            rows.c.shown
+        )
+        async with self._read() as conn:
+            found = (await conn.execute(q)).all()
+        counts = dict.fromkeys(t.ACTIVE, 0)
+        oldest = [float(r[2]) for r in found if r[2] is not None]
+        for status, count, _ in found:
+            counts[str(status)] = int(count)
+        return ActiveQueue(counts=counts, oldest_created_at=min(oldest) if oldest else None)
 
     # -- suspension -------------------------------------------------------------------------------
     async def suspend(self, tenant_id: str, batch_code: str | None) -> list[str]:

@@ -89,6 +89,20 @@ class QueueOverview:
 
 
 @dataclass(frozen=True)
+class ActiveQueue:
+    """The messages not yet sent or failed, every tenant's (``Storage.active_queue``)."""
+
+    #: By status: ``pending``, ``scheduled``, ``deferred``, ``sending``, each present (0 when
+    #: none); ``scheduled`` rows whose time has come count as ``pending``, as the API shows them.
+    counts: dict[str, int]
+    oldest_created_at: float | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
 class Suspension:
     tenant_id: str
     #: ``*`` for the whole tenant.
@@ -217,6 +231,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def oldest_pending_created_at(self) -> float | None: ...
+
+    @abc.abstractmethod
+    async def active_queue(self, now: float) -> ActiveQueue:
+        """Active messages by status and the oldest one's creation time, every tenant's, in
+        one grouped query over the active rows only (read at each Prometheus scrape: its
+        cost follows the backlog, never the sent/failed history kept for retention)."""
 
     # -- suspension ----------------------------------------------------------------
     @abc.abstractmethod

@@ -44,7 +44,7 @@ def md5_hex(data: bytes) -> str:
 
 @dataclass
 class CacheStats:
-    """Counters for tests and diagnostics."""
+    """Counters for tests, diagnostics and Prometheus (``gmp_attachment_cache_*``, metrics.py)."""
 
     memory_hits: int = 0
     disk_hits: int = 0
@@ -201,6 +201,14 @@ class AttachmentCache:
     @property
     def disk_bytes(self) -> int:
         return self._disk_bytes
+
+    @property
+    def memory_entries(self) -> int:
+        return len(self._memory)
+
+    @property
+    def disk_entries(self) -> int:
+        return len(self._disk)
 
     # -- lookups ----------------------------------------------------------------------------
     async def get(self, tenant_id: str, key: str, expected_md5: str | None = None) -> bytes | None:

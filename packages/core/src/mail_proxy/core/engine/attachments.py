@@ -305,6 +305,8 @@ class AttachmentResolver:
     def __init__(self, runtime: Runtime, cache: AttachmentCache | None = None) -> None:
         self.runtime = runtime
         self.cache = cache or AttachmentCache.from_settings(runtime.settings)
+        # /metrics reads this cache's live counters and sizes (gmp_attachment_cache_*)
+        runtime.metrics.attachment_cache = self.cache
         self._semaphore: asyncio.Semaphore | None = None
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes | None]] = {}
         self._last_sweep = time.monotonic()

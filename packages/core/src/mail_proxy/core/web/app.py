@@ -400,9 +400,11 @@ def _core_routes(routes: RouteTable) -> None:
     async def metrics(request: web.Request) -> web.Response:
         rt = runtime_of(request)
         with contextlib.suppress(Exception):
-            rt.metrics.pending.set(await rt.storage.count_pending())
-            oldest = await rt.storage.oldest_pending_created_at()
-            rt.metrics.oldest_pending_age.set(max(0.0, time.time() - oldest) if oldest else 0)
+            # one grouped query over the active rows (gmp_queue_messages, gmp_pending_messages,
+            # gmp_oldest_pending_age_seconds); due scheduled rows count as pending by the
+            # shared clock, the one deferrals and schedules are written on
+            now = rt.clock.now()
+            rt.metrics.set_queue(await rt.storage.active_queue(now), now)
         return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8")
 
     # The route table is fixed once the app runs: build the document and the page once
