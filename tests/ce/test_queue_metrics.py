@@ -4,6 +4,7 @@
   ``gmp_oldest_pending_age_seconds``, from the same ``Storage.active_queue`` query) after
   real deliveries through an SMTP test server: sent, failed, deferred, scheduled and one held
   in ``sending`` by a stalled server, compared with the messages' own statuses in the API;
+- two instances on one PostgreSQL database report the same values (the dashboard takes max);
 - ``Storage.active_queue`` alone: due scheduled rows count as pending, finished rows are left
   out, the oldest active message;
 - ``gmp_attachment_cache_*``: the same attachment sent twice is fetched once, then found in
@@ -25,6 +26,7 @@ from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import NewMessage, Outcome
 from mail_proxy.core.engine.attachments import get_resolver
+from mail_proxy.core.engine.encryption import generate_key
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from mail_proxy.core.testing.smtp import SmtpTestServer
@@ -98,6 +100,30 @@ async def test_queue_by_status_matches_the_messages(
     smtp.data_delay = 0.0
     await wait_status(client, "slow", "sent", timeout=10.0)
     assert queue(await scrape(client))["sending"] == 0
+
+
+@pytest.mark.postgres
+async def test_instances_on_one_database_report_the_same_queue(
+    pg_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Any
+) -> None:
+    key = generate_key()
+    clients = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        settings = make_settings(
+            database_url=pg_url,
+            encryption_key=key,
+            instance_dir=str(tmp_path / name),
+            scheduler_active=False,
+        )
+        clients.append(await aiohttp_client_factory(settings))
+    first, second = clients
+    await add_account(first, None, default=True)
+    later = time.time() + 3600
+    await enqueue(first, [message(id="p1"), message(id="p2")])
+    await enqueue(second, [message(id="s1", deferred_ts=later)])
+    expected = {"pending": 2.0, "scheduled": 1.0, "deferred": 0.0, "sending": 0.0}
+    assert queue(await scrape(first)) == queue(await scrape(second)) == expected
 
 
 @pytest.fixture
