@@ -174,7 +174,8 @@ class AttachmentCacheCollector(Collector):
         )
         limit = GaugeMetricFamily(
             "gmp_attachment_cache_max_bytes",
-            "Size cap of each attachment cache tier (disk 0: no disk tier).",
+            "Size cap of each attachment cache tier (0 before the first attachment looked up"
+            " since the start, and for the disk tier when it is off).",
             labels=["tier"],
         )
         entries = GaugeMetricFamily(
