@@ -414,9 +414,7 @@ class MessageRepository(SqlBase):
 
     async def list_suspensions(self, tenant_id: str | None = None) -> list[Suspension]:
         s = t.suspensions.c
-        q = sa.select(s.tenant_id, s.batch_code, s.created_at).order_by(
-            s.tenant_id, s.batch_code
-        )
+        q = sa.select(s.tenant_id, s.batch_code, s.created_at).order_by(s.tenant_id, s.batch_code)
         if tenant_id is not None:
             q = q.where(s.tenant_id == tenant_id)
         async with self._read() as conn:

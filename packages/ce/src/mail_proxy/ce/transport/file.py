@@ -67,8 +67,8 @@ class FileTransport(Transport):
         """(The runtime is part of the transport factory signature; not needed here.)"""
 
     async def probe(self, account: Account) -> str:
-        """"Test connection" of a file account: the directory exists (or can be made) and
-        takes a file."""
+        """What "test connection" checks for a file account: the directory exists (or can be
+        made) and takes a file."""
         directory = (account.options or {}).get("directory")
         if not directory:
             raise TransportError(

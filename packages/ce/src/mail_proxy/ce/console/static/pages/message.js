@@ -58,7 +58,7 @@ export async function render(ctx) {
 }
 
 function story(m, events) {
-  const list = (v) => (Array.isArray(v) ? v.join(", ") : text(v));
+  const list = (v) => (Array.isArray(v) ? (v.length ? v.join(", ") : "—") : text(v));
   const out = [
     fields(
       [
