@@ -77,7 +77,7 @@ def calls(t0: float, count: int) -> dict[str, dict[str, Any]]:
         "first": {},
         "status": {"status": "error"},
         "account": {"account_id": "acct-7"},
-        "batch": {"batch_code": "b-0100"},
+        "batch": {"batch_code": f"b-{count // 2 // 5000:04d}"},  # one in the middle
         "date": {"since": window, "until": window + 3600},
         "deep": {"cursor": encode_cursor(count // 2, "d1:")},
         "deep_status": {"status": "error", "cursor": encode_cursor(count * 3 // 10, "d1:")},

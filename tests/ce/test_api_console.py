@@ -77,6 +77,17 @@ async def test_filters_by_account_batch_status_and_creation_time(api: Api) -> No
     assert ids(await api.get("/messages", params={"status": "sent"})) == []
     assert ids(await api.get("/messages", params={"account_id": "nobody"})) == []
 
+    # a creation-time window is paged in creation order, with cursors of its own
+    window = {"since": "0", "limit": "1"}
+    assert await _pages(api, **window) == [["a1"], ["b1"], ["a2"], ["b2"]]
+    assert await _pages(api, **window, order="desc") == [["b2"], ["a2"], ["b1"], ["a1"]]
+    pk_cursor = (await api.get("/messages", params={"limit": "1"}))["next_cursor"]
+    mixed = await api.get("/messages", params={**window, "cursor": pk_cursor}, expect=400)
+    assert mixed["code"] == "invalid_cursor"
+    time_cursor = (await api.get("/messages", params=window))["next_cursor"]
+    mixed = await api.get("/messages", params={"limit": "1", "cursor": time_cursor}, expect=400)
+    assert mixed["code"] == "invalid_cursor"
+
     wrong = await api.get("/messages", params={"since": "20", "until": "10"}, expect=400)
     assert wrong["code"] == "invalid_range" and wrong["details"][0]["field"] == "since"
     negative = await api.get("/messages", params={"since": "-1"}, expect=400)

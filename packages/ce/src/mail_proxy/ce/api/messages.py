@@ -29,12 +29,14 @@ from .models import (
     RequeueMessagesBody,
     priority_value,
 )
-from .pagination import decode_cursor, encode_cursor
+from .pagination import decode_cursor, decode_time_cursor, encode_cursor, encode_time_cursor
 from .validation import enqueue_batch
 
-#: Cursors of newest-first pages: an oldest-first cursor is refused with them (and back).
+#: Cursors by order: newest-first ones are refused for oldest-first pages (and back), and
+#: pages in creation-time order (``since``/``until``) have cursors of their own.
 _DESC_PREFIX = "d1:"
 _ASC_PREFIX = "p1:"
+_TIME_PREFIXES = {False: "t1:", True: "td1:"}
 
 
 async def add_messages(request: web.Request) -> web.Response:
@@ -67,7 +69,17 @@ async def list_messages(request: web.Request) -> web.Response:
             details=[{"field": "since", "message": "not before until"}],
         )
     descending = q.order == "desc"
-    prefix = _DESC_PREFIX if descending else _ASC_PREFIX
+    by_time = q.since is not None or q.until is not None
+    origin = f"this server (order={q.order}{', since/until' if by_time else ''})"
+    after_pk: int | None
+    after_ts: float | None = None
+    if by_time:
+        prefix = _TIME_PREFIXES[descending]
+        position = decode_time_cursor(q.cursor, prefix, origin)
+        after_ts, after_pk = position if position else (None, None)
+    else:
+        prefix = _DESC_PREFIX if descending else _ASC_PREFIX
+        after_pk = decode_cursor(q.cursor, prefix, origin)
     rows = await rt.storage.list_messages(
         MessageFilter(
             tenant_id=tenant_of(request),
@@ -76,16 +88,22 @@ async def list_messages(request: web.Request) -> web.Response:
             account_id=q.account_id,
             created_since=q.since,
             created_until=q.until,
+            after_created_at=after_ts,
             descending=descending,
             active_only=q.active_only,
             limit=q.limit + 1,
-            after_pk=decode_cursor(q.cursor, prefix, f"this server (order={q.order})"),
+            after_pk=after_pk,
         )
     )
     next_cursor = None
     if len(rows) > q.limit:
         rows = rows[: q.limit]
-        next_cursor = encode_cursor(rows[-1].pk, prefix)
+        last = rows[-1]
+        next_cursor = (
+            encode_time_cursor(last.created_at, last.pk, prefix)
+            if by_time
+            else encode_cursor(last.pk, prefix)
+        )
     return ok({"messages": [r.public() for r in rows], "next_cursor": next_cursor})
 
 

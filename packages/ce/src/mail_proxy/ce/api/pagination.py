@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Protocol, TypeVar
 
 from mail_proxy.core.contracts.errors import ApiError
@@ -48,3 +49,32 @@ def page(rows: list[RowT], limit: int) -> tuple[list[RowT], str | None]:
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1].pk)
     return rows, None
+
+
+def encode_time_cursor(ts: float, pk: int, prefix: str) -> str:
+    """An opaque cursor for position ``(ts, pk)`` (pages in creation-time order)."""
+    return encode_cursor_text(f"{ts!r}/{pk}", prefix)
+
+
+def encode_cursor_text(text: str, prefix: str) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}{text}".encode()).decode().rstrip("=")
+
+
+def decode_time_cursor(
+    cursor: str | None, prefix: str, origin: str = "this server"
+) -> tuple[float, int] | None:
+    """The ``(ts, pk)`` a time cursor stands for (None for the first page); 400
+    ``invalid_cursor`` otherwise."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith(prefix):
+            raise ValueError(text)
+        ts_text, pk_text = text[len(prefix) :].split("/")
+        ts, pk = float(ts_text), int(pk_text)
+        if pk < 0 or not math.isfinite(ts):
+            raise ValueError(text)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_cursor", f"the cursor is not one {origin} returned") from None
+    return ts, pk

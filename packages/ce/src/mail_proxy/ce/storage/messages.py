@@ -434,12 +434,15 @@ class MessageRepository(SqlBase):
 
 def list_query(flt: MessageFilter) -> sa.Select[Any]:
     """The query of ``list_messages``: a keyset page in ``pk`` order (either way) from the
-    cursor, filtered on columns that follow ``tenant_id`` in an index (ix_messages_tenant_*),
-    so a page costs the same at the start and deep in a million rows. (bench ``console-pg``
-    checks its plans with EXPLAIN.)"""
+    cursor, or ``(created_at, pk)`` order with a creation-time filter, filtered on columns
+    that follow ``tenant_id`` in an index (ix_messages_tenant_*), so a page costs the same at
+    the start and deep in a million rows. (bench ``console-pg`` checks its plans with
+    EXPLAIN.)"""
     m = t.messages.c
-    order = m.pk.desc() if flt.descending else m.pk
-    q = sa.select(t.messages).order_by(order).limit(flt.limit)
+    by_time = flt.created_since is not None or flt.created_until is not None
+    keys = (m.created_at, m.pk) if by_time else (m.pk,)
+    q = sa.select(t.messages).limit(flt.limit)
+    q = q.order_by(*(k.desc() for k in keys) if flt.descending else keys)
     if flt.tenant_id is not None:
         q = q.where(m.tenant_id == flt.tenant_id)
     if flt.status is not None:
@@ -455,7 +458,12 @@ def list_query(flt: MessageFilter) -> sa.Select[Any]:
     if flt.active_only:
         q = q.where(m.status.in_(t.ACTIVE))
     if flt.after_pk is not None:
-        q = q.where(m.pk < flt.after_pk if flt.descending else m.pk > flt.after_pk)
+        if by_time:
+            position = sa.tuple_(m.created_at, m.pk)
+            after = sa.tuple_(sa.literal(flt.after_created_at or 0.0), sa.literal(flt.after_pk))
+            q = q.where(position < after if flt.descending else position > after)
+        else:
+            q = q.where(m.pk < flt.after_pk if flt.descending else m.pk > flt.after_pk)
     return q
 
 

@@ -123,7 +123,7 @@ sa.Index(
     sqlite_where=messages.c.batch_code.is_not(None),
     postgresql_where=messages.c.batch_code.is_not(None),
 )
-sa.Index("ix_messages_tenant_created", messages.c.tenant_id, messages.c.created_at)
+sa.Index("ix_messages_tenant_created", messages.c.tenant_id, messages.c.created_at, messages.c.pk)
 # Finding a message by the Message-ID the proxy generated (bounces, receipts quote it).
 sa.Index("ix_messages_message_id", messages.c.message_id)
 # Retention scan of finished rows. Partial, so that the claim query (active rows) is never

@@ -58,9 +58,13 @@ class MessageFilter:
     #: (below it when ``descending``).
     after_pk: int | None = None
     account_id: str | None = None
-    #: ``created_at`` bounds: at or after ``created_since``, before ``created_until``.
+    #: ``created_at`` bounds: at or after ``created_since``, before ``created_until``. With
+    #: either, the page is in ``(created_at, pk)`` order and continues after
+    #: ``(after_created_at, after_pk)``: the index on the creation time serves the page
+    #: (``pk`` order would make the database walk every newer row to reach an old window).
     created_since: float | None = None
     created_until: float | None = None
+    after_created_at: float | None = None
     #: Newest first (``pk`` descending) instead of oldest first.
     descending: bool = False
 

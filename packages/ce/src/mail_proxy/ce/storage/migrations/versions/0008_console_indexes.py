@@ -3,7 +3,8 @@
 The operator console lists messages by tenant filtered by status, account, batch or creation
 date, newest first, a page at a time (keyset on ``pk``). Each filter gets an index led by
 ``tenant_id`` so a page is read in index order from the cursor instead of scanning the table
-(PostgreSQL with 1,000,000 messages: bench scenario ``console-pg``). ``ix_events_ts`` serves the
+(PostgreSQL with 1,000,000 messages: bench scenario ``console-pg``); a creation-time window is
+paged in ``(created_at, pk)`` order on ``ix_messages_tenant_created``. ``ix_events_ts`` serves the
 overview's "sent / error / deferred in the last hour".
 
 Revision ID: 0008
@@ -33,7 +34,7 @@ def upgrade() -> None:
             sqlite_where=sa.text(HAS_BATCH),
             postgresql_where=sa.text(HAS_BATCH),
         )
-        batch_op.create_index("ix_messages_tenant_created", ["tenant_id", "created_at"])
+        batch_op.create_index("ix_messages_tenant_created", ["tenant_id", "created_at", "pk"])
     with op.batch_alter_table("events") as batch_op:
         batch_op.create_index("ix_events_ts", ["event_ts"])
 
