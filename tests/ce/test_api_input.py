@@ -141,3 +141,15 @@ async def test_a_lone_surrogate_is_refused_with_a_stable_code(
     ok = head.replace('"PLACEHOLDER"', '"smile \\ud83d\\ude00"')
     status, answer = await _raw(api, ok, "application/json")
     assert status == 200 and answer["queued"] == 1, answer
+
+
+async def test_a_number_with_no_fraction_is_an_integer(api: Api) -> None:
+    # JSON Schema's "integer" accepts 2.0 and 1e0: so does the API (it refused them: 400)
+    entry = json.dumps({**message("n1"), "priority": 1}).replace('"priority": 1', '"priority": 1e0')
+    data = f'{{"messages": [{entry}], "default_priority": 2.0}}'
+    status, answer = await _raw(api, data, "application/json")
+    assert status == 200 and answer["queued"] == 1, answer
+    status, answer = await _raw(
+        api, '{"messages": [], "default_priority": 2.5}', "application/json"
+    )
+    assert status == 400 and answer["code"] == "validation_error", answer

@@ -230,5 +230,5 @@ async def test_f8_reset_cut_and_stall_become_deferred_retries(tmp_path: Path) ->
         faults=len(faults),
         deferred=kinds.count("deferred"),
         delivered=sum(sink.copies().values()),
-        reasons=[e["description"][:60] for e in events[:-1]],
+        reasons=[e["description"][:90] for e in events[:-1]],
     )

@@ -180,7 +180,7 @@ async def _read_json(request: web.Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_float=_json_number)
     except (ValueError, RecursionError) as exc:
         msg = (
             "JSON nested too deeply"
@@ -196,6 +196,16 @@ async def _read_json(request: web.Request) -> Any:
             "its pair): not a character, it can be neither stored nor sent",
         )
     return data
+
+
+def _json_number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent: an integer when its value is one (``2.0``,
+    ``1e3``), as JSON Schema counts it (``"type": "integer"`` accepts ``2.0``); the strict
+    validation of integer fields would refuse it otherwise."""
+    value = float(text)
+    if value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
 
 
 #: What a lone surrogate can come from: a ``\uD800``-``\uDFFF`` escape, or the (invalid)

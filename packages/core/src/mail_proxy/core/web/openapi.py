@@ -52,7 +52,8 @@ def document(routes: RouteTable) -> dict[str, Any]:
             schemas.update(bschema.pop("$defs", {}))
             schemas[spec.body.__name__] = bschema
             op["requestBody"] = {
-                "required": True,
+                # a body whose fields are all optional may be left out (no body: no fields)
+                "required": bool(bschema.get("required")),
                 "content": {
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}

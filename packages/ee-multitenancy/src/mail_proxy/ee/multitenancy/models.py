@@ -181,13 +181,8 @@ class TenantUpdate(_TenantFields):
     the admin only (a tenant may not lift its own quotas or choose server-side storage).
     """
 
-    active: bool | None = None
-
-    @model_validator(mode="after")
-    def _active_not_null(self) -> TenantUpdate:
-        if "active" in self.model_fields_set and self.active is None:
-            raise ValueError("active may not be null")
-        return self
+    #: Omitted: unchanged (None). Not nullable: the schema says boolean, null is refused.
+    active: bool = None  # type: ignore[assignment]
 
 
 ADMIN_ONLY_FIELDS = frozenset({"active", "rate_limits"})
