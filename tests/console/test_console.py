@@ -460,3 +460,58 @@ def test_a_tenant_token_sees_only_its_tenant(browser: WebDriver, stack: Stack) -
     text_of(browser, "who", lambda t: "tenant globex" in t)
     go(browser, stack, "#/message/globex-secret-1")
     text_of(browser, "subject", lambda t: FOREIGN_MARK in t)
+
+
+def test_test_connection_of_an_account(browser: WebDriver, stack: Stack) -> None:
+    sign_in(browser, stack, ADMIN_TOKEN)
+    find(browser, "count-sent")
+    go(browser, stack, "#/accounts?tenant_id=default")
+    button = find(browser, "test-main")
+    received, connections = len(stack.smtp.messages), stack.smtp.connection_count
+    button.click()
+    result = text_of(browser, "probe-main", lambda t: t.startswith(("OK", "FAILED")))
+    assert result.startswith(f"OK: connected to 127.0.0.1:{stack.smtp.port}, no TLS"), result
+    # a connection of its own, and nothing sent on it
+    assert stack.smtp.connection_count == connections + 1
+    assert len(stack.smtp.messages) == received
+
+
+def test_the_command_log_shows_the_console_s_actions(browser: WebDriver, stack: Stack) -> None:
+    sign_in(browser, stack, ADMIN_TOKEN)
+    find(browser, "count-sent")
+    go(browser, stack, "#/log?period=3600")
+    log = text_of(browser, "command-log", lambda t: "POST /commands/activate" in t)
+    assert "POST /commands/suspend" in log and "POST /commands/requeue-messages" in log
+    assert "admin" in log
+
+
+@pytest.mark.skipif(
+    not HAS_MULTITENANCY, reason="needs the multitenancy plugin (genro-mail-proxy[multitenancy])"
+)
+def test_create_a_tenant_and_rotate_its_key(browser: WebDriver, stack: Stack) -> None:
+    sign_in(browser, stack, ADMIN_TOKEN)
+    find(browser, "count-sent")
+    browser.find_element(By.CSS_SELECTOR, '[data-nav="tenants"]').click()
+    find(browser, "new-tenant-id").send_keys("initech")
+    find(browser, "new-tenant-name").send_keys("Initech")
+    find(browser, "create-tenant").submit()
+    confirm(browser)
+    first = text_of(browser, "secret-value", lambda t: len(t) >= 40)
+    assert stack.api("GET", "/status", token=first)["token"]["tenant_id"] == "initech"
+    text_of(browser, "tenants", lambda t: "initech" in t)
+
+    find(browser, "rotate-initech").click()
+    confirm(browser)
+    second = text_of(browser, "secret-value", lambda t: len(t) >= 40 and t != first)
+    assert stack.api("GET", "/status", token=second)["token"]["tenant_id"] == "initech"
+    refused = stack.api("GET", "/status", token=first, expect=401)
+    assert refused["code"] == "invalid_token"
+
+    find(browser, "suspend-initech").click()
+    confirm(browser)
+    text_of(browser, "dispatch-initech", lambda t: t == "suspended")
+    suspended = stack.api("GET", "/suspended-batches?tenant_id=initech")["suspensions"]
+    assert [s["batch_code"] for s in suspended] == ["*"]
+    find(browser, "suspend-initech").click()
+    confirm(browser)
+    text_of(browser, "dispatch-initech", lambda t: t == "running")
