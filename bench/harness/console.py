@@ -16,7 +16,8 @@
 
 Figures: the median milliseconds of each call (``page_ms.<call>``), the slowest of them
 (``max_page_ms``, target ≤ 300), the sequential scans found (``seq_scans``, target 0), the
-index each plan used, and the fill time.
+index each plan used, the fill time, and ``GET /overview`` (``overview_ms``: the overview page's
+poll, which counts the whole queue; no target).
 """
 
 from __future__ import annotations
@@ -127,6 +128,22 @@ async def fill(conn: Any, t0: float, count: int) -> float:
     return time.monotonic() - started
 
 
+async def time_overview(url: str) -> float:
+    """Median ms of ``GET /overview`` (what the overview page polls every 5 s): it counts the
+    whole queue, so unlike a page its cost grows with the table (reported, no target)."""
+    samples = []
+    async with aiohttp.ClientSession(headers={"X-API-Token": TOKEN}) as session:
+        for n in range(WARMUP + 5):
+            began = time.perf_counter()
+            async with session.get(f"{url}/overview") as resp:
+                data = await resp.json()
+            if resp.status != 200 or not data.get("ok"):
+                raise RuntimeError(f"overview: HTTP {resp.status}, {str(data)[:200]}")
+            if n >= WARMUP:
+                samples.append((time.perf_counter() - began) * 1000)
+    return round(statistics.median(samples), 1)
+
+
 async def time_calls(url: str, queries: dict[str, dict[str, Any]]) -> dict[str, float]:
     medians: dict[str, float] = {}
     async with aiohttp.ClientSession(headers={"X-API-Token": TOKEN}) as session:
@@ -188,6 +205,7 @@ async def run(bench: Bench) -> Measured:
         queries = calls(t0, count)
         plans = await explain(conn, queries)
         page_ms = await time_calls(service.url, queries)
+        overview_ms = await time_overview(service.url)
     except BaseException:
         eprint(f"-- service log tail:\n{service.log_tail()}")
         raise
@@ -203,6 +221,7 @@ async def run(bench: Bench) -> Measured:
             "max_page_ms": max(page_ms.values()),
             "seq_scans": sum(p["seq_scans"] for p in plans.values()),
             "indexes": {name: p["indexes"] for name, p in plans.items()},
+            "overview_ms": overview_ms,
             "fill_s": round(fill_s, 1),
         },
     )
