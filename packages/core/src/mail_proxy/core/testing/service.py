@@ -40,21 +40,47 @@ class ServiceProcess:
         return {"X-API-Token": self.token}
 
     async def start(self, timeout: float = 20.0) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([str(BIN), "serve"], env=self.env, stdout=log, stderr=log)
+        """Start the process and wait until it answers. A port taken between ``free_port``
+        and the bind (another test's process, under xdist) means a new port and a new try."""
+        for _ in range(3):
+            log = self.log_path.open("ab")
+            start = self.log_path.stat().st_size
+            self.proc = subprocess.Popen([str(BIN), "serve"], env=self.env, stdout=log, stderr=log)
+            if await self._ready(timeout):
+                return self
+            text = self.log_path.read_text(errors="replace")[start:]
+            if "address already in use" not in text.lower():
+                raise RuntimeError(f"service exited: {text[-2000:]}")
+            self.port = free_port()
+            self.env["GMP_PORT"] = str(self.port)
+        raise RuntimeError("service: no free port after 3 tries")
+
+    async def _ready(self, timeout: float) -> bool:
+        """True once this process answers; False if it exited. ``/health`` alone is not
+        enough: another process may hold the port; ``GET /instance`` names our pid."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"service exited: {self.log_path.read_text()[-2000:]}")
+                    return False
                 try:
                     async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return self
+                        healthy = resp.status == 200
+                    if healthy and await self._is_ours(session):
+                        return True
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"service did not answer /health: {self.log_path.read_text()[-2000:]}")
+
+    async def _is_ours(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(self.url + "/instance", headers=self.headers) as resp:
+            if resp.status != 200:
+                return False  # another server, or another service with another token
+            data = await resp.json()
+        pid = str(data.get("instance", {}).get("instance_id", "")).split(":")[1:2]
+        return pid == [str(self.proc.pid if self.proc else "")]
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
