@@ -100,7 +100,10 @@ def schemathesis_run(
         "--report-dir",
         str(reports),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    # (in the test's directory: schemathesis keeps a cache of its own in .schemathesis/)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, cwd=workdir
+    )
     [junit] = reports.glob("junit*.xml")
     [har] = reports.glob("har*.json")
     suites = ET.parse(junit).getroot()
