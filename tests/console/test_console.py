@@ -49,6 +49,7 @@ def _installed(module: str) -> bool:
 
 
 HAS_MULTITENANCY = _installed("mail_proxy.ee.multitenancy")
+HAS_BOUNCE = _installed("mail_proxy.ee.bounce")
 T = TypeVar("T")
 
 
@@ -515,3 +516,29 @@ def test_create_a_tenant_and_rotate_its_key(browser: WebDriver, stack: Stack) ->
     find(browser, "suspend-initech").click()
     confirm(browser)
     text_of(browser, "dispatch-initech", lambda t: t == "running")
+
+
+@pytest.mark.skipif(not HAS_BOUNCE, reason="needs the bounce plugin (genro-mail-proxy[bounce])")
+def test_suppress_an_address_and_remove_it(browser: WebDriver, stack: Stack) -> None:
+    sign_in(browser, stack, ADMIN_TOKEN)
+    find(browser, "count-sent")
+    browser.find_element(By.CSS_SELECTOR, '[data-nav="suppressions"]').click()
+    text_of(browser, "suppressions", lambda t: "No suppressed address" in t)
+    find(browser, "suppress-address").send_keys("gone@example.org")
+    find(browser, "suppress-address").submit()
+    confirm(browser)
+    text_of(browser, "suppressions", lambda t: "gone@example.org" in t and "manual" in t)
+    listed = stack.api("GET", "/suppressions?tenant_id=default")["suppressions"]
+    assert [s["address"] for s in listed] == ["gone@example.org"]
+    # a message to it is now refused at the door
+    answer = stack.api(
+        "POST",
+        "/commands/add-messages",
+        {"messages": [_msg("to-gone-1", "Hello", to="gone@example.org")]},
+    )
+    assert answer["queued"] == 0 and "suppressed" in answer["rejected"][0]["reason"]
+
+    find(browser, "suppressions").find_element(By.TAG_NAME, "button").click()
+    confirm(browser)
+    text_of(browser, "suppressions", lambda t: "No suppressed address" in t)
+    assert stack.api("GET", "/suppressions?tenant_id=default")["suppressions"] == []
