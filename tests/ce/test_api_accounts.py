@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mail_proxy.core.engine.encryption import account_password_context
+from mail_proxy.core.web.app import RUNTIME
 from support.ce_api import Api, message, start_api
 
 SENTINEL = "s3ntinel-Passw0rd-never-shown"
@@ -172,3 +173,34 @@ async def test_new_account_usable_at_once(api: Api) -> None:
     await api.add_account("second", default=False)
     answer = await api.send(message("m2", account_id="second"))
     assert answer["queued"] == 1
+
+
+async def test_only_the_admin_configures_file_accounts(
+    db_url: str, aiohttp_client_factory: Any, make_settings: Any, tmp_path: Path
+) -> None:
+    """The file transport writes where the service may write: a tenant's token cannot
+    create or change such an account (it could name any directory); the admin's can."""
+    from mail_proxy.core.testing.reports import TENANT_TOKEN, plugins_with_tenant_tokens
+
+    client = await aiohttp_client_factory(
+        make_settings(database_url=db_url, test_mode=True), plugins=plugins_with_tenant_tokens()
+    )
+    target = tmp_path / "elsewhere"
+    body = {"id": "files", "transport": "file", "options": {"directory": str(target)}}
+    resp = await client.post("/account", json=body, headers={"X-API-Token": TENANT_TOKEN})
+    answer = await resp.json()
+    assert resp.status == 403 and answer["code"] == "admin_only", answer
+    assert "admin token" in answer["error"]
+    rt = client.server.app[RUNTIME]
+    assert await rt.storage.get_account("default", "files") is None
+    assert not target.exists()
+    # the tenant's own SMTP accounts are unaffected; the admin may add the file account
+    smtp = {"id": "smtp1", "host": "smtp.example.com", "port": 587}
+    resp = await client.post("/account", json=smtp, headers={"X-API-Token": TENANT_TOKEN})
+    assert resp.status == 200, await resp.text()
+    resp = await client.post("/account", json=body, headers=client.admin_headers)
+    assert resp.status == 200, await resp.text()
+    # ... and a tenant cannot then turn its SMTP account into a file account either
+    moved = {**smtp, "transport": "file", "options": {"directory": str(target)}}
+    resp = await client.post("/account", json=moved, headers={"X-API-Token": TENANT_TOKEN})
+    assert resp.status == 403

@@ -141,11 +141,7 @@ async def build_world(api: Api, tmp_path: Path) -> World:
         ("POST", "/commands/delete-messages"): {"ids": [f"{ID_MARK}-msg", "m-1"]},
         ("POST", "/commands/requeue-messages"): {"ids": [f"{ID_MARK}-msg", "m-1"]},
         ("POST", "/commands/cleanup-messages"): {"older_than_seconds": 0},
-        ("POST", "/account"): {
-            "id": "intruder",
-            "transport": "file",
-            "options": {"directory": str(tmp_path / "intruder")},
-        },
+        ("POST", "/account"): {"id": "intruder", "host": "smtp.example.com", "port": 25},
         ("PUT", "/tenant/{id}"): {"name": "hijacked"},
         ("POST", "/reports/ack"): {"cursor": world.b_cursor},
         ("POST", "/tenant/{id}/api-key"): {},

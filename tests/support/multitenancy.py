@@ -43,17 +43,21 @@ async def as_tenant(
 
 
 async def add_file_account(
-    api: Api, tenant: TenantHandle, account_id: str, directory: str, **fields: Any
+    api: Api, tenant: TenantHandle | str, account_id: str, directory: str, **fields: Any
 ) -> dict[str, Any]:
-    """A ``file``-transport account of ``tenant`` (nothing leaves the machine)."""
+    """A ``file``-transport account of ``tenant`` (nothing leaves the machine), made with
+    the admin token: the file transport writes on the server's disk, so a tenant's own key
+    may not configure it."""
+    tenant_id = tenant if isinstance(tenant, str) else tenant.id
     body = {
         "id": account_id,
+        "tenant_id": tenant_id,
         "transport": "file",
         "options": {"directory": directory},
         "default": True,
         **fields,
     }
-    return await as_tenant(api, tenant, "POST", "/account", body)
+    return await api.call("POST", "/account", body)
 
 
 class SyncReceiver:

@@ -15,7 +15,7 @@ from mail_proxy.core.contracts.transport import TransportError
 from mail_proxy.core.engine.account_fields import AccountFieldsCodec
 from mail_proxy.core.engine.encryption import account_password_context
 from mail_proxy.core.engine.runtime import Runtime
-from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, runtime_of, tenant_of
+from mail_proxy.core.web.app import AUDIT_SUMMARY, body_of, ok, principal_of, runtime_of, tenant_of
 
 from .models import AccountBody
 
@@ -68,6 +68,13 @@ def _check(body: AccountBody, request: web.Request) -> None:
         known = ", ".join(rt.transport_factories.names()) or "none"
         raise ApiError(
             400, "unknown_transport", f"unknown transport {body.transport!r} (known: {known})"
+        )
+    if rt.transport(body.transport).operator_only and not principal_of(request).is_admin:
+        raise ApiError(
+            403,
+            "admin_only",
+            f"the {body.transport!r} transport acts on the server's own disk: only the admin "
+            "token may create or change such accounts",
         )
     if body.transport == "smtp" and not body.host:
         raise ApiError(400, "invalid_host", "an smtp account needs a host")

@@ -61,7 +61,10 @@ def _write(directory: Path, name: str, message: EmailMessage) -> Path:
 
 
 class FileTransport(Transport):
-    """Writes messages to ``options["directory"]`` (see the module doc)."""
+    """Writes messages to ``options["directory"]`` (see the module doc). The directory is
+    anywhere the service may write, so its accounts are the operator's (admin token)."""
+
+    operator_only = True
 
     def __init__(self, runtime: Runtime | None = None) -> None:
         """(The runtime is part of the transport factory signature; not needed here.)"""

@@ -46,6 +46,10 @@ class TransportError(Exception):
 class Transport(abc.ABC):
     """Delivers messages for accounts. Must be safe for concurrent ``send`` calls."""
 
+    #: True when this transport acts on the server's own machine (writes files, runs local
+    #: programs): only the admin token may create or change its accounts, never a tenant.
+    operator_only: bool = False
+
     @abc.abstractmethod
     async def send(
         self,
