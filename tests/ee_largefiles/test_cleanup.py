@@ -99,11 +99,14 @@ async def test_instances_sweeping_together_delete_each_file_once(
         aiohttp_client_factory, make_settings, tmp_path / "one", smtp, db_url=pg_url
     )
     (tmp_path / "two").mkdir()
+    # the second instance only sweeps: with its dispatcher running it could claim one of the
+    # messages and fail it (it has no attachment base directory for the files)
     two_client = await aiohttp_client_factory(
         make_settings(
             database_url=pg_url,
             instance_dir=str(tmp_path / "two"),
             encryption_key=one.runtime.settings.encryption_key,
+            scheduler_active=False,
         )
     )
     from mail_proxy.core.web.app import RUNTIME
