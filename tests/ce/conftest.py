@@ -1,4 +1,5 @@
-"""Fixtures for the CE tests: a real SMTP server, a runtime with a key, SMTP transports.
+"""Fixtures for the CE tests: a real SMTP server, a runtime with a key, SMTP transports, the
+storage alone.
 
 Everything started here is stopped at teardown, in reverse order.
 """
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from mail_proxy.ce import plugin as ce_plugin
+from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
 from mail_proxy.core.testing.smtp import SmtpTestServer
@@ -69,3 +71,19 @@ async def smtp_transport_factory() -> AsyncIterator[Callable[..., Any]]:
     yield build
     for transport in reversed(made):
         await transport.close()
+
+
+@pytest.fixture
+async def storage(db_url: str, make_settings: Callable[..., Any]) -> AsyncIterator[SqlStorage]:
+    """The CE storage alone on ``db_url`` (SQLite file or a PostgreSQL schema), migrated, with a
+    runtime that has the test encryption key and knows its storage; no services, no web app."""
+    rt = Runtime.create(
+        make_settings(database_url=db_url),
+        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
+    )
+    rt.load_cipher()
+    store = SqlStorage(rt, db_url)
+    await store.start()
+    rt.storage = store
+    yield store
+    await store.close()

@@ -6,28 +6,9 @@ while the transport had the message is flagged too."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import pytest
-
-from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import NewMessage, Outcome, RecipientOutcome
-from mail_proxy.core.engine.runtime import Runtime
-from mail_proxy.core.plugins.loader import create_plugin_manager
-
-
-@pytest.fixture
-async def storage(db_url: str, make_settings) -> AsyncIterator[SqlStorage]:  # type: ignore[no-untyped-def]
-    rt = Runtime.create(
-        make_settings(database_url=db_url),
-        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
-    )
-    rt.load_cipher()
-    store = SqlStorage(rt, db_url)
-    await store.start()
-    yield store
-    await store.close()
 
 
 def msg(i: str) -> NewMessage:

@@ -13,14 +13,12 @@ import base64
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage import schema as t
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import Account, NewMessage, Tenant
@@ -39,24 +37,8 @@ from mail_proxy.core.engine.runtime import (
     KEY_CHECK_PLAINTEXT,
     KEY_CHECK_SETTING,
     SECRETS_FORMAT_SETTING,
-    Runtime,
 )
-from mail_proxy.core.plugins.loader import create_plugin_manager
 from support.ce_api import Api
-
-
-@pytest.fixture
-async def storage(db_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
-    rt = Runtime.create(
-        make_settings(database_url=db_url),
-        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
-    )
-    rt.load_cipher()
-    store = SqlStorage(rt, db_url)
-    await store.start()
-    rt.storage = store
-    yield store
-    await store.close()
 
 
 def cipher_of(store: SqlStorage) -> Cipher:

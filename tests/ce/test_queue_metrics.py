@@ -22,13 +22,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mail_proxy.ce import plugin as ce_plugin
 from mail_proxy.ce.storage.sql import SqlStorage
 from mail_proxy.core.contracts.model import NewMessage, Outcome
 from mail_proxy.core.engine.attachments import get_resolver
 from mail_proxy.core.engine.encryption import generate_key
-from mail_proxy.core.engine.runtime import Runtime
-from mail_proxy.core.plugins.loader import create_plugin_manager
 from mail_proxy.core.testing.smtp import SmtpTestServer
 from mail_proxy.core.web.app import RUNTIME
 from support.api import add_account, enqueue, get_message, message, wait_status
@@ -124,19 +121,6 @@ async def test_instances_on_one_database_report_the_same_queue(
     await enqueue(second, [message(id="s1", deferred_ts=later)])
     expected = {"pending": 2.0, "scheduled": 1.0, "deferred": 0.0, "sending": 0.0}
     assert queue(await scrape(first)) == queue(await scrape(second)) == expected
-
-
-@pytest.fixture
-async def storage(db_url: str, make_settings: Any) -> AsyncIterator[SqlStorage]:
-    rt = Runtime.create(
-        make_settings(database_url=db_url),
-        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
-    )
-    rt.load_cipher()
-    store = SqlStorage(rt, db_url)
-    await store.start()
-    yield store
-    await store.close()
 
 
 def new(i: str, tenant: str = "t1", **kw: Any) -> NewMessage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -23,19 +22,6 @@ from mail_proxy.core.contracts.storage import MessageFilter, RateLimits
 from mail_proxy.core.engine.encryption import account_password_context
 from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.plugins.loader import create_plugin_manager
-
-
-@pytest.fixture
-async def storage(db_url: str, make_settings) -> AsyncIterator[SqlStorage]:  # type: ignore[no-untyped-def]
-    rt = Runtime.create(
-        make_settings(database_url=db_url),
-        create_plugin_manager(extra_plugins=[("ce", ce_plugin)], load_entry_points=False),
-    )
-    rt.load_cipher()
-    store = SqlStorage(rt, db_url)
-    await store.start()
-    yield store
-    await store.close()
 
 
 def msg(i: int | str, priority: int = 2, tenant: str = "default", **kw) -> NewMessage:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from aiohttp import web
 from mail_proxy.core.contracts.errors import ApiError
 from mail_proxy.core.contracts.model import MessageRecord
 from mail_proxy.core.contracts.storage import MessageFilter
+from mail_proxy.core.engine.runtime import Runtime
 from mail_proxy.core.web.app import (
     AUDIT_SUMMARY,
     body_of,
@@ -147,18 +148,23 @@ async def message_events(request: web.Request) -> web.Response:
     return ok({"events": [{**e.public(), "reported_ts": e.reported_ts} for e in events]})
 
 
+def _check_batch(rt: Runtime, ids: list[str]) -> None:
+    """413 ``batch_too_large`` for more ids in one command than ``max_batch_messages``."""
+    limit = rt.settings.max_batch_messages
+    if len(ids) > limit:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"{len(ids)} ids in one request; the limit is {limit}",
+            limit=limit,
+        )
+
+
 async def delete_messages(request: web.Request) -> web.Response:
     """Remove unsent messages; sent, failed or in-flight ones are listed as unauthorized."""
     rt = runtime_of(request)
     body: DeleteMessagesBody = body_of(request)
-    limit = rt.settings.max_batch_messages
-    if len(body.ids) > limit:
-        raise ApiError(
-            413,
-            "batch_too_large",
-            f"{len(body.ids)} ids in one request; the limit is {limit}",
-            limit=limit,
-        )
+    _check_batch(rt, body.ids)
     result = await rt.storage.delete_messages(tenant_of(request), body.ids)
     request[AUDIT_SUMMARY] = {"removed": result.removed}
     return ok(
@@ -174,14 +180,7 @@ async def requeue_messages(request: web.Request) -> web.Response:
     """Queue failed messages again; others are listed in ``not_failed`` / ``not_found``."""
     rt = runtime_of(request)
     body: RequeueMessagesBody = body_of(request)
-    limit = rt.settings.max_batch_messages
-    if len(body.ids) > limit:
-        raise ApiError(
-            413,
-            "batch_too_large",
-            f"{len(body.ids)} ids in one request; the limit is {limit}",
-            limit=limit,
-        )
+    _check_batch(rt, body.ids)
     # (the database's clock, as the dispatcher writes its times: engine/clock.py)
     result = await rt.storage.requeue_messages(tenant_of(request), body.ids, rt.clock.now())
     if result.requeued:
