@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mail_proxy.core.contracts.model import (
     EventRecord,
@@ -189,20 +190,20 @@ class MessageRepository(SqlBase):
             )
             return [queued, *(self._event(r) for r in rows)]
 
+    async def _rows_by_id(
+        self, conn: AsyncConnection, tenant_id: str, ids: list[str], *columns: Any
+    ) -> dict[str, Any]:
+        """The tenant's messages among ``ids`` (with ``columns``), by id, locked for the change
+        the caller makes in the same transaction (PostgreSQL: FOR UPDATE)."""
+        m = t.messages.c
+        query = sa.select(m.id, *columns).where(m.tenant_id == tenant_id, m.id.in_(ids))
+        return {r.id: r for r in await conn.execute(self._lock_for_change(query))}
+
     async def delete_messages(self, tenant_id: str, ids: Sequence[str]) -> DeleteResult:
         m = t.messages.c
         wanted = list(dict.fromkeys(ids))
         async with self._write() as conn:
-            found = {
-                r.id: r
-                for r in await conn.execute(
-                    self._lock_for_change(
-                        sa.select(m.pk, m.id, m.status).where(
-                            m.tenant_id == tenant_id, m.id.in_(wanted)
-                        )
-                    )
-                )
-            }
+            found = await self._rows_by_id(conn, tenant_id, wanted, m.pk, m.status)
             removable = [
                 found[i].pk for i in wanted if i in found and found[i].status in REPLACEABLE
             ]
@@ -221,16 +222,9 @@ class MessageRepository(SqlBase):
         m = t.messages.c
         wanted = list(dict.fromkeys(ids))
         async with self._write() as conn:
-            found = {
-                r.id: r
-                for r in await conn.execute(
-                    self._lock_for_change(
-                        sa.select(m.pk, m.id, m.status, m.error, m.smtp_code, m.recipients).where(
-                            m.tenant_id == tenant_id, m.id.in_(wanted)
-                        )
-                    )
-                )
-            }
+            found = await self._rows_by_id(
+                conn, tenant_id, wanted, m.pk, m.status, m.error, m.smtp_code, m.recipients
+            )
             failed = [found[i] for i in wanted if i in found and found[i].status == "error"]
             if failed:
                 await conn.execute(
