@@ -25,7 +25,7 @@ from .procs import ProcessFailed, run_module
 from .profile import Profiler, render, summarize
 from .relay import RelayHandle
 from .report import RESULTS_DIR, Results, eprint
-from .service import Api, CpuMeter, RssSampler, Service, setting_env
+from .service import Api, CpuMeter, RssSampler, Service, lag_percentiles, setting_env
 from .sink import SinkHandle
 
 ORDER = [
@@ -336,10 +336,12 @@ class Bench:
                 "clients": clients,
                 "body_bytes": 200,
             }
+            lag_before = await stack.api.loop_lag()
             async with self.profiled(stack.pids, profile):
                 cpu = CpuMeter(stack.pids)
                 result = await self.load(spec)
                 cpu_ms = cpu.ms_per(requests + warmup)
+            lag = lag_percentiles(lag_before, await stack.api.loop_lag())
             pending = (await stack.api.status())["pending_messages"]
         # requests_per_s and latency_ms cover the successful requests only (harness.load)
         metrics = {k: result[k] for k in ("requests_per_s", "latency_ms", "elapsed_s")}
@@ -351,6 +353,8 @@ class Bench:
             warmup_errors=result["warmup_errors"],
             rejected=result["rejected"],
             pending_after=pending,
+            loop_lag=lag,
+            load_avg_1m=round(os.getloadavg()[0], 2),
         )
         params = {
             "requests": requests,

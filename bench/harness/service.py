@@ -174,11 +174,39 @@ class Api:
     async def status(self) -> dict[str, Any]:
         return await self.call("GET", "/status")
 
+    async def loop_lag(self) -> dict[str, float]:
+        """The service's ``gmp_event_loop_lag_seconds`` histogram: cumulative counts by upper
+        bound (seconds; ``inf`` last). Take it before and after a load and pass both to
+        :func:`lag_percentiles`."""
+        async with self.session.get(self.url + "/metrics") as resp:
+            text = await resp.text()
+        buckets: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith("gmp_event_loop_lag_seconds_bucket{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+        return buckets
+
     async def activate(self) -> None:
         async with self.session.post(self.url + "/commands/activate", headers=self.headers) as resp:
             data = await resp.json(content_type=None)
             if resp.status != 200 or not data.get("scheduler_active"):
                 raise ProcessFailed(f"activate → {resp.status} {data}")
+
+
+def lag_percentiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """The loop lag observed between two :meth:`Api.loop_lag` readings: samples, and the
+    p50/p99/max as the upper bound (ms) of the histogram bucket each falls in (the service
+    samples the loop every 50 ms; engine/loop_lag.py)."""
+    counts = {b: after[b] - before.get(b, 0.0) for b in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    out: dict[str, Any] = {"samples": int(total)}
+    if not total:
+        return out
+    for name, q in (("p50", 0.50), ("p99", 0.99), ("max", 1.0)):
+        bound = next(b for b, n in counts.items() if n >= q * total)
+        out[name + "_ms_at_most"] = None if bound == float("inf") else round(bound * 1000, 1)
+    return out
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -96,6 +96,11 @@ class Suppressions:
         return self.rt.storage.database
 
     # -- the check at enqueue -----------------------------------------------------------
+    async def any_listed(self, tenant_id: str) -> bool:
+        """Whether the tenant's list has any entry (from the cache, rechecked every
+        :data:`RECHECK_SECONDS`)."""
+        return bool(await self._current(tenant_id))
+
     async def find(self, tenant_id: str, addresses: list[str]) -> Suppression | None:
         """The first of ``addresses`` on the tenant's list, or None."""
         listed = await self._current(tenant_id)
@@ -205,10 +210,13 @@ class SuppressionStep(MessageStep):
             return
         if ctx.runtime.storage.database is None:
             return
+        suppressions = ctx.runtime.local(Suppressions)
+        if not await suppressions.any_listed(ctx.tenant.id):
+            return  # nothing listed (the usual case): no need to parse the recipients
         from mail_proxy.core.engine.mime import addresses
 
         payload = ctx.payload
         wanted = [a for name in ("to", "cc", "bcc") for a in addresses(payload.get(name) or [])]
-        found = await ctx.runtime.local(Suppressions).find(ctx.tenant.id, wanted)
+        found = await suppressions.find(ctx.tenant.id, wanted)
         if found is not None:
             raise EnqueueRejected(found.rejection())
