@@ -48,15 +48,42 @@ from mail_proxy.core.engine.idn import DomainError, ascii_domain
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
-    """The stdlib header factory, but building each header class once.
+    """The stdlib header factory, but building each header class once, and parsing each
+    common MIME structure header once.
 
     ``HeaderRegistry.__getitem__`` creates a new class with ``type()`` on every header it
-    makes; the classes are stateless, so one per header name is enough.
+    makes; the classes are stateless, so one per header name is enough. And ``set_content``
+    stores its ``Content-Type``, ``Content-Transfer-Encoding`` and ``MIME-Version`` through
+    the header parser, most of a message's build time, with the same few values on every
+    message (``text/plain; charset="utf-8"``, ``7bit``, ``1.0``): the parsed headers are
+    immutable, so one parsed object per value is shared (a bounded table; a multipart
+    ``Content-Type`` with its unique boundary is longer than :data:`SHARED_MAX_LENGTH` or
+    simply misses).
     """
+
+    SHARED = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+    SHARED_MAX_LENGTH = 64
+    SHARED_MAX_ENTRIES = 256
 
     def __init__(self) -> None:
         super().__init__()
         self._classes: dict[str, type[BaseHeader]] = {}
+        self._shared: dict[tuple[str, str], BaseHeader] = {}
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if (
+            not isinstance(value, str)
+            or len(value) > self.SHARED_MAX_LENGTH
+            or name.lower() not in self.SHARED
+        ):
+            return super().__call__(name, value)
+        key = (name, value)
+        header = self._shared.get(key)
+        if header is None:
+            if len(self._shared) >= self.SHARED_MAX_ENTRIES:
+                self._shared.clear()
+            header = self._shared[key] = super().__call__(name, value)
+        return header
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
         key = name.lower()
