@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from email.message import EmailMessage
 from typing import Any
 
@@ -108,3 +109,30 @@ def test_bcc_headers_are_left_out_without_touching_the_message() -> None:
     assert b"hidden@example.com" not in sent
     assert msg["Bcc"] == "hidden@example.com"
     assert sent == reference(msg)
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        b"plain\r\ntext\r\n",
+        b".starts with a dot\r\nthen\r\n",
+        b"mid\r\n.dot line\r\n..two\r\n",
+        b"bare lf\nand bare cr\rand crlf\r\n.dot after lf\n",
+        b"no line end at all",
+        b".",
+        b"",
+        b"\r\r\n\n.",
+    ],
+)
+@pytest.mark.parametrize("at_line_start", [True, False])
+def test_wire_bytes_matches_the_regex_rules(segment: bytes, at_line_start: bool) -> None:
+    """The fast paths (only CRLF line ends; no line starting with a dot) give what the two
+    substitutions give: CRLF everywhere, every line's leading dot doubled except the first
+    line's when the segment continues a line."""
+    normal = re.sub(rb"\r\n|\n|\r", b"\r\n", segment)
+    if at_line_start:
+        expected = PERIOD_REGEX.sub(b"..", normal)
+    else:
+        cut = normal.find(b"\n") + 1
+        expected = normal if cut == 0 else normal[:cut] + PERIOD_REGEX.sub(b"..", normal[cut:])
+    assert wire._wire_bytes(segment, at_line_start) == expected

@@ -405,3 +405,26 @@ def test_new_message_id() -> None:
     assert new_message_id("someone@mail.example.com") != first
     assert new_message_id("a@bücher.example").endswith("@xn--bcher-kva.example>")
     assert new_message_id("no address").endswith("@genro-mail-proxy.invalid>")
+
+
+def test_shared_mime_headers_leave_each_message_as_built_alone() -> None:
+    """The builder shares one parsed Content-Type / Content-Transfer-Encoding / MIME-Version
+    per value between messages, and the policy remembers how they fold: building other
+    kinds of message (alternative, mixed, 8bit, other charsets), and writing them with
+    other policies, changes nothing in a message built before."""
+    first = build_email(payload(), message_id="<a@example.com>", mail_id="m1")
+    alone = first.as_bytes()
+    build_email(payload(body_html="<p>Hi</p>"), message_id="<b@example.com>", mail_id="m2")
+    build_email(
+        payload(body="Grüße, ünïcödé"),
+        message_id="<c@example.com>",
+        mail_id="m3",
+        attachments=[Attachment("a.txt", b"data", "text/plain")],
+    )
+    first.as_bytes(policy=first.policy.clone(utf8=True, cte_type="7bit", max_line_length=40))
+    assert first.as_bytes() == alone
+    again = build_email(payload(), message_id="<a@example.com>", mail_id="m1")
+    date = re.compile(rb"Date: [^\r\n]*")
+    assert date.sub(b"", again.as_bytes()) == date.sub(b"", alone)
+    assert b'Content-Type: text/plain; charset="utf-8"\r\n' in alone
+    assert b"MIME-Version: 1.0\r\n" in alone

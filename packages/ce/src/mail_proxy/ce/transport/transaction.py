@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -211,11 +212,18 @@ class _Exchange:
                     self.smtp.close()  # the server said more than it was asked
 
 
+@functools.lru_cache(maxsize=1024)
+def _quoted(address: str) -> str:
+    """``<address>`` as aiosmtplib quotes it (``ValueError`` for one it refuses); remembered,
+    as the same senders and recipients come back message after message."""
+    return quote_address(address)
+
+
 def envelope_line(verb: bytes, address: str, options: list[str], encoding: str) -> bytes:
     """``MAIL FROM:<addr> OPTIONS`` or ``RCPT TO:<addr>`` for an address in wire form;
     ``ValueError`` for one that cannot be put on a command line (control characters, spaces,
     brackets)."""
-    wire = quote_address(address).encode(encoding) if address else b"<>"
+    wire = _quoted(address).encode(encoding) if address else b"<>"
     if _CONTROL.search(wire):
         raise ValueError(f"address {address!r} contains a control character")
     parts = [verb + wire, *(o.encode("ascii") for o in options)]

@@ -138,7 +138,11 @@ def _wire_bytes(segment: bytes, at_line_start: bool) -> bytes:
     ``at_line_start`` is False when the segment continues a line begun by a streamed payload:
     its first characters are then not the start of a line.
     """
-    segment = _LINE_ENDS.sub(b"\r\n", segment)
+    crlf = segment.count(b"\r\n")
+    if segment.count(b"\n") != crlf or segment.count(b"\r") != crlf:  # a bare CR or LF
+        segment = _LINE_ENDS.sub(b"\r\n", segment)
+    if b"\n." not in segment and not segment.startswith(b"."):
+        return segment  # no line starts with a dot (the usual case): nothing to double
     if at_line_start:
         return _LEADING_DOT.sub(b"..", segment)
     first_end = segment.find(b"\n") + 1

@@ -37,9 +37,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email import policy as email_policy
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, MIMEPart
+from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses
 from typing import Any, cast
 
@@ -93,10 +93,54 @@ class _CachedHeaderRegistry(HeaderRegistry):
         return cls
 
 
+class _Policy(EmailPolicy):
+    """``EmailPolicy`` that remembers how the common MIME structure headers fold.
+
+    Writing a message folds every header; for the parsed ``Content-Type``,
+    ``Content-Transfer-Encoding`` and ``MIME-Version`` that means walking their parse tree
+    each time, for the same few values on every message. The folded bytes depend only on the
+    name, the value, whether it is parsed or raw text, and the policy's output settings, so
+    they are kept in a bounded table under exactly that key.
+    """
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if (
+            not isinstance(value, str)
+            or len(value) > _CachedHeaderRegistry.SHARED_MAX_LENGTH
+            or name.lower() not in _CachedHeaderRegistry.SHARED
+        ):
+            return super().fold_binary(name, value)
+        key = (
+            name,
+            str(value),
+            hasattr(value, "name"),  # parsed header or raw text: folded differently
+            self.linesep,
+            self.max_line_length,
+            self.utf8,
+            self.cte_type,
+            self.refold_source,
+        )
+        folded = _FOLDED.get(key)
+        if folded is None:
+            if len(_FOLDED) >= _CachedHeaderRegistry.SHARED_MAX_ENTRIES:
+                _FOLDED.clear()
+            folded = _FOLDED[key] = super().fold_binary(name, value)
+        return folded
+
+
+_FOLDED: dict[tuple[Any, ...], bytes] = {}
+
 #: Policy of every built message: ``email.policy.SMTP`` (CRLF line ends, RFC-compliant
 #: folding, 8bit bodies when needed — the SMTP client re-encodes them for servers without
 #: 8BITMIME) with the caching header factory.
-POLICY = email_policy.SMTP.clone(header_factory=_CachedHeaderRegistry())
+POLICY = _Policy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
+
+
+@functools.lru_cache(maxsize=2)
+def _date_header(second: int) -> str:
+    """The ``Date`` header of messages built during ``second`` (one formatting a second)."""
+    return format_datetime(datetime.fromtimestamp(second, timezone.utc))
+
 
 #: Extra header names (lower case) the ``headers`` field may not set; see the module doc.
 RESERVED_HEADERS = frozenset(
@@ -356,7 +400,7 @@ def build_email(
         seen.add(lowered)
         _put(msg, name, _clean(value, f"header {name}"))
     if "date" not in seen:
-        _put(msg, "Date", format_datetime(datetime.now(timezone.utc)))
+        _put(msg, "Date", _date_header(int(time.time())))
     _put(msg, "Message-ID", _message_id_header(message_id))
     _put(msg, MAIL_ID_HEADER, _clean(mail_id, "id", tab=False))
 
