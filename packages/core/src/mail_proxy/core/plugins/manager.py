@@ -58,6 +58,8 @@ class PluginManager:
         self._pm = pm
         self.disabled = disabled
         self._dists: dict[str, tuple[str | None, str | None]] = {}
+        #: Each hook's implementations in call order, read once (``register`` clears it).
+        self._impls: dict[str, list[_Impl]] = {}
 
     def register(
         self, plugin: object, name: str, dist: tuple[str | None, str | None] = (None, None)
@@ -73,6 +75,7 @@ class PluginManager:
         except ValueError as exc:
             raise PluginError(f"plugin {name!r}: {exc}") from None
         self._dists[name] = dist
+        self._impls.clear()
 
     def check(self) -> None:
         """Fail on hook implementations that match no specification (misspelled names)."""
@@ -120,11 +123,11 @@ class PluginManager:
     def on_event(self, event: Event, runtime: Runtime) -> None:
         """Tell every plugin about a committed event; one failing plugin does not stop the
         others (it is logged)."""
-        for impl in reversed(self._pm.hook.on_event.get_hookimpls()):
+        for impl in self._implementations("on_event"):
             try:
-                impl.function(**_args(impl, event=event, runtime=runtime))
+                impl.call(event=event, runtime=runtime)
             except Exception:
-                log.exception("plugin %s: on_event failed", impl.plugin_name)
+                log.exception("plugin %s: on_event failed", impl.plugin)
 
     async def tenant_changed(self, tenant_id: str, runtime: Runtime) -> None:
         await self._all("tenant_changed", tenant_id=tenant_id, runtime=runtime)
@@ -137,8 +140,8 @@ class PluginManager:
     ) -> int:
         """Every plugin re-encrypts its own secrets; the number of values changed."""
         total = 0
-        for impl in reversed(self._pm.hook.reencrypt_secrets.get_hookimpls()):
-            result: Any = impl.function(**_args(impl, transform=transform, runtime=runtime))
+        for impl in self._implementations("reencrypt_secrets"):
+            result: Any = impl.call(transform=transform, runtime=runtime)
             if inspect.isawaitable(result):
                 result = await result
             total += int(result or 0)
@@ -146,21 +149,41 @@ class PluginManager:
 
     async def _all(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation, awaiting those that return awaitables."""
-        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
-            result = impl.function(**_args(impl, **kwargs))
+        for impl in self._implementations(hook_name):
+            result = impl.call(**kwargs)
             if inspect.isawaitable(result):
                 await result
 
     async def _first(self, hook_name: str, **kwargs: Any) -> Any:
-        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
-            result = impl.function(**_args(impl, **kwargs))
+        for impl in self._implementations(hook_name):
+            result = impl.call(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
                 return result
         return None
 
+    def _implementations(self, hook_name: str) -> list[_Impl]:
+        """``hook_name``'s implementations in pluggy's call order (``tryfirst`` first)."""
+        found = self._impls.get(hook_name)
+        if found is None:
+            hook = getattr(self._pm.hook, hook_name)
+            found = [
+                _Impl(impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(hook.get_hookimpls())
+            ]
+            self._impls[hook_name] = found
+        return found
 
-def _args(impl: Any, **available: Any) -> dict[str, Any]:
-    """The arguments an implementation asked for (pluggy lets it take a subset)."""
-    return {name: available[name] for name in impl.argnames}
+
+@dataclass(frozen=True)
+class _Impl:
+    """One hook implementation: its plugin, its function and the arguments it takes (pluggy
+    lets an implementation take a subset of the specification's)."""
+
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+
+    def call(self, **available: Any) -> Any:
+        return self.function(**{name: available[name] for name in self.argnames})
