@@ -59,6 +59,11 @@ _ACCEPTED = (250, 251)
 _DATA = b"DATA\r\n"
 
 
+def _time_out(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(SMTPTimeoutError(f"no reply within {timeout:g}s"))
+
+
 class _ReplyReader(asyncio.Protocol):
     """Stands in for the aiosmtplib protocol during one transaction: every complete reply
     that arrives is queued, in order, whatever number of them one read brings.
@@ -137,12 +142,15 @@ class _ReplyReader(asyncio.Protocol):
         while not self._replies:
             if self._failure is not None:
                 raise self._failure
-            self._wakeup = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._wakeup = loop.create_future()
+            # a plain timer on the future (asyncio.wait_for costs a task's worth of callbacks
+            # per reply, and there are three or four replies per message)
+            timer = loop.call_later(timeout, _time_out, waiter, timeout)
             try:
-                await asyncio.wait_for(self._wakeup, timeout)
-            except asyncio.TimeoutError:
-                raise SMTPTimeoutError(f"no reply within {timeout:g}s") from None
+                await waiter
             finally:
+                timer.cancel()
                 self._wakeup = None
         return self._replies.popleft()
 
