@@ -96,6 +96,20 @@ async def test_connection_settings_round_trip(api: Api) -> None:
     assert stored.allow_plaintext_auth is True
 
 
+async def test_the_dispatcher_uses_a_saved_account_at_once(api: Api) -> None:
+    """The dispatcher keeps accounts for a couple of seconds; saving or deleting one through
+    the API drops the tenant's entries (tenant_changed), so the next round reads it anew."""
+    from mail_proxy.core.engine.dispatcher import DeliveryLookups
+
+    lookups = api.runtime.local(DeliveryLookups)
+    await api.post("/account", {"id": "relay", "host": "smtp.example.com", "max_connections": 5})
+    assert (await lookups.account("default", "relay")).max_connections == 5  # now cached
+    await api.post("/account", {"id": "relay", "host": "smtp.example.com", "max_connections": 40})
+    assert (await lookups.account("default", "relay")).max_connections == 40
+    await api.call("DELETE", "/account/relay")
+    assert await lookups.account("default", "relay") is None
+
+
 async def test_status_lists_accounts_allowed_to_authenticate_in_clear_text(api: Api) -> None:
     await api.post("/account", {"id": "plain", "host": "smtp.example.com", "user": "me"})
     assert (await api.get("/status"))["plaintext_auth_accounts"] == []

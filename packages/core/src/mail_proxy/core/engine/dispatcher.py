@@ -88,6 +88,46 @@ class _Cached:
     expires: float
 
 
+class DeliveryLookups:
+    """The accounts and tenants the dispatcher delivers for, each read at most once per
+    :data:`CACHE_SECONDS` (one query per account per round, not per message).
+
+    ``runtime.local(DeliveryLookups)``: the kernel's ``tenant_changed``/``tenant_deleted``
+    drop a tenant's entries at once, so an account saved through the API (its connections,
+    its timeouts) is what the next round uses.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self._accounts: dict[tuple[str, str], _Cached] = {}
+        self._tenants: dict[str, _Cached] = {}
+
+    async def account(self, tenant_id: str, account_id: str) -> Account | None:
+        key = (tenant_id, account_id)
+        hit = self._accounts.get(key)
+        now = time.monotonic()
+        if hit is not None and hit.expires > now:
+            return hit.value  # type: ignore[no-any-return]
+        account = await self.rt.storage.get_account(tenant_id, account_id)
+        self._accounts[key] = _Cached(account, now + CACHE_SECONDS)
+        return account
+
+    async def tenant(self, tenant_id: str) -> Tenant | None:
+        hit = self._tenants.get(tenant_id)
+        now = time.monotonic()
+        if hit is not None and hit.expires > now:
+            return hit.value  # type: ignore[no-any-return]
+        tenant = await self.rt.storage.get_tenant(tenant_id)
+        self._tenants[tenant_id] = _Cached(tenant, now + CACHE_SECONDS)
+        return tenant
+
+    def forget(self, tenant_id: str) -> None:
+        """Read the tenant and its accounts again at their next use."""
+        self._tenants.pop(tenant_id, None)
+        for key in [k for k in self._accounts if k[0] == tenant_id]:
+            del self._accounts[key]
+
+
 class Dispatcher(Service):
     name = "dispatcher"
 
@@ -115,8 +155,7 @@ class Dispatcher(Service):
         self._account_slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         #: Deliveries finished so far (the loop waits for a few before claiming again).
         self._completed = 0
-        self._accounts: dict[tuple[str, str], _Cached] = {}
-        self._tenants: dict[str, _Cached] = {}
+        self._lookups = runtime.local(DeliveryLookups)
         self._tasks: set[asyncio.Task[None]] = set()
         #: Messages handed to the transport and not yet answered (see ``_deliver``).
         self._in_transport: set[int] = set()
@@ -664,20 +703,7 @@ class Dispatcher(Service):
 
     # -- lookups (briefly cached: one query per account per round, not per message) ----------
     async def _account(self, tenant_id: str, account_id: str) -> Account | None:
-        key = (tenant_id, account_id)
-        hit = self._accounts.get(key)
-        now = time.monotonic()
-        if hit is not None and hit.expires > now:
-            return hit.value  # type: ignore[no-any-return]
-        account = await self.rt.storage.get_account(tenant_id, account_id)
-        self._accounts[key] = _Cached(account, now + CACHE_SECONDS)
-        return account
+        return await self._lookups.account(tenant_id, account_id)
 
     async def _tenant(self, tenant_id: str) -> Tenant | None:
-        hit = self._tenants.get(tenant_id)
-        now = time.monotonic()
-        if hit is not None and hit.expires > now:
-            return hit.value  # type: ignore[no-any-return]
-        tenant = await self.rt.storage.get_tenant(tenant_id)
-        self._tenants[tenant_id] = _Cached(tenant, now + CACHE_SECONDS)
-        return tenant
+        return await self._lookups.tenant(tenant_id)

@@ -70,16 +70,21 @@ def register_event_types(event_types: Registry[EventType]) -> None:
 
 @hookimpl
 async def tenant_deleted(tenant_id: str, runtime: Runtime) -> None:
-    """Drop the deleted tenant's cached settings and attachments (memory and disk)."""
+    """Drop the deleted tenant's cached settings, accounts and attachments (memory and disk)."""
     from mail_proxy.core.engine.attachments import get_resolver
+    from mail_proxy.core.engine.dispatcher import DeliveryLookups
     from mail_proxy.core.engine.tenant_settings import TenantSettings
 
     runtime.local(TenantSettings).forget(tenant_id)
+    runtime.local(DeliveryLookups).forget(tenant_id)
     await get_resolver(runtime).cache.purge_tenant(tenant_id)
 
 
 @hookimpl
 def tenant_changed(tenant_id: str, runtime: Runtime) -> None:
+    """The tenant, its accounts or its settings changed: read them again at their next use."""
+    from mail_proxy.core.engine.dispatcher import DeliveryLookups
     from mail_proxy.core.engine.tenant_settings import TenantSettings
 
     runtime.local(TenantSettings).forget(tenant_id)
+    runtime.local(DeliveryLookups).forget(tenant_id)
