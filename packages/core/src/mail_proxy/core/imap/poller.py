@@ -34,7 +34,7 @@ folder, ``\\Seen`` or not, goes to the handler.
 Delivery is at least once. A crash re-reads at most the batch in progress, a UIDVALIDITY
 change re-reads the folder, and a message handled just before its ``\\Seen`` flag or move
 failed comes again: the handler must be idempotent (key its effects on something in the
-message, e.g. the Message-ID of the bounced mail, not on the UID). A handler that raises stops
+message, e.g. the Message-ID of the mail it reports on, not on the UID). A handler that raises stops
 the cycle at that message: it is retried at the next cycle (with backoff), so a handler should
 raise only for transient trouble and return normally (after logging) for a message it cannot
 use, or the mailbox stays stuck on it.
