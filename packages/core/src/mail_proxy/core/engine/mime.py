@@ -70,12 +70,17 @@ class _CachedHeaderRegistry(HeaderRegistry):
         self._classes: dict[str, type[BaseHeader]] = {}
         self._shared: dict[tuple[str, str], BaseHeader] = {}
 
+    @classmethod
+    def is_shared(cls, name: str, value: Any) -> bool:
+        """Whether ``name: value`` is one of the common MIME structure headers kept once."""
+        return (
+            isinstance(value, str)
+            and len(value) <= cls.SHARED_MAX_LENGTH
+            and name.lower() in cls.SHARED
+        )
+
     def __call__(self, name: str, value: Any) -> BaseHeader:
-        if (
-            not isinstance(value, str)
-            or len(value) > self.SHARED_MAX_LENGTH
-            or name.lower() not in self.SHARED
-        ):
+        if not self.is_shared(name, value):
             return super().__call__(name, value)
         key = (name, value)
         header = self._shared.get(key)
@@ -104,11 +109,7 @@ class _Policy(EmailPolicy):
     """
 
     def fold_binary(self, name: str, value: Any) -> bytes:
-        if (
-            not isinstance(value, str)
-            or len(value) > _CachedHeaderRegistry.SHARED_MAX_LENGTH
-            or name.lower() not in _CachedHeaderRegistry.SHARED
-        ):
+        if not _CachedHeaderRegistry.is_shared(name, value):
             return super().fold_binary(name, value)
         key = (
             name,
