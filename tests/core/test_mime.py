@@ -428,3 +428,42 @@ def test_shared_mime_headers_leave_each_message_as_built_alone() -> None:
     assert date.sub(b"", again.as_bytes()) == date.sub(b"", alone)
     assert b'Content-Type: text/plain; charset="utf-8"\r\n' in alone
     assert b"MIME-Version: 1.0\r\n" in alone
+
+
+def test_addresses_read_plain_mailboxes_as_getaddresses_does() -> None:
+    """``addresses`` reads the plain forms with a regular expression and hands the rest to
+    ``email.utils.getaddresses``: on any text, the answer is the library's."""
+    import random
+    from email.utils import getaddresses
+
+    from mail_proxy.core.engine.mime import addresses
+
+    fixed = [
+        "a@b.com",
+        "Bench <sender@example.com>",
+        " x.y+z@sub.example.org ",
+        "John Q. Public <jqp@x.org>",
+        '"Doe, John" <j@x.org>',
+        "a@x, b@y",
+        "Ünï <u@x.org>",
+        "a@[1.2.3.4]",
+        "a..b@c.d",
+        "Group: a@b, c@d;",
+        "a@b.c (comment)",
+        "n <a@b.c> trailing",
+    ]
+    rng = random.Random(20261205)
+    alphabet = "ab9.-+_' <>@\"(),;:[]\\ü"
+    fuzz = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(4000)]
+
+    def part(chars: str) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))
+
+    # near-plain mailboxes: dots, hyphens and spaces in every position, names or not
+    for _ in range(4000):
+        addr = f"{part('ab.-+')}@{part('cd.-')}"
+        form = rng.randint(0, 2)
+        fuzz.append(addr if form == 0 else f"{part('Nm. -')}<{addr}>" if form == 1 else f" {addr} ")
+    for text in fixed + fuzz:
+        expected = [addr for _name, addr in getaddresses([text]) if addr]
+        assert addresses([text]) == expected, text

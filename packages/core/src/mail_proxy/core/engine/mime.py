@@ -275,9 +275,32 @@ def _header_mailboxes(text: str, field: str) -> str:
     return ", ".join(rebuilt)
 
 
+#: One mailbox in the plain forms the intake writes (``a@example.com``, ``Name <a@x.org>``):
+#: a dot-atom local part, a plain domain, an optional display name without quotes, commas,
+#: comments or other specials. Anything else goes through ``email.utils.getaddresses``.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_PLAIN_ADDR = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf"\s*(?:({_PLAIN_ADDR})|[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. -]*<({_PLAIN_ADDR})>)\s*"
+)
+
+
 def addresses(value: Any) -> list[str]:
-    """The bare addresses (addr-spec) in an address field, in order, empties dropped."""
-    return [addr for _name, addr in getaddresses(_address_list(value)) if addr]
+    """The bare addresses (addr-spec) in an address field, in order, empties dropped.
+
+    A mailbox in one of the plain forms is read with one regular expression; the others
+    (quoted names, comments, groups, several mailboxes in one string, non-ASCII) are parsed
+    by ``email.utils.getaddresses``, which gives the same answer for the plain forms at
+    twenty times the cost (this runs for every message at delivery).
+    """
+    found: list[str] = []
+    for item in _address_list(value):
+        plain = _PLAIN_MAILBOX.fullmatch(item)
+        if plain is not None:
+            found.append(plain.group(1) or plain.group(2))
+        else:
+            found.extend(addr for _name, addr in getaddresses([item]) if addr)
+    return found
 
 
 def new_message_id(from_addr: str) -> str:
