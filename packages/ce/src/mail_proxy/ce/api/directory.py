@@ -2,7 +2,9 @@
 
 ``add-messages`` must stay cheap (thousands of single-message requests per second), so it
 must not read the tenant and its accounts from the database on every request. Entries live
-``TTL`` seconds; this instance's own account changes drop them at once. A change made through
+``TTL`` seconds, then one request reads the tenant again while the others keep using the
+expired entry for the few milliseconds that takes; this instance's own account changes drop
+them at once. A change made through
 another instance sharing the database is seen within ``TTL`` (an account deleted there may
 still accept messages for that long; the dispatcher then fails them with a clear error).
 A lookup of an account id the cache does not know re-reads the tenant once the entry is older
@@ -11,6 +13,7 @@ than ``MISS_REFRESH`` seconds, so a just-created account works immediately.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -44,14 +47,26 @@ class TenantDirectory:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._views: dict[str, TenantView] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
 
     async def get(self, tenant_id: str, *, fresh: bool = False) -> TenantView | None:
         """The tenant and its accounts, or None when the tenant does not exist."""
-        now = time.monotonic()
         view = self._views.get(tenant_id)
-        if view is not None and not fresh and now - view.loaded_at < TTL:
+        if view is not None and not fresh and time.monotonic() - view.loaded_at < TTL:
             return view
-        return await self._load(tenant_id, now)
+        # One load at a time per tenant. While it runs, the other requests keep using the
+        # expired entry (or, without one, wait for the load) instead of each reading the
+        # tenant again: under load that was dozens of reads at once whenever an entry
+        # expired, queued on the connection pool, a latency spike every TTL.
+        loading = self._loading.setdefault(tenant_id, asyncio.Lock())
+        if view is not None and not fresh and loading.locked():
+            return view
+        async with loading:
+            view = self._views.get(tenant_id)
+            wanted_age = MISS_REFRESH if fresh else TTL
+            if view is not None and time.monotonic() - view.loaded_at < wanted_age:
+                return view
+            return await self._load(tenant_id, time.monotonic())
 
     async def account(self, view: TenantView, account_id: str) -> Account | None:
         """An account of ``view``'s tenant, re-reading once on a miss if the view is stale.
@@ -78,6 +93,7 @@ class TenantDirectory:
         view = TenantView(tenant, {a.id: a for a in accounts}, now)
         if len(self._views) >= MAX_ENTRIES:
             self._views.clear()
+            self._loading = {tenant_id: self._loading[tenant_id]}  # the one held now
         self._views[tenant_id] = view
         return view
 
