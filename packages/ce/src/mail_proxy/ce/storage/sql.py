@@ -52,6 +52,9 @@ class SqlStorage(
         """The engine plugins keep their own tables on (their migration branches)."""
         return self.engine
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return _is_connection_error(exc)
+
     async def start(self) -> None:
         try:
             found = [] if self.runtime is None else self.runtime.migration_branches.items()

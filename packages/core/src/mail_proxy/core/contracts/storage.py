@@ -150,6 +150,13 @@ class Storage(abc.ABC):
     async def ping(self) -> bool:
         """True when the database answers (used by ``/status`` and the 503 path)."""
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a query on :attr:`database`, means the database cannot
+        be reached (refused, dropped, restarting). A plugin's own query that fails so then
+        answers the client 503 ``database_unavailable``, like the storage's own queries
+        (which raise :class:`~mail_proxy.core.contracts.errors.StorageUnavailable`), not 500."""
+        return False
+
     async def database_time(self) -> float | None:
         """The database server's clock (Unix time), or None when it has none of its own
         apart from this machine's (an embedded database). Instances align the times they

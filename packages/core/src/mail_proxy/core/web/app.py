@@ -338,17 +338,25 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except StorageUnavailable as exc:
-        log.warning("database unavailable: %s", exc)
-        return error_response(
-            ApiError(503, "database_unavailable", "the database is unavailable, retry later")
-        )
+        return _database_unavailable(exc)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
+        storage = request.app[RUNTIME].storage
+        if storage is not None and storage.is_unavailable(exc):  # e.g. a plugin's own query
+            return _database_unavailable(exc)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
             ApiError(500, "internal_error", "internal error (see the server log)")
         )
+
+
+def _database_unavailable(exc: BaseException) -> web.Response:
+    """503 ``database_unavailable``: the database cannot be reached; the client retries later."""
+    log.warning("database unavailable: %s", (str(exc) or type(exc).__name__).splitlines()[0])
+    return error_response(
+        ApiError(503, "database_unavailable", "the database is unavailable, retry later")
+    )
 
 
 # -- the application factory --------------------------------------------------------------------
