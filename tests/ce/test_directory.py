@@ -39,3 +39,33 @@ async def test_an_expired_entry_is_read_once_by_concurrent_requests(
     await api.add_account("other", default=False)
     fresh = await directory.get("default")
     assert fresh is not None and "other" in fresh.accounts
+
+
+async def test_a_change_during_a_load_is_not_hidden_by_it(api: Api, monkeypatch: Any) -> None:
+    """An account saved while the tenant is being read: the requests after the save read it
+    again (they do not join the load under way), and that older load does not store its
+    answer over the newer one."""
+    await api.add_account("main")
+    rt = api.runtime
+    directory = directory_of(rt)
+    release = asyncio.Event()
+    real = rt.storage.list_accounts
+
+    async def slow(tenant_id: str) -> Any:
+        accounts = await real(tenant_id)
+        await release.wait()
+        return accounts
+
+    directory.invalidate("default")
+    monkeypatch.setattr(rt.storage, "list_accounts", slow)
+    old_load = asyncio.create_task(directory.get("default"))
+    await asyncio.sleep(0.05)  # the load has read the accounts and waits
+    monkeypatch.setattr(rt.storage, "list_accounts", real)
+    await api.add_account("other", default=False)  # invalidates the directory
+    fresh = await directory.get("default")
+    assert fresh is not None and "other" in fresh.accounts
+    release.set()
+    stale = await old_load
+    assert stale is not None and "other" not in stale.accounts  # its own caller's answer
+    again = await directory.get("default")
+    assert again is not None and "other" in again.accounts  # not stored over the newer one

@@ -13,12 +13,12 @@ than ``MISS_REFRESH`` seconds, so a just-created account works immediately.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
 from mail_proxy.core.contracts.model import DEFAULT_TENANT, Account, Tenant
 from mail_proxy.core.engine.runtime import Runtime
+from mail_proxy.core.engine.single_flight import SingleFlight
 
 TTL = 2.0
 MISS_REFRESH = 0.1
@@ -47,26 +47,23 @@ class TenantDirectory:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._views: dict[str, TenantView] = {}
-        self._loading: dict[str, asyncio.Lock] = {}
+        self._loads: SingleFlight[str, TenantView | None] = SingleFlight()
+        #: Bumped by every invalidation: a load that began before one does not store its
+        #: (possibly older) answer.
+        self._changes = 0
 
     async def get(self, tenant_id: str, *, fresh: bool = False) -> TenantView | None:
         """The tenant and its accounts, or None when the tenant does not exist."""
         view = self._views.get(tenant_id)
         if view is not None and not fresh and time.monotonic() - view.loaded_at < TTL:
             return view
-        # One load at a time per tenant. While it runs, the other requests keep using the
-        # expired entry (or, without one, wait for the load) instead of each reading the
-        # tenant again: under load that was dozens of reads at once whenever an entry
-        # expired, queued on the connection pool, a latency spike every TTL.
-        loading = self._loading.setdefault(tenant_id, asyncio.Lock())
-        if view is not None and not fresh and loading.locked():
+        # One load at a time per tenant (SingleFlight). While it runs, the other requests
+        # keep using the expired entry, or without one share the load's answer, instead of
+        # each reading the tenant again: under load that was dozens of reads at once whenever
+        # an entry expired, queued on the connection pool, a latency spike every TTL.
+        if view is not None and not fresh and self._loads.running(tenant_id):
             return view
-        async with loading:
-            view = self._views.get(tenant_id)
-            wanted_age = MISS_REFRESH if fresh else TTL
-            if view is not None and time.monotonic() - view.loaded_at < wanted_age:
-                return view
-            return await self._load(tenant_id, time.monotonic())
+        return await self._loads.run(tenant_id, lambda: self._load(tenant_id, time.monotonic()))
 
     async def account(self, view: TenantView, account_id: str) -> Account | None:
         """An account of ``view``'s tenant, re-reading once on a miss if the view is stale.
@@ -83,6 +80,7 @@ class TenantDirectory:
 
     async def _load(self, tenant_id: str, now: float) -> TenantView | None:
         storage = self.runtime.storage
+        changes = self._changes
         tenant = await storage.get_tenant(tenant_id)
         if tenant is None:
             if tenant_id != DEFAULT_TENANT:
@@ -91,18 +89,22 @@ class TenantDirectory:
             tenant = Tenant(id=DEFAULT_TENANT)
         accounts = await storage.list_accounts(tenant_id)
         view = TenantView(tenant, {a.id: a for a in accounts}, now)
-        if len(self._views) >= MAX_ENTRIES:
-            self._views.clear()
-            self._loading = {tenant_id: self._loading[tenant_id]}  # the one held now
-        self._views[tenant_id] = view
+        if changes == self._changes:  # no change made meanwhile (else the next get reloads)
+            if len(self._views) >= MAX_ENTRIES:
+                self._views.clear()
+            self._views[tenant_id] = view
         return view
 
     def invalidate(self, tenant_id: str | None = None) -> None:
-        """Forget one tenant (or all): called after account or tenant changes."""
+        """Forget one tenant (or all): called after account or tenant changes. A load under
+        way is not joined by later requests (they read again) and does not store its answer."""
+        self._changes += 1
         if tenant_id is None:
             self._views.clear()
+            self._loads.forget_all()
         else:
             self._views.pop(tenant_id, None)
+            self._loads.forget(tenant_id)
 
 
 def directory_of(runtime: Runtime) -> TenantDirectory:

@@ -20,7 +20,6 @@ Addresses are compared in lower case, with the domain in its ASCII (A-label) for
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from mail_proxy.core.contracts.extensions import EnqueueContext, EnqueueRejected, MessageStep
+from mail_proxy.core.engine.single_flight import SingleFlight
 
 from . import schema
 from .sqlutil import upsert
@@ -91,7 +91,7 @@ class Suppressions:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._cache: dict[str, _Cached] = {}
-        self._rechecks: dict[str, asyncio.Lock] = {}
+        self._rechecks: SingleFlight[str, dict[str, Suppression]] = SingleFlight()
 
     @property
     def _engine(self) -> Any:
@@ -118,19 +118,15 @@ class Suppressions:
         cached = self._cache.get(tenant_id)
         if cached is not None and time.monotonic() - cached.checked_at < RECHECK_SECONDS:
             return cached.by_address
-        # One recheck at a time per tenant. While it runs, the other checks use the list as
-        # last read (or, before the first read, wait for it) instead of each sending the same
-        # query: 50 at once under load, queued on the connection pool, a latency spike every
-        # RECHECK_SECONDS.
-        recheck = self._rechecks.setdefault(tenant_id, asyncio.Lock())
-        if cached is not None and recheck.locked():
+        # One recheck at a time per tenant (SingleFlight). While it runs, the other checks
+        # use the list as last read (or, before the first read, share the recheck's answer)
+        # instead of each sending the same query: 50 at once under load, queued on the
+        # connection pool, a latency spike every RECHECK_SECONDS.
+        if cached is not None and self._rechecks.running(tenant_id):
             return cached.by_address
-        async with recheck:
-            cached = self._cache.get(tenant_id)
-            now = time.monotonic()
-            if cached is not None and now - cached.checked_at < RECHECK_SECONDS:
-                return cached.by_address
-            return await self._recheck(tenant_id, cached, now)
+        return await self._rechecks.run(
+            tenant_id, lambda: self._recheck(tenant_id, cached, time.monotonic())
+        )
 
     async def _recheck(
         self, tenant_id: str, cached: _Cached | None, now: float
@@ -214,7 +210,6 @@ class Suppressions:
                 schema.suppressions.delete().where(c.tenant_id == tenant_id)
             )
         self._cache.pop(tenant_id, None)
-        self._rechecks.pop(tenant_id, None)
         return int(result.rowcount or 0)
 
 
