@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
 from mail_proxy.core.contracts.errors import ApiError
@@ -22,7 +24,7 @@ RowT = TypeVar("RowT", bound=_Row)
 
 def encode_cursor(pk: int, prefix: str = _PREFIX) -> str:
     """An opaque cursor for position ``pk``; ``prefix`` keeps kinds of cursors apart."""
-    return base64.urlsafe_b64encode(f"{prefix}{pk}".encode()).decode().rstrip("=")
+    return _encode(str(pk), prefix)
 
 
 def decode_cursor(
@@ -31,15 +33,10 @@ def decode_cursor(
     """The ``pk`` a cursor stands for (None for the first page); 400 ``invalid_cursor``."""
     if not cursor:
         return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith(prefix):
-            raise ValueError(text)
-        pk = int(text[len(prefix) :])
+    with _invalid(origin):
+        pk = int(_decode(cursor, prefix))
         if pk < 0:
-            raise ValueError(text)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "invalid_cursor", f"the cursor is not one {origin} returned") from None
+            raise ValueError(cursor)
     return pk
 
 
@@ -53,11 +50,7 @@ def page(rows: list[RowT], limit: int) -> tuple[list[RowT], str | None]:
 
 def encode_time_cursor(ts: float, pk: int, prefix: str) -> str:
     """An opaque cursor for position ``(ts, pk)`` (pages in creation-time order)."""
-    return encode_cursor_text(f"{ts!r}/{pk}", prefix)
-
-
-def encode_cursor_text(text: str, prefix: str) -> str:
-    return base64.urlsafe_b64encode(f"{prefix}{text}".encode()).decode().rstrip("=")
+    return _encode(f"{ts!r}/{pk}", prefix)
 
 
 def decode_time_cursor(
@@ -67,14 +60,31 @@ def decode_time_cursor(
     ``invalid_cursor`` otherwise."""
     if not cursor:
         return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith(prefix):
-            raise ValueError(text)
-        ts_text, pk_text = text[len(prefix) :].split("/")
+    with _invalid(origin):
+        ts_text, pk_text = _decode(cursor, prefix).split("/")
         ts, pk = float(ts_text), int(pk_text)
         if pk < 0 or not math.isfinite(ts):
-            raise ValueError(text)
+            raise ValueError(cursor)
+    return ts, pk
+
+
+def _encode(text: str, prefix: str) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}{text}".encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, prefix: str) -> str:
+    """The text after ``prefix`` in ``cursor``; ``ValueError`` (or a decoding error) if it is
+    not one of ours."""
+    text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    if not text.startswith(prefix):
+        raise ValueError(text)
+    return text[len(prefix) :]
+
+
+@contextlib.contextmanager
+def _invalid(origin: str) -> Iterator[None]:
+    """Turn a malformed cursor into 400 ``invalid_cursor``."""
+    try:
+        yield
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ApiError(400, "invalid_cursor", f"the cursor is not one {origin} returned") from None
-    return ts, pk

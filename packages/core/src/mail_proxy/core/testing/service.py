@@ -43,9 +43,11 @@ class ServiceProcess:
         """Start the process and wait until it answers. A port taken between ``free_port``
         and the bind (another test's process, under xdist) means a new port and a new try."""
         for _ in range(3):
-            log = self.log_path.open("ab")
-            start = self.log_path.stat().st_size
-            self.proc = subprocess.Popen([str(BIN), "serve"], env=self.env, stdout=log, stderr=log)
+            start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+                self.proc = subprocess.Popen(
+                    [str(BIN), "serve"], env=self.env, stdout=log, stderr=log
+                )
             if await self._ready(timeout):
                 return self
             text = self.log_path.read_text(errors="replace")[start:]
